@@ -1,0 +1,20 @@
+# sy_add_layer(NAME DIR PUBLIC_DEPS...): one static library per layer, sources picked up by
+# glob (*.cpp, and *.cu when the CUDA backend is on). A layer with no sources yet is an
+# INTERFACE library so the layer graph stays the same while it is being built.
+function(sy_add_layer name dir)
+  file(GLOB sources CONFIGURE_DEPENDS ${dir}/*.cpp ${dir}/*/*.cpp)
+  if(SY_WITH_CUDA)
+    file(GLOB cuda_sources CONFIGURE_DEPENDS ${dir}/*.cu ${dir}/*/*.cu)
+    list(APPEND sources ${cuda_sources})
+  endif()
+  if(sources)
+    add_library(${name} STATIC ${sources})
+    target_link_libraries(${name} PUBLIC ${ARGN} PRIVATE sy_warnings)
+    target_include_directories(${name} PUBLIC ${PROJECT_SOURCE_DIR})
+    set_target_properties(${name} PROPERTIES POSITION_INDEPENDENT_CODE ON)
+  else()
+    add_library(${name} INTERFACE)
+    target_link_libraries(${name} INTERFACE ${ARGN})
+    target_include_directories(${name} INTERFACE ${PROJECT_SOURCE_DIR})
+  endif()
+endfunction()

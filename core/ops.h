@@ -1,0 +1,122 @@
+// The op set of a decoder training step. Every op is a free function that dispatches on the
+// tensors' device: a plain CPU reference (double accumulation, any of f32/f64/bf16) or a CUDA
+// kernel (f32 or bf16). Shapes use named axes: N rows (tokens), C channels, B batch, H heads,
+// T sequence, D head dim, V vocabulary.
+//
+// Conventions
+// - Outputs are written, never read, unless the op says it accumulates.
+// - Parameter gradients (dweight) are f32 and ACCUMULATE (+=) so micro-batches add up without
+//   extra buffers; the caller zeroes them once per step. Activation gradients are overwritten
+//   and have the activation's dtype.
+// - Saved statistics (rstd, lse) are f32.
+// - All tensors of one call live on one device and are contiguous unless noted.
+#pragma once
+
+#include <cstdint>
+
+#include "core/rng.h"
+#include "core/stream.h"
+#include "core/tensor.h"
+
+namespace sy {
+
+// ---- GEMM ---------------------------------------------------------------------------------
+// c = alpha * op(a) @ op(b) + beta * c, row-major. a: [M, K] (or [K, M] with trans_a),
+// b: [K, N] (or [N, K] with trans_b), c: [M, N]. a and b share a dtype; c is that dtype or f32.
+// Rows may be strided (leading dimension = stride(-2)); the last axis must be contiguous.
+// With beta = 0, c is not read. CUDA: cuBLAS, fp32 accumulation.
+void gemm(const Tensor& a, const Tensor& b, const Tensor& c, bool trans_a, bool trans_b, float alpha = 1.0f,
+          float beta = 0.0f, StreamRef stream = {});
+// The same for a batch: a [batch, ...], b [batch, ...], c [batch, ...]; stride(0) is the batch
+// stride and may be 0 for a operand shared by every batch item (e.g. one weight).
+void gemm_batched(const Tensor& a, const Tensor& b, const Tensor& c, bool trans_a, bool trans_b, float alpha = 1.0f,
+                  float beta = 0.0f, StreamRef stream = {});
+
+// ---- embedding ----------------------------------------------------------------------------
+// out[n, :] = weight[tokens[n], :]. tokens: [N] i32 in [0, V); weight: [V, C]; out: [N, C].
+void embedding_forward(const Tensor& tokens, const Tensor& weight, const Tensor& out, StreamRef stream = {});
+// dweight[tokens[n], :] += dout[n, :]. dweight: [V, C] f32 (accumulates).
+void embedding_backward(const Tensor& tokens, const Tensor& dout, const Tensor& dweight, StreamRef stream = {});
+
+// ---- RMSNorm ------------------------------------------------------------------------------
+// y = x / sqrt(mean(x^2) + eps) * weight. x, y: [N, C]; weight: [C]; rstd: [N] f32 (saved).
+void rmsnorm_forward(const Tensor& x, const Tensor& weight, const Tensor& y, const Tensor& rstd, float eps,
+                     StreamRef stream = {});
+// dx: [N, C] (written); dweight: [C] f32 (accumulates).
+void rmsnorm_backward(const Tensor& x, const Tensor& weight, const Tensor& rstd, const Tensor& dy, const Tensor& dx,
+                      const Tensor& dweight, StreamRef stream = {});
+
+// ---- RoPE ---------------------------------------------------------------------------------
+// Rotary position embedding on x: [B, H, T, D] (D even), position t = index along T.
+// Pairs are (i, i + D/2) ("rotate half"); angle = t * theta^(-2i/D). y may alias x.
+void rope_forward(const Tensor& x, const Tensor& y, float theta, StreamRef stream = {});
+// The transpose: rotation by -angle. dx may alias dy.
+void rope_backward(const Tensor& dy, const Tensor& dx, float theta, StreamRef stream = {});
+
+// ---- causal attention (MHA / GQA / MQA) ---------------------------------------------------
+// q: [B, Hq, T, D]; k, v: [B, Hkv, T, D] with Hkv dividing Hq (query head h reads kv head
+// h / (Hq / Hkv)); out: [B, Hq, T, D]; probs: [B, Hq, T, T] saved softmax (masked entries 0).
+// scale = 1/sqrt(D). CUDA: batched cuBLAS GEMMs and a fused masked softmax.
+void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& probs,
+                       StreamRef stream = {});
+// dq, dk, dv written. dprobs: [B, Hq, T, T] scratch of q's dtype.
+void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& probs, const Tensor& dout,
+                        const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dprobs,
+                        StreamRef stream = {});
+
+// ---- activations --------------------------------------------------------------------------
+// GELU, tanh approximation. x, y: same shape.
+void gelu_forward(const Tensor& x, const Tensor& y, StreamRef stream = {});
+void gelu_backward(const Tensor& x, const Tensor& dy, const Tensor& dx, StreamRef stream = {});
+void relu_forward(const Tensor& x, const Tensor& y, StreamRef stream = {});
+void relu_backward(const Tensor& x, const Tensor& dy, const Tensor& dx, StreamRef stream = {});
+// SwiGLU: x: [N, 2F] holding [gate | up]; y: [N, F] = silu(gate) * up.
+void swiglu_forward(const Tensor& x, const Tensor& y, StreamRef stream = {});
+// dx: [N, 2F] = [dgate | dup].
+void swiglu_backward(const Tensor& x, const Tensor& dy, const Tensor& dx, StreamRef stream = {});
+
+// ---- elementwise --------------------------------------------------------------------------
+// out = a + b (residual add; its backward passes the gradient to both inputs unchanged).
+// out may alias a or b.
+void add(const Tensor& a, const Tensor& b, const Tensor& out, StreamRef stream = {});
+// dst = src converted to dst's dtype (f32 <-> bf16, f64 on CPU), same numel.
+void cast(const Tensor& src, const Tensor& dst, StreamRef stream = {});
+
+// ---- loss ---------------------------------------------------------------------------------
+// Fused softmax cross-entropy over the vocabulary. logits: [N, V]; targets: [N] i32;
+// losses: [N] f32 (0 where target == ignore_index); lse: [N] f32 log-sum-exp (saved).
+void cross_entropy_forward(const Tensor& logits, const Tensor& targets, const Tensor& losses, const Tensor& lse,
+                           int ignore_index, StreamRef stream = {});
+// dlogits = (softmax(logits) - onehot(target)) * grad_scale, 0 on ignored rows; grad_scale is
+// dloss for every token (e.g. 1 / number of counted tokens). dlogits may alias logits.
+void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse, const Tensor& dlogits,
+                            float grad_scale, int ignore_index, StreamRef stream = {});
+
+// ---- optimizer ----------------------------------------------------------------------------
+struct AdamWParams {
+  float lr = 1e-3f;
+  float beta1 = 0.9f;
+  float beta2 = 0.95f;
+  float eps = 1e-8f;
+  float weight_decay = 0.0f;  // decoupled: param -= lr * weight_decay * param
+  int step = 1;               // 1-based, for bias correction
+  float grad_scale = 1.0f;    // multiplies the gradient first (clipping, loss scaling)
+};
+// AdamW on fp32 master weights. params, grads, m, v: [n] f32. param_copy (optional, may be
+// undefined): [n] bf16 or f32, receives the updated weights for the compute copy.
+void adamw_update(const Tensor& params, const Tensor& grads, const Tensor& m, const Tensor& v,
+                  const Tensor& param_copy, const AdamWParams& hp, StreamRef stream = {});
+
+// ---- reductions ---------------------------------------------------------------------------
+// out[0] += sum(x^2) in fp32 (fp64 on CPU); out: [1] f32, on x's device. Deterministic: the
+// same input gives the same bits every run. Chain calls to build a global gradient norm.
+void sum_squares(const Tensor& x, const Tensor& out, StreamRef stream = {});
+
+// ---- random fills (Philox, identical on CPU and GPU for the same key) -----------------------
+// Element i of t (flat index + index_offset) gets the number drawn for counter i.
+void fill_uniform(const Tensor& t, RngKey key, float low, float high, std::uint64_t index_offset = 0,
+                  StreamRef stream = {});
+void fill_normal(const Tensor& t, RngKey key, float mean, float std, std::uint64_t index_offset = 0,
+                 StreamRef stream = {});
+
+}  // namespace sy

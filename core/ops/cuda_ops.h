@@ -1,0 +1,61 @@
+// CUDA implementations behind core/ops.h, one per op, same signatures. Only the dispatchers in
+// core/ops/*.cpp call these, after checking shapes, dtypes and devices; the kernels in
+// core/ops/*.cu may therefore assume valid, contiguous arguments.
+#pragma once
+
+#include "core/ops.h"
+
+// SY_ON_CUDA(call): run the CUDA implementation, or fail clearly in a CPU-only build.
+#ifdef SY_WITH_CUDA
+#define SY_ON_CUDA(call) call
+#else
+#define SY_ON_CUDA(call) SY_FAIL() << "this build has no CUDA backend, so " #call " cannot run"
+#endif
+
+namespace sy::cuda {
+
+void gemm(const Tensor& a, const Tensor& b, const Tensor& c, bool trans_a, bool trans_b, float alpha, float beta,
+          StreamRef stream);
+void gemm_batched(const Tensor& a, const Tensor& b, const Tensor& c, bool trans_a, bool trans_b, float alpha,
+                  float beta, StreamRef stream);
+
+void embedding_forward(const Tensor& tokens, const Tensor& weight, const Tensor& out, StreamRef stream);
+void embedding_backward(const Tensor& tokens, const Tensor& dout, const Tensor& dweight, StreamRef stream);
+
+void rmsnorm_forward(const Tensor& x, const Tensor& weight, const Tensor& y, const Tensor& rstd, float eps,
+                     StreamRef stream);
+void rmsnorm_backward(const Tensor& x, const Tensor& weight, const Tensor& rstd, const Tensor& dy, const Tensor& dx,
+                      const Tensor& dweight, StreamRef stream);
+
+void rope_forward(const Tensor& x, const Tensor& y, float theta, StreamRef stream);
+void rope_backward(const Tensor& dy, const Tensor& dx, float theta, StreamRef stream);
+
+void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& probs,
+                       StreamRef stream);
+void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& probs, const Tensor& dout,
+                        const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dprobs, StreamRef stream);
+
+void gelu_forward(const Tensor& x, const Tensor& y, StreamRef stream);
+void gelu_backward(const Tensor& x, const Tensor& dy, const Tensor& dx, StreamRef stream);
+void relu_forward(const Tensor& x, const Tensor& y, StreamRef stream);
+void relu_backward(const Tensor& x, const Tensor& dy, const Tensor& dx, StreamRef stream);
+void swiglu_forward(const Tensor& x, const Tensor& y, StreamRef stream);
+void swiglu_backward(const Tensor& x, const Tensor& dy, const Tensor& dx, StreamRef stream);
+
+void add(const Tensor& a, const Tensor& b, const Tensor& out, StreamRef stream);
+void cast(const Tensor& src, const Tensor& dst, StreamRef stream);
+
+void cross_entropy_forward(const Tensor& logits, const Tensor& targets, const Tensor& losses, const Tensor& lse,
+                           int ignore_index, StreamRef stream);
+void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse, const Tensor& dlogits,
+                            float grad_scale, int ignore_index, StreamRef stream);
+
+void adamw_update(const Tensor& params, const Tensor& grads, const Tensor& m, const Tensor& v,
+                  const Tensor& param_copy, const AdamWParams& hp, StreamRef stream);
+
+void sum_squares(const Tensor& x, const Tensor& out, StreamRef stream);
+
+void fill_uniform(const Tensor& t, RngKey key, float low, float high, std::uint64_t index_offset, StreamRef stream);
+void fill_normal(const Tensor& t, RngKey key, float mean, float std, std::uint64_t index_offset, StreamRef stream);
+
+}  // namespace sy::cuda

@@ -1,0 +1,75 @@
+// Owning memory. Storage is one persistent allocation (parameters, optimizer state); Arena
+// hands out per-step activations from one block and is reset each step, so a step never calls
+// the allocator. Both return Tensor views.
+#pragma once
+
+#include <cstddef>
+
+#include "core/stream.h"
+#include "core/tensor.h"
+
+namespace sy {
+
+class Storage {
+ public:
+  Storage() = default;
+  Storage(Device device, std::size_t bytes);
+  ~Storage();
+  Storage(Storage&& other) noexcept;
+  Storage& operator=(Storage&& other) noexcept;
+  Storage(const Storage&) = delete;
+  Storage& operator=(const Storage&) = delete;
+
+  void* data() const { return data_; }
+  std::size_t bytes() const { return bytes_; }
+  Device device() const { return device_; }
+  // A contiguous view from the start of the allocation.
+  Tensor tensor(const Shape& shape, DType dtype) const;
+
+ private:
+  void release();
+  void* data_ = nullptr;
+  std::size_t bytes_ = 0;
+  Device device_ = Device::cpu;
+};
+
+// Owns one tensor: the usual way to hold a parameter or a test input.
+class OwnedTensor {
+ public:
+  OwnedTensor() = default;
+  OwnedTensor(const Shape& shape, DType dtype, Device device);
+  const Tensor& view() const { return view_; }
+  operator const Tensor&() const { return view_; }
+
+ private:
+  Storage storage_;
+  Tensor view_;
+};
+
+class Arena {
+ public:
+  static constexpr std::size_t kAlignment = 256;  // cuBLAS and 16-byte vector loads want aligned bases
+
+  Arena() = default;
+  Arena(Device device, std::size_t capacity_bytes);
+
+  Tensor alloc(const Shape& shape, DType dtype);
+  void reset() { used_ = 0; }
+  std::size_t mark() const { return used_; }
+  void release_to(std::size_t mark);
+  std::size_t used() const { return used_; }
+  std::size_t peak() const { return peak_; }
+  std::size_t capacity() const { return storage_.bytes(); }
+
+ private:
+  Storage storage_;
+  std::size_t used_ = 0;
+  std::size_t peak_ = 0;
+};
+
+// Byte copy between any two devices; shapes and dtypes must match, both contiguous.
+void copy(const Tensor& dst, const Tensor& src, StreamRef stream = {});
+// Fills every byte with `byte` (tests poison outputs with 0xff: NaN in every float type).
+void fill_bytes(const Tensor& t, int byte, StreamRef stream = {});
+
+}  // namespace sy

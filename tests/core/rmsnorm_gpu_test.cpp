@@ -1,0 +1,47 @@
+// RMSNorm CUDA kernels against the CPU reference on fresh random inputs, f32 and bf16.
+#include "tests/testing.h"
+
+namespace sy::test {
+namespace {
+
+class RmsNormGpu : public ::testing::TestWithParam<DType> {};
+
+TEST_P(RmsNormGpu, MatchesCpuReference) {
+  SY_REQUIRE_GPU();
+  const DType dt = GetParam();
+  // f32: only summation order differs (1e-5). bf16: inputs and outputs rounded to 8 bits (1e-2).
+  const double tol = dt == DType::f32 ? 1e-5 : 1e-2;
+  for (auto [rows, channels] : {std::pair{37, 768}, std::pair{5, 33}, std::pair{1000, 129}}) {
+    SCOPED_TRACE(::testing::Message() << rows << "x" << channels);
+    const std::uint64_t seed = 100 + rows;
+    OwnedTensor x = random_tensor({rows, channels}, dt, Device::cuda, seed);
+    OwnedTensor w = random_tensor({channels}, dt, Device::cuda, seed + 1);
+    OwnedTensor dy = random_tensor({rows, channels}, dt, Device::cuda, seed + 2);
+    OwnedTensor y({rows, channels}, dt, Device::cuda), rstd({rows}, DType::f32, Device::cuda);
+    OwnedTensor dx({rows, channels}, dt, Device::cuda);
+    OwnedTensor dw = random_tensor({channels}, DType::f32, Device::cuda, seed + 3);  // accumulates onto this
+    poison(y); poison(rstd); poison(dx);
+
+    // The reference runs in f64 on the same (already rounded) inputs.
+    OwnedTensor xc = convert(x, DType::f64, Device::cpu), wc = convert(w, DType::f64, Device::cpu);
+    OwnedTensor dyc = convert(dy, DType::f64, Device::cpu), dwc = convert(dw, DType::f32, Device::cpu);
+    OwnedTensor yc({rows, channels}, DType::f64, Device::cpu), rc({rows}, DType::f32, Device::cpu);
+    OwnedTensor dxc({rows, channels}, DType::f64, Device::cpu);
+
+    rmsnorm_forward(x, w, y, rstd, 1e-5f);
+    rmsnorm_backward(x, w, rstd, dy, dx, dw);
+    device_synchronize();
+    rmsnorm_forward(xc, wc, yc, rc, 1e-5f);
+    rmsnorm_backward(xc, wc, rc, dyc, dxc, dwc);
+
+    EXPECT_LT(relative_error(y, yc), tol);
+    EXPECT_LT(relative_error(rstd, rc), 1e-5);
+    EXPECT_LT(relative_error(dx, dxc), tol);
+    EXPECT_LT(relative_error(dw, dwc), tol);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Dtypes, RmsNormGpu, ::testing::Values(DType::f32, DType::bf16), dtype_param_name);
+
+}  // namespace
+}  // namespace sy::test

@@ -1,0 +1,3 @@
+// switchyard command line.
+#include <cstdio>
+int main() { return 0; }
