@@ -10,10 +10,13 @@ std::atomic<int> g_rank{0};
 
 const char* short_path(const char* file) {
   // Keep the path from the project root: "core/ops/rmsnorm.cpp", not the build machine's prefix.
+  // The leftmost layer folder wins, so tests/core/x.cpp stays tests/core/x.cpp.
+  const char* best = nullptr;
   for (const char* layer : {"/core/", "/parallel/", "/moe/", "/train/", "/bench/", "/tests/"}) {
-    if (const char* p = std::strstr(file, layer)) return p + 1;
+    const char* p = std::strstr(file, layer);
+    if (p && (!best || p < best)) best = p;
   }
-  return file;
+  return best ? best + 1 : file;
 }
 }  // namespace
 

@@ -14,8 +14,9 @@ namespace sy {
 Storage::Storage(Device device, std::size_t bytes) : bytes_(bytes), device_(device) {
   if (bytes == 0) return;
   if (device == Device::cpu) {
-    std::size_t rounded = (bytes + 63) / 64 * 64;
-    data_ = std::aligned_alloc(64, rounded);
+    // 256-byte alignment, as cudaMalloc gives, so arena offsets align the same on both devices.
+    std::size_t rounded = (bytes + 255) / 256 * 256;
+    data_ = std::aligned_alloc(256, rounded);
     SY_CHECK(data_ != nullptr) << "host allocation of " << bytes << " bytes failed";
   } else {
 #ifdef SY_WITH_CUDA
