@@ -1,0 +1,193 @@
+// Softmax cross-entropy on CUDA: one block per row for both passes, fp32 math. The forward reads
+// the logits once (online max and sum in a single pass); the backward reads them once more and
+// writes dlogits once, possibly over the logits themselves. Both move 16-byte packs when the row
+// length and the base addresses allow it, single elements otherwise.
+//
+// A target outside [0, V) that is not ignore_index is treated as ignored here (loss 0, zero
+// gradient): the CPU path rejects it, but a kernel cannot raise, and reading logits[row, target]
+// would be out of bounds.
+#include <climits>
+#include <cstdint>
+
+#include "core/ops/cuda_common.cuh"
+
+namespace sy::cuda {
+namespace {
+
+constexpr int kMaxThreads = 512;
+
+// kVec consecutive elements moved as one load or store: 16 bytes for the vector path
+// (4 f32 or 8 bf16), one element for the scalar path.
+template <class T, int kVec>
+struct alignas(sizeof(T) * kVec) Pack {
+  T v[kVec];
+};
+
+// Running softmax statistics of a set of logits: its max and sum(exp(x - max)).
+struct MaxSum {
+  float max;
+  float sum;
+};
+
+// Combines two sets. An empty set (or one of only -inf logits) is {-inf, 0}; two of them stay
+// {-inf, 0} instead of producing exp(-inf - -inf) = NaN.
+__device__ __forceinline__ MaxSum merge(MaxSum a, MaxSum b) {
+  const float max = fmaxf(a.max, b.max);
+  if (max == -INFINITY) return {max, 0.0f};
+  return {max, a.sum * __expf(a.max - max) + b.sum * __expf(b.max - max)};
+}
+
+// Block-wide merge in a fixed order (butterfly in each warp, then warp 0 over the warps), so
+// the result is bit-reproducible. Every thread gets the result; `scratch` holds 32 entries.
+__device__ __forceinline__ MaxSum block_merge(MaxSum v, MaxSum* scratch) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = (blockDim.x + 31) / 32;
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    const MaxSum other{__shfl_xor_sync(0xffffffffu, v.max, offset), __shfl_xor_sync(0xffffffffu, v.sum, offset)};
+    v = merge(v, other);
+  }
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  v = lane < warps ? scratch[lane] : MaxSum{-INFINITY, 0.0f};
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    const MaxSum other{__shfl_xor_sync(0xffffffffu, v.max, offset), __shfl_xor_sync(0xffffffffu, v.sum, offset)};
+    v = merge(v, other);
+  }
+  return v;
+}
+
+// lse[row] = log(sum_j exp(x[row, j])); losses[row] = lse[row] - x[row, target] (0 if ignored).
+// Traffic: V elements read once per row; the target logit is one more (cached) read. Each thread
+// keeps online statistics over its strided packs: rescaling only when a pack raises the running
+// max, so about one exp per element. __expf: its error (a few ulp near the max, more only for
+// terms below e^-20 that barely contribute) is far below the f32 tolerance.
+template <class T, int kVec>
+__global__ void __launch_bounds__(kMaxThreads)
+    cross_entropy_forward_kernel(const T* __restrict__ logits, const std::int32_t* __restrict__ targets,
+                                 float* __restrict__ losses, float* __restrict__ lse, int vocab, int ignore_index) {
+  __shared__ MaxSum scratch[32];
+  const int row = blockIdx.x;
+  const T* x = logits + std::int64_t(row) * vocab;
+  const auto* packs = reinterpret_cast<const Pack<T, kVec>*>(x);
+  const int pack_count = vocab / kVec;
+  MaxSum stats{-INFINITY, 0.0f};
+  for (int p = threadIdx.x; p < pack_count; p += blockDim.x) {
+    const Pack<T, kVec> pack = packs[p];
+    float values[kVec];
+    float pack_max = -INFINITY;
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) {
+      values[k] = load_f32(&pack.v[k]);
+      pack_max = fmaxf(pack_max, values[k]);
+    }
+    if (pack_max > stats.max) {
+      stats.sum *= __expf(stats.max - pack_max);
+      stats.max = pack_max;
+    }
+    if (stats.max == -INFINITY) continue;  // only -inf so far: nothing to add
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) stats.sum += __expf(values[k] - stats.max);
+  }
+  stats = block_merge(stats, scratch);
+  if (threadIdx.x == 0) {
+    const float row_lse = stats.max + logf(stats.sum);
+    const std::int32_t target = targets[row];
+    const bool counted = target != ignore_index && target >= 0 && target < vocab;
+    lse[row] = row_lse;
+    losses[row] = counted ? row_lse - load_f32(x + target) : 0.0f;
+  }
+}
+
+// dlogits[row, j] = (exp(x[row, j] - lse[row]) - [j == target]) * grad_scale, zero on ignored
+// rows. Traffic: V elements read and V written per row (ignored rows are only written). Every
+// element is read and then written by the same thread and touched by no other, so dlogits may
+// alias logits; for that reason the pointers are not __restrict__.
+template <class T, int kVec>
+__global__ void __launch_bounds__(kMaxThreads)
+    cross_entropy_backward_kernel(const T* logits, const std::int32_t* targets, const float* lse, T* dlogits,
+                                  int vocab, float grad_scale, int ignore_index) {
+  const int row = blockIdx.x;
+  const std::int64_t base = std::int64_t(row) * vocab;
+  const auto* in = reinterpret_cast<const Pack<T, kVec>*>(logits + base);
+  auto* out = reinterpret_cast<Pack<T, kVec>*>(dlogits + base);
+  const int pack_count = vocab / kVec;
+  const std::int32_t target = targets[row];
+  const bool counted = target != ignore_index && target >= 0 && target < vocab;
+  const float row_lse = lse[row];
+  for (int p = threadIdx.x; p < pack_count; p += blockDim.x) {
+    Pack<T, kVec> pack;
+    if (counted) {
+      pack = in[p];
+#pragma unroll
+      for (int k = 0; k < kVec; ++k) {
+        const int j = p * kVec + k;
+        const float prob = __expf(load_f32(&pack.v[k]) - row_lse);
+        store_f32(&pack.v[k], (prob - (j == target ? 1.0f : 0.0f)) * grad_scale);
+      }
+    } else {
+#pragma unroll
+      for (int k = 0; k < kVec; ++k) store_f32(&pack.v[k], 0.0f);
+    }
+    out[p] = pack;
+  }
+}
+
+// Threads per block: enough warps to cover the row's packs once, at most kMaxThreads.
+int threads_for(int pack_count) {
+  const int warps = (pack_count + 31) / 32;
+  return warps * 32 < kMaxThreads ? warps * 32 : kMaxThreads;
+}
+
+bool aligned_16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
+
+void check_sizes(const Tensor& logits) {
+  SY_CHECK(logits.size(0) <= INT_MAX && logits.size(1) <= INT_MAX)
+      << "cross_entropy on CUDA: at most 2^31 - 1 rows and classes, got " << logits.describe();
+}
+
+}  // namespace
+
+void cross_entropy_forward(const Tensor& logits, const Tensor& targets, const Tensor& losses, const Tensor& lse,
+                           int ignore_index, StreamRef stream) {
+  check_sizes(logits);
+  const int rows = int(logits.size(0)), vocab = int(logits.size(1));
+  if (rows == 0) return;
+  dispatch_float(logits, [&](auto* type) {
+    using T = std::remove_pointer_t<decltype(type)>;
+    constexpr int kVec = 16 / sizeof(T);
+    const T* x = static_cast<const T*>(logits.data());
+    const std::int32_t* t = targets.ptr<std::int32_t>();
+    // Every row base is 16-byte aligned when the tensor base is and V is a multiple of kVec.
+    if (vocab % kVec == 0 && aligned_16(x)) {
+      cross_entropy_forward_kernel<T, kVec><<<rows, threads_for(vocab / kVec), 0, to_cuda(stream)>>>(
+          x, t, losses.ptr<float>(), lse.ptr<float>(), vocab, ignore_index);
+    } else {
+      cross_entropy_forward_kernel<T, 1><<<rows, threads_for(vocab), 0, to_cuda(stream)>>>(
+          x, t, losses.ptr<float>(), lse.ptr<float>(), vocab, ignore_index);
+    }
+  });
+  SY_CUDA_LAUNCH();
+}
+
+void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse, const Tensor& dlogits,
+                            float grad_scale, int ignore_index, StreamRef stream) {
+  check_sizes(logits);
+  const int rows = int(logits.size(0)), vocab = int(logits.size(1));
+  if (rows == 0) return;
+  dispatch_float(logits, [&](auto* type) {
+    using T = std::remove_pointer_t<decltype(type)>;
+    constexpr int kVec = 16 / sizeof(T);
+    const T* x = static_cast<const T*>(logits.data());
+    T* dx = static_cast<T*>(dlogits.data());
+    const std::int32_t* t = targets.ptr<std::int32_t>();
+    if (vocab % kVec == 0 && aligned_16(x) && aligned_16(dx)) {
+      cross_entropy_backward_kernel<T, kVec><<<rows, threads_for(vocab / kVec), 0, to_cuda(stream)>>>(
+          x, t, lse.ptr<float>(), dx, vocab, grad_scale, ignore_index);
+    } else {
+      cross_entropy_backward_kernel<T, 1><<<rows, threads_for(vocab), 0, to_cuda(stream)>>>(
+          x, t, lse.ptr<float>(), dx, vocab, grad_scale, ignore_index);
+    }
+  });
+  SY_CUDA_LAUNCH();
+}
+
+}  // namespace sy::cuda

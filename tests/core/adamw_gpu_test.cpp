@@ -1,0 +1,56 @@
+// AdamW CUDA kernel against the CPU reference on fresh random state, with a bf16 compute copy,
+// an f32 copy and none.
+#include <optional>
+
+#include "tests/testing.h"
+
+namespace sy::test {
+namespace {
+
+TEST(AdamWGpu, MatchesCpuReference) {
+  SY_REQUIRE_GPU();
+  const std::int64_t n = 100003;  // not a multiple of the block
+  AdamWParams hp;
+  hp.lr = 3e-3f;
+  hp.weight_decay = 0.1f;
+  hp.step = 5;
+  hp.grad_scale = 0.7f;
+  std::uint64_t seed = 10;
+  for (std::optional<DType> copy_dtype : {std::optional<DType>(DType::bf16), std::optional<DType>(DType::f32),
+                                          std::optional<DType>()}) {
+    SCOPED_TRACE(copy_dtype ? dtype_name(*copy_dtype) : "no copy");
+    seed += 10;
+    OwnedTensor params = random_tensor({n}, DType::f32, Device::cuda, seed);
+    OwnedTensor grads = random_tensor({n}, DType::f32, Device::cuda, seed + 1);
+    OwnedTensor m = random_tensor({n}, DType::f32, Device::cuda, seed + 2, 0.1f);
+    OwnedTensor v = random_tensor({n}, DType::f32, Device::cuda, seed + 3, 0.1f);
+    std::vector<double> squares = to_vector(v);  // v must be non-negative
+    for (double& x : squares) x *= x;
+    from_vector(v, squares);
+    OwnedTensor param_copy;
+    if (copy_dtype) {
+      param_copy = OwnedTensor({n}, *copy_dtype, Device::cuda);
+      poison(param_copy);
+    }
+
+    // The optimizer state is f32 by contract; the CPU reference computes in double.
+    OwnedTensor pc = convert(params, DType::f32, Device::cpu), gc = convert(grads, DType::f32, Device::cpu);
+    OwnedTensor mc = convert(m, DType::f32, Device::cpu), vc = convert(v, DType::f32, Device::cpu);
+    adamw_update(pc, gc, mc, vc, Tensor(), hp);
+
+    adamw_update(params, grads, m, v, param_copy, hp);
+    device_synchronize();
+    // f32 storage on both sides, fp32 against fp64 arithmetic: 1e-6.
+    EXPECT_LT(relative_error(params, pc), 1e-6);
+    EXPECT_LT(relative_error(m, mc), 1e-6);
+    EXPECT_LT(relative_error(v, vc), 1e-6);
+    if (copy_dtype) {
+      // The copy is exactly the new f32 weights rounded to its dtype.
+      OwnedTensor rounded = convert(params, *copy_dtype, Device::cpu);
+      EXPECT_EQ(to_vector(param_copy), to_vector(rounded));
+    }
+  }
+}
+
+}  // namespace
+}  // namespace sy::test

@@ -1,0 +1,66 @@
+// sum_squares CUDA kernel against the CPU reference on fresh random inputs, f32 and bf16, and
+// its bitwise determinism.
+#include <cstring>
+
+#include "tests/testing.h"
+
+namespace sy::test {
+namespace {
+
+class SumSquaresGpu : public ::testing::TestWithParam<DType> {};
+
+TEST_P(SumSquaresGpu, MatchesCpuReference) {
+  SY_REQUIRE_GPU();
+  const DType dt = GetParam();
+  for (std::int64_t n : {std::int64_t(1), std::int64_t(1000), (std::int64_t(1) << 20) + 3}) {
+    SCOPED_TRACE(::testing::Message() << "numel " << n);
+    const std::uint64_t seed = 500 + std::uint64_t(n % 1000);
+    OwnedTensor x = random_tensor({n}, dt, Device::cuda, seed);
+    OwnedTensor out = random_tensor({1}, DType::f32, Device::cuda, seed + 1, 10.0f);  // accumulates onto this
+    // The reference runs in f64 on the same (already rounded) inputs.
+    OwnedTensor xc = convert(x, DType::f64, Device::cpu), outc = convert(out, DType::f32, Device::cpu);
+    sum_squares(x, out);
+    device_synchronize();
+    sum_squares(xc, outc);
+    // fp32 partial sums of inputs that are exact in fp32 (bf16 included): 1e-5.
+    EXPECT_LT(relative_error(out, outc), 1e-5);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Dtypes, SumSquaresGpu, ::testing::Values(DType::f32, DType::bf16), dtype_param_name);
+
+float read_scalar(const Tensor& t) {
+  float value = 0;
+  OwnedTensor host({1}, DType::f32, Device::cpu);
+  copy(host, t);
+  std::memcpy(&value, host.view().data(), sizeof value);
+  return value;
+}
+
+TEST(SumSquaresGpuDeterminism, SameInputGivesSameBits) {
+  SY_REQUIRE_GPU();
+  OwnedTensor x = random_tensor({(std::int64_t(1) << 22) + 5}, DType::f32, Device::cuda, 77);
+  OwnedTensor first = zeros({1}, DType::f32, Device::cuda), second = zeros({1}, DType::f32, Device::cuda);
+  sum_squares(x, first);
+  sum_squares(x, second);
+  device_synchronize();
+  const float a = read_scalar(first), b = read_scalar(second);
+  std::uint32_t a_bits, b_bits;
+  std::memcpy(&a_bits, &a, sizeof a);
+  std::memcpy(&b_bits, &b, sizeof b);
+  EXPECT_EQ(a_bits, b_bits) << a << " vs " << b;
+  EXPECT_GT(a, 0.0f);
+}
+
+TEST(SumSquaresGpuDeterminism, EmptyInputLeavesOutUnchanged) {
+  SY_REQUIRE_GPU();
+  OwnedTensor empty({0}, DType::f32, Device::cuda);
+  OwnedTensor out({1}, DType::f32, Device::cuda);
+  from_vector(out, {2.5});
+  sum_squares(empty, out);
+  device_synchronize();
+  EXPECT_EQ(read_scalar(out), 2.5f);
+}
+
+}  // namespace
+}  // namespace sy::test
