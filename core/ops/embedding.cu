@@ -1,0 +1,104 @@
+// Token embedding on CUDA: a row gather forward, a deterministic scatter-add backward. Tokens
+// are not range-checked on the host (that would need a sync); a token outside [0, V) reads and
+// writes nothing out of bounds: its output row is zero and its gradient is dropped.
+#include "core/ops/cuda_common.cuh"
+
+namespace sy::cuda {
+namespace {
+
+constexpr int kForwardBlock = 128;
+constexpr std::int64_t kMaxForwardBlocks = 1 << 20;
+
+// out[n, :] = weight[tokens[n], :]. One block per row (grid-stride over rows), threads over
+// channels: one token read per row, one coalesced read of the weight row and one coalesced
+// write of the output row. Pure copy, so the result is bit-exact in any dtype.
+template <class T>
+__global__ void embedding_forward_kernel(const std::int32_t* tokens, const T* weight, T* out, std::int64_t rows,
+                                         std::int64_t vocab, std::int64_t channels) {
+  for (std::int64_t n = blockIdx.x; n < rows; n += gridDim.x) {
+    const std::int32_t token = tokens[n];
+    T* out_row = out + n * channels;
+    if (token < 0 || token >= vocab) {
+      for (std::int64_t c = threadIdx.x; c < channels; c += blockDim.x) store_f32(out_row + c, 0.0f);
+      continue;
+    }
+    const T* weight_row = weight + std::int64_t(token) * channels;
+    for (std::int64_t c = threadIdx.x; c < channels; c += blockDim.x) out_row[c] = weight_row[c];
+  }
+}
+
+// dweight[tokens[n], :] += dout[n, :], deterministically and without atomics.
+//
+// Ownership: vocabulary rows are split into kClasses residue classes (token % kClasses); warp w
+// of block (x, y) owns class y * kClassWarps + w and channels [32x, 32x + 32), one per lane.
+// Each warp walks the tokens in ascending n, 32 at a time: lanes load 32 tokens, a ballot marks
+// those of its class, and the warp then adds their dout rows one after another. Every dweight
+// element therefore has exactly one writer, which adds its terms in the order of n: the bits
+// are the same on every run and equal a sequential fp32 loop over n.
+//
+// Cost: dout is read once (N*C elements) and each (token, channel) term costs one dweight
+// read-modify-write. Every warp also reads all N tokens (4N bytes per warp, served by L1/L2 as
+// the 8 warps of a block read the same ones), cheap next to dout. The read-modify-writes of one
+// warp are serial, ~N / kClasses of them for well-spread tokens; a token that dominates the
+// batch puts its whole chain on one warp, which then bounds the kernel at ~N L2 round trips
+// (the price of determinism without a sort and its scratch buffer). The ops contract gives no
+// scratch, which rules out sorting tokens or reducing per-block partials.
+constexpr int kClassWarps = 8;
+constexpr int kClassBlocks = 4;
+constexpr int kClasses = kClassWarps * kClassBlocks;
+static_assert(32 * kClassWarps <= 1024, "one block holds kClassWarps warps");
+
+template <class T>
+__global__ void embedding_backward_kernel(const std::int32_t* tokens, const T* dout, float* dweight, std::int64_t rows,
+                                          std::int64_t vocab, std::int64_t channels) {
+  const int lane = threadIdx.x % 32;
+  const int token_class = blockIdx.y * kClassWarps + threadIdx.x / 32;
+  const std::int64_t c = std::int64_t(blockIdx.x) * 32 + lane;
+  // The whole warp runs every iteration (no early exit for c >= channels): the ballot and the
+  // shuffle need all 32 lanes.
+  for (std::int64_t base = 0; base < rows; base += 32) {
+    const std::int64_t n = base + lane;
+    std::int32_t token = -1;
+    bool mine = false;
+    if (n < rows) {
+      token = tokens[n];
+      mine = token >= 0 && token < vocab && token % kClasses == token_class;
+    }
+    unsigned matches = __ballot_sync(0xffffffffu, mine);
+    while (matches != 0u) {
+      const int src = __ffs(int(matches)) - 1;  // lowest set bit first: ascending n
+      matches &= matches - 1u;
+      const std::int32_t row = __shfl_sync(0xffffffffu, token, src);
+      if (c < channels) dweight[std::int64_t(row) * channels + c] += load_f32(dout + (base + src) * channels + c);
+    }
+  }
+}
+
+}  // namespace
+
+void embedding_forward(const Tensor& tokens, const Tensor& weight, const Tensor& out, StreamRef stream) {
+  const std::int64_t rows = tokens.size(0), vocab = weight.size(0), channels = weight.size(1);
+  if (rows == 0 || channels == 0) return;
+  const unsigned blocks = unsigned(rows < kMaxForwardBlocks ? rows : kMaxForwardBlocks);
+  dispatch_float(weight, [&](auto* type) {
+    using T = std::remove_pointer_t<decltype(type)>;
+    embedding_forward_kernel<T><<<blocks, kForwardBlock, 0, to_cuda(stream)>>>(
+        tokens.ptr<std::int32_t>(), static_cast<const T*>(weight.data()), static_cast<T*>(out.data()), rows, vocab,
+        channels);
+  });
+  SY_CUDA_LAUNCH();
+}
+
+void embedding_backward(const Tensor& tokens, const Tensor& dout, const Tensor& dweight, StreamRef stream) {
+  const std::int64_t rows = tokens.size(0), vocab = dweight.size(0), channels = dweight.size(1);
+  if (rows == 0 || channels == 0) return;
+  const dim3 grid(grid_for(channels, 32), kClassBlocks);
+  dispatch_float(dout, [&](auto* type) {
+    using T = std::remove_pointer_t<decltype(type)>;
+    embedding_backward_kernel<T><<<grid, 32 * kClassWarps, 0, to_cuda(stream)>>>(
+        tokens.ptr<std::int32_t>(), static_cast<const T*>(dout.data()), dweight.ptr<float>(), rows, vocab, channels);
+  });
+  SY_CUDA_LAUNCH();
+}
+
+}  // namespace sy::cuda
