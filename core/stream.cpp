@@ -14,12 +14,15 @@ namespace sy {
 #ifdef SY_WITH_CUDA
 
 int cuda_device_count() {
-  int count = 0;
-  // No driver or no device is not an error here: the caller falls back to the CPU.
-  if (cudaGetDeviceCount(&count) != cudaSuccess) {
-    cudaGetLastError();
-    return 0;
-  }
+  // Asked once: no driver or no device is not an error here, the caller falls back to the CPU.
+  static const int count = [] {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+      cudaGetLastError();
+      return 0;
+    }
+    return n;
+  }();
   return count;
 }
 
@@ -48,7 +51,10 @@ Stream::~Stream() {
 
 void Stream::synchronize() const { sy::synchronize(ref()); }
 
-void synchronize(StreamRef stream) { SY_CUDA(cudaStreamSynchronize(static_cast<cudaStream_t>(stream.handle))); }
+void synchronize(StreamRef stream) {
+  if (cuda_device_count() == 0) return;  // CPU work is already complete
+  SY_CUDA(cudaStreamSynchronize(static_cast<cudaStream_t>(stream.handle)));
+}
 void device_synchronize() {
   if (cuda_device_count() > 0) SY_CUDA(cudaDeviceSynchronize());
 }
