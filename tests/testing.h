@@ -6,10 +6,16 @@
 
 #include <cstdint>
 #include <functional>
+#include <ostream>
 #include <vector>
 
 #include "core/ops.h"
 #include "core/storage.h"
+
+namespace sy {
+// gtest prints a DType parameter by name ("f32"), not as a byte dump.
+inline void PrintTo(DType dtype, std::ostream* os) { *os << dtype_name(dtype); }
+}  // namespace sy
 
 namespace sy::test {
 
