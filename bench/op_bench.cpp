@@ -26,6 +26,17 @@ double datasheet_bf16_tflops(const std::string& name) {
   return 0.0;
 }
 
+// "773.3 TFLOP/s" on a GPU, "12.4 GFLOP/s" on the CPU backend.
+std::string flops_text(double tflops) {
+  char text[32];
+  if (tflops >= 1.0) {
+    std::snprintf(text, sizeof text, "%7.1f TFLOP/s", tflops);
+  } else {
+    std::snprintf(text, sizeof text, "%7.2f GFLOP/s", tflops * 1e3);
+  }
+  return text;
+}
+
 OwnedTensor random(const Shape& shape, DType dtype, Device device, std::uint64_t seed) {
   OwnedTensor t(shape, dtype, device);
   fill_normal(t, RngKey{seed, std::uint32_t(RngPurpose::test), 7}, 0.0f, 1.0f);
@@ -63,7 +74,7 @@ double run_gemm(const GemmCase& c, const Options& opt, StreamRef stream, double 
   Timing t = time_repeated(body, opt.device == Device::cuda, stream, 3, opt.repeats);
   const double flops = 2.0 * double(c.batch) * double(c.m) * double(c.n) * double(c.k);
   const double tflops = flops / t.median_ms * 1e-9;
-  std::printf("%-34s %5s %10.3f ms %9.1f TFLOP/s", c.name, dtype_name(c.dtype), t.median_ms, tflops);
+  std::printf("%-34s %5s %10.3f ms %s", c.name, dtype_name(c.dtype), t.median_ms, flops_text(tflops).c_str());
   if (ceiling_tflops > 0) std::printf("  %5.1f%% of measured", 100.0 * tflops / ceiling_tflops);
   if (peak_tflops > 0) std::printf("  %5.1f%% of datasheet", 100.0 * tflops / peak_tflops);
   std::printf("\n");
@@ -94,8 +105,8 @@ void run_attention(const AttentionCase& c, DType dtype, const Options& opt, Stre
   char name[96];
   std::snprintf(name, sizeof name, "B%lld Hq%lld Hkv%lld T%lld D%lld", (long long)c.batch, (long long)c.heads,
                 (long long)c.kv_heads, (long long)c.seq, (long long)c.head_dim);
-  std::printf("%-34s %5s fwd %8.3f ms %7.1f TFLOP/s | bwd %8.3f ms %7.1f TFLOP/s", name, dtype_name(dtype),
-              fwd.median_ms, fwd_tflops, bwd.median_ms, bwd_tflops);
+  std::printf("%-34s %5s fwd %8.3f ms %s | bwd %8.3f ms %s", name, dtype_name(dtype), fwd.median_ms,
+              flops_text(fwd_tflops).c_str(), bwd.median_ms, flops_text(bwd_tflops).c_str());
   if (ceiling_tflops > 0) std::printf(" | fwd+bwd %5.1f%% of GEMM ceiling", 100.0 * 3.0 * fwd_flops /
                                                                                (fwd.median_ms + bwd.median_ms) * 1e-9 /
                                                                                ceiling_tflops);
@@ -168,7 +179,7 @@ int run_op_bench(const std::vector<std::string>& args) {
   } else {
     run_attention({2, 4, 2, 128, 16}, DType::f32, opt, stream, ceiling);
   }
-  std::printf("\nceilings measured in this run: copy %.1f GB/s, GEMM %.1f TFLOP/s", copy_gbs, ceiling);
+  std::printf("\nceilings measured in this run: copy %.1f GB/s, GEMM %s", copy_gbs, flops_text(ceiling).c_str());
   if (peak > 0) std::printf(" (datasheet dense bf16 %.0f TFLOP/s)", peak);
   std::printf("\n");
   return 0;
