@@ -126,6 +126,25 @@ double weighted_sum(const Tensor& y, const Tensor& w) {
   return s;
 }
 
+void expect_error(const std::function<void()>& call, const std::string& message) {
+  try {
+    call();
+    ADD_FAILURE() << "expected an error containing: " << message;
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(message), std::string::npos) << e.what();
+  }
+}
+
+void expect_error(const std::function<void()>& call, ErrorKind kind, const std::string& message) {
+  try {
+    call();
+    ADD_FAILURE() << "expected an error containing: " << message;
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), kind) << e.what();
+    EXPECT_NE(std::string(e.what()).find(message), std::string::npos) << e.what();
+  }
+}
+
 std::string dtype_param_name(const ::testing::TestParamInfo<DType>& info) { return dtype_name(info.param); }
 
 }  // namespace sy::test

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <string>
 #include <ostream>
 #include <vector>
 
@@ -52,6 +53,11 @@ void poison(const Tensor& t);
 std::vector<double> numeric_gradient(const Tensor& x, const std::function<double()>& loss, double h = 1e-6);
 // sum_i w_i * y_i, the scalar a gradient check differentiates (dy = w).
 double weighted_sum(const Tensor& y, const Tensor& w);
+
+// Runs `call` and expects an sy::Error whose message contains `message` (and, in the second
+// form, of the given kind).
+void expect_error(const std::function<void()>& call, const std::string& message);
+void expect_error(const std::function<void()>& call, ErrorKind kind, const std::string& message);
 
 // Names parameterised tests by dtype: "MatchesCpuReference/f32".
 std::string dtype_param_name(const ::testing::TestParamInfo<DType>& info);

@@ -9,15 +9,6 @@
 namespace sy::test {
 namespace {
 
-void expect_error(const std::function<void()>& call, const std::string& message) {
-  try {
-    call();
-    FAIL() << "expected an error containing: " << message;
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(message), std::string::npos) << e.what();
-  }
-}
-
 // Checks dx of a pointwise op (y = f(x), shape of x) against finite differences.
 void expect_backward_matches_finite_differences(
     const Shape& x_shape, const Shape& y_shape,

@@ -23,15 +23,6 @@ std::vector<double> naive_losses(const std::vector<double>& x, const std::vector
   return out;
 }
 
-void expect_error(const std::function<void()>& call, const std::string& message) {
-  try {
-    call();
-    FAIL() << "expected an error containing: " << message;
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(message), std::string::npos) << e.what();
-  }
-}
-
 TEST(CrossEntropy, ForwardMatchesNaiveLogSoftmax) {
   const int rows = 5, vocab = 13;
   OwnedTensor x = random_tensor({rows, vocab}, DType::f64, Device::cpu, 1, 2.0f);

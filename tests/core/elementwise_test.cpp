@@ -11,15 +11,6 @@
 namespace sy::test {
 namespace {
 
-void expect_error(const std::function<void()>& call, const std::string& message) {
-  try {
-    call();
-    FAIL() << "expected an error containing: " << message;
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(message), std::string::npos) << e.what();
-  }
-}
-
 float float_of_bits(std::uint32_t bits) {
   float value;
   std::memcpy(&value, &bits, sizeof value);

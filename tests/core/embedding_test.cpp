@@ -14,15 +14,6 @@ OwnedTensor tokens_of(const std::vector<double>& values) {
   return t;
 }
 
-void expect_error(const std::function<void()>& call, const std::string& message) {
-  try {
-    call();
-    FAIL() << "expected an error containing: " << message;
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(message), std::string::npos) << e.what();
-  }
-}
-
 TEST(Embedding, ForwardCopiesTheRowOfEachToken) {
   OwnedTensor tokens = tokens_of({4, 0, 10, 4, 7});
   OwnedTensor w = random_tensor({11, 7}, DType::f32, Device::cpu, 1);

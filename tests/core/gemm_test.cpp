@@ -185,45 +185,36 @@ TEST(Gemm, Bf16InputsWriteF32OutputAccumulatedExactly) {
   EXPECT_LT(relative_error(to_vector(c), expected), 1e-7);
 }
 
-void expect_error_containing(const std::function<void()>& call, const std::string& message) {
-  try {
-    call();
-    FAIL() << "expected an error containing: " << message;
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(message), std::string::npos) << e.what();
-  }
-}
-
 TEST(Gemm, RejectsMismatchedInnerDimensions) {
   OwnedTensor a({17, 33}, DType::f32, Device::cpu), b({32, 9}, DType::f32, Device::cpu),
       c({17, 9}, DType::f32, Device::cpu);
-  expect_error_containing([&] { gemm(a, b, c, false, false); },
+  expect_error([&] { gemm(a, b, c, false, false); },
                           "gemm: inner dimensions differ: op(a) is [17, 33], op(b) is [32, 9]");
 }
 
 TEST(Gemm, RejectsOutputOfTheWrongShape) {
   OwnedTensor a({4, 3}, DType::f32, Device::cpu), b({5, 3}, DType::f32, Device::cpu),
       c({4, 3}, DType::f32, Device::cpu);
-  expect_error_containing([&] { gemm(a, b, c, false, true); }, "gemm: c must have shape [4, 5], got f32[4, 3] cpu");
+  expect_error([&] { gemm(a, b, c, false, true); }, "gemm: c must have shape [4, 5], got f32[4, 3] cpu");
 }
 
 TEST(Gemm, RejectsMixedOperandDtypes) {
   OwnedTensor a({4, 3}, DType::f32, Device::cpu), b({3, 5}, DType::bf16, Device::cpu),
       c({4, 5}, DType::f32, Device::cpu);
-  expect_error_containing([&] { gemm(a, b, c, false, false); }, "gemm: b must be f32, got bf16[3, 5] cpu");
+  expect_error([&] { gemm(a, b, c, false, false); }, "gemm: b must be f32, got bf16[3, 5] cpu");
 }
 
 TEST(GemmBatched, RejectsMismatchedBatchSizes) {
   OwnedTensor a({3, 4, 2}, DType::f32, Device::cpu), b({2, 2, 5}, DType::f32, Device::cpu);
   OwnedTensor c({3, 4, 5}, DType::f32, Device::cpu);
-  expect_error_containing([&] { gemm_batched(a, b, c, false, false); },
+  expect_error([&] { gemm_batched(a, b, c, false, false); },
                           "gemm_batched: batch sizes differ: a has 3, b has 2, c has 3");
 }
 
 TEST(GemmBatched, RejectsOutputWithBatchStrideZero) {
   OwnedTensor a({3, 4, 2}, DType::f32, Device::cpu), b({3, 2, 5}, DType::f32, Device::cpu);
   OwnedTensor c({4, 5}, DType::f32, Device::cpu);
-  expect_error_containing(
+  expect_error(
       [&] {
         gemm_batched(a, b, c.view().as_strided({3, 4, 5}, {0, 5, 1}), false, false);
       },

@@ -6,18 +6,6 @@
 namespace sy::test {
 namespace {
 
-// Runs fn, expects an sy::Error of `kind` whose message contains `text`.
-template <class Fn>
-void expect_error(Fn&& fn, ErrorKind kind, const std::string& text) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected an error containing: " << text;
-  } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), kind);
-    EXPECT_NE(std::string(e.what()).find(text), std::string::npos) << e.what();
-  }
-}
-
 TEST(Tensor, ContiguousStridesAreRowMajor) {
   Tensor t(nullptr, {2, 3, 5}, DType::bf16, Device::cpu);
   EXPECT_EQ(t.stride(0), 15);
