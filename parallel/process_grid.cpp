@@ -116,11 +116,11 @@ ProcessGrid::ProcessGrid(Communicator& world, int tp, int ep)
 
 std::unique_ptr<Communicator> ProcessGrid::split(Group group) {
   const int rank = world_->rank();
-  std::unique_ptr<Communicator> sub =
-      world_->split(layout_.group_color(group, rank), layout_.group_position(group, rank), group_name(group));
-  SY_CHECK_AS(ErrorKind::internal, sub->size() == layout_.size(group) && sub->rank() == layout_.group_position(group, rank))
-      << "group " << group_name(group) << ": expected rank " << layout_.group_position(group, rank) << " of "
-      << layout_.size(group) << ", the backend made rank " << sub->rank() << " of " << sub->size();
+  const int position = layout_.group_position(group, rank);
+  std::unique_ptr<Communicator> sub = world_->split(layout_.group_color(group, rank), position, group_name(group));
+  SY_CHECK_AS(ErrorKind::internal, sub->size() == layout_.size(group) && sub->rank() == position)
+      << "group " << group_name(group) << ": expected rank " << position << " of " << layout_.size(group)
+      << ", the backend made rank " << sub->rank() << " of " << sub->size();
   return sub;
 }
 

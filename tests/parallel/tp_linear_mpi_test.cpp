@@ -96,8 +96,8 @@ TEST_P(TpLinear, MlpWithGeluMatchesUnsharded) { check_mlp_matches_unsharded(true
 TEST_P(TpLinear, RejectsWeightOfAnotherWidth) {
   OwnedTensor x({7, 12}, DType::f32, device()), w({8, 10}, DType::f32, device()), y({7, 8}, DType::f32, device());
   expect_error([&] { column_parallel_forward(tp(), x, w, y); },
-               "column_parallel_forward: x has 12 features but weight f32[8, 10] " + std::string(device_name(device())) +
-                   " expects 10");
+               std::string("column_parallel_forward: x has 12 features but weight f32[8, 10] ") +
+                   device_name(device()) + " expects 10");
 }
 
 TEST_P(TpLinear, RejectsTensorsOnAnotherDeviceThanTheGroup) {

@@ -41,7 +41,8 @@ TEST(WeightShard, RejectsPartsThatDoNotDivideTheSplitAxis) {
   OwnedTensor wrong({3, 4}, DType::f32, Device::cpu);
   expect_error([&] { copy_weight_shard(full, wrong, ShardAxis::rows, 0, 3); },
                "copy_weight_shard: shard must have shape [2, 4], got f32[3, 4] cpu");
-  expect_error([&] { copy_weight_shard(full, wrong, ShardAxis::rows, 2, 2); }, "copy_weight_shard: part 2 of 2 does not exist");
+  expect_error([&] { copy_weight_shard(full, wrong, ShardAxis::rows, 2, 2); },
+               "copy_weight_shard: part 2 of 2 does not exist");
 }
 
 }  // namespace
