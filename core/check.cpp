@@ -42,7 +42,8 @@ int error_rank() { return g_rank.load(); }
 namespace detail {
 
 Failure::Failure(ErrorKind kind, const char* file, int line, const char* what) : kind_(kind) {
-  stream_ << "rank " << error_rank() << ": " << short_path(file) << ":" << line << ": ";
+  stream_ << "rank " << error_rank() << ": ";
+  if (file) stream_ << short_path(file) << ":" << line << ": ";
   if (what) stream_ << what;
 }
 

@@ -59,4 +59,12 @@ struct Raise {
   } else                        \
     SY_FAIL_AS(kind)
 #define SY_CHECK(cond) SY_CHECK_AS(::sy::ErrorKind::invalid_argument, cond)
+
+// Errors in what a user gave us (config, data files, command line): "rank R: <message>", no
+// source location, since the message itself names the key or file and what was expected.
+#define SY_INPUT_FAIL(kind) ::sy::detail::Raise{} = ::sy::detail::Failure((kind), nullptr, 0, nullptr)
+#define SY_INPUT_CHECK(kind, cond) \
+  if (cond) {                      \
+  } else                           \
+    SY_INPUT_FAIL(kind)
 #define SY_FAIL() SY_FAIL_AS(::sy::ErrorKind::invalid_argument)
