@@ -43,12 +43,20 @@ selfcheck="not run"
 if [ "$status_build" = ok ]; then
   "$build_dir/switchyard" selfcheck >"$out/selfcheck.log" 2>&1
   selfcheck=$(tail -1 "$out/selfcheck.log")
-  if [ $run_bench = 1 ]; then "$build_dir/switchyard" bench ops >"$out/bench-ops.log" 2>&1; fi
+  if [ $run_bench = 1 ]; then
+    "$build_dir/switchyard" bench ops >"$out/bench-ops.log" 2>&1
+    gpus=$(nvidia-smi --list-gpus 2>/dev/null | wc -l)
+    if [ "$gpus" -ge 2 ]; then
+      mpirun --allow-run-as-root --bind-to none -np "$gpus" -x NCCL_NVLS_ENABLE \
+        "$build_dir/switchyard" bench comm >"$out/bench-comm.log" 2>&1
+    fi
+  fi
 fi
 
 echo
 [ -f "$out/selfcheck.log" ] && cat "$out/selfcheck.log"
 [ -f "$out/bench-ops.log" ] && { echo; cat "$out/bench-ops.log"; }
+[ -f "$out/bench-comm.log" ] && { echo; cat "$out/bench-comm.log"; }
 for label in unit mpi gpu; do
   grep -E "^\s+[0-9]+ - .*\((Failed|Timeout|SEGFAULT|Subprocess aborted|Exception)" "$out/ctest-$label.log" 2>/dev/null
 done

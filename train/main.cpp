@@ -6,10 +6,12 @@
 #include <string>
 #include <vector>
 
+#include "bench/comm_bench.h"
 #include "bench/op_bench.h"
 #include "core/check.h"
 #include "core/selfcheck.h"
 #include "core/stream.h"
+#include "parallel/mpi_runtime.h"
 
 namespace {
 
@@ -21,6 +23,7 @@ void print_usage() {
       "  selfcheck [--seed N]   run every op forward and backward on random inputs against the\n"
       "                         float64 CPU reference (CPU f32, and CUDA f32/bf16 with a GPU)\n"
       "  bench ops [...]        GEMM, attention and copy throughput (switchyard bench ops --help)\n"
+      "  bench comm [...]       all-reduce and all-to-all bandwidth under mpirun (bench comm --help)\n"
       "  --help                 this text\n");
 }
 
@@ -64,9 +67,10 @@ int run(const std::vector<std::string>& args) {
   const std::vector<std::string> rest(args.begin() + 1, args.end());
   if (command == "selfcheck") return run_selfcheck_command(rest);
   if (command == "bench") {
-    SY_CHECK(!rest.empty()) << "bench: name a benchmark: ops (see switchyard --help)";
+    SY_CHECK(!rest.empty()) << "bench: name a benchmark: ops or comm (see switchyard --help)";
     if (rest[0] == "ops") return sy::bench::run_op_bench({rest.begin() + 1, rest.end()});
-    SY_FAIL() << "bench: unknown benchmark '" << rest[0] << "'; available: ops";
+    if (rest[0] == "comm") return sy::bench::run_comm_bench({rest.begin() + 1, rest.end()});
+    SY_FAIL() << "bench: unknown benchmark '" << rest[0] << "'; available: ops, comm";
   }
   SY_FAIL() << "unknown command '" << command << "' (see switchyard --help)";
 }
@@ -81,5 +85,7 @@ int main(int argc, char** argv) {
   } catch (const std::exception& e) {
     std::fprintf(stderr, "switchyard: rank %d: %s\n", sy::error_rank(), e.what());
   }
-  return 1;
+  // Ranks still inside a collective would wait forever for this one: end the whole job.
+  std::fflush(stderr);
+  sy::MpiRuntime::abort(1);
 }

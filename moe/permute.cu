@@ -1,0 +1,182 @@
+// MoE row movements on CUDA. Every kernel is bandwidth-bound: each d-wide row is read once and
+// written once (combine reads k rows per token). One block per token or choice, threads across
+// the row, so a warp touches contiguous memory; k and E are small and need no tiling. Sums over
+// the k choices run in choice order, so results are deterministic.
+#include "core/ops/cuda_common.cuh"
+#include "moe/permute_cuda.h"
+
+namespace sy::cuda {
+namespace {
+
+constexpr int kRowThreads = 128;
+
+// Row of choice c in the expert-ordered buffer, or -1 if dropped.
+__device__ __forceinline__ std::int64_t choice_row(const std::int32_t* expert, const std::int32_t* slot,
+                                                   const std::int32_t* offsets, std::int64_t c) {
+  const std::int32_t s = slot[c];
+  return s < 0 ? -1 : std::int64_t(offsets[expert[c]]) + s;
+}
+
+// One thread: E is at most a few hundred, far below a launch's own cost.
+__global__ void expert_offsets_kernel(const std::int32_t* counts, int experts, std::int64_t capacity,
+                                      std::int32_t* offsets) {
+  std::int32_t total = 0;
+  for (int e = 0; e <= experts; ++e) {
+    offsets[e] = total;
+    if (e < experts) total += capacity > 0 ? std::int32_t(capacity) : counts[e];
+  }
+}
+
+template <class T>
+__global__ void scatter_kernel(const T* x, const std::int32_t* expert, const std::int32_t* slot,
+                               const std::int32_t* offsets, T* send, int k, int d) {
+  const std::int64_t c = blockIdx.x;
+  const std::int64_t row = choice_row(expert, slot, offsets, c);
+  if (row < 0) return;
+  const T* src = x + (c / k) * d;
+  T* dst = send + row * d;
+  for (int i = threadIdx.x; i < d; i += blockDim.x) dst[i] = src[i];
+}
+
+// kWeighted: out = sum_j gate * rows (combine); otherwise out = sum_j rows (gather-sum).
+template <class T, bool kWeighted>
+__global__ void gather_kernel(const T* rows, const std::int32_t* expert, const std::int32_t* slot,
+                              const std::int32_t* offsets, const float* gate, T* out, int k, int d) {
+  const std::int64_t n = blockIdx.x;
+  for (int i = threadIdx.x; i < d; i += blockDim.x) {
+    float acc = 0.0f;
+    for (int j = 0; j < k; ++j) {
+      const std::int64_t row = choice_row(expert, slot, offsets, n * k + j);
+      if (row < 0) continue;
+      const float v = load_f32(rows + row * d + i);
+      acc += kWeighted ? gate[n * k + j] * v : v;
+    }
+    store_f32(out + n * d + i, acc);
+  }
+}
+
+template <class T>
+__global__ void combine_backward_kernel(const T* dout, const T* y, const std::int32_t* expert,
+                                        const std::int32_t* slot, const std::int32_t* offsets, const float* gate,
+                                        T* dy, float* dgate, int k, int d) {
+  __shared__ float scratch[32];
+  const std::int64_t c = blockIdx.x;
+  const std::int64_t row = choice_row(expert, slot, offsets, c);
+  if (row < 0) {
+    if (threadIdx.x == 0) dgate[c] = 0.0f;
+    return;
+  }
+  const T* dor = dout + (c / k) * d;
+  const float g = gate[c];
+  float dot = 0.0f;
+  for (int i = threadIdx.x; i < d; i += blockDim.x) {
+    const float go = load_f32(dor + i);
+    dot += go * load_f32(y + row * d + i);
+    store_f32(dy + row * d + i, g * go);
+  }
+  dot = block_sum(dot, scratch);
+  if (threadIdx.x == 0) dgate[c] = dot;
+}
+
+// Block (p, l) = blockIdx.x moves its rows between source-major and expert-major positions;
+// blockIdx.y strides over the block's rows. Each CTA finds both start rows by summing counts
+// (P x L is small). Rows move as 4-byte words when the row width allows, else 2-byte words.
+template <class Word>
+__global__ void regroup_kernel(const Word* in, const std::int32_t* counts, Word* out, int peers, int locals,
+                               std::int64_t row_words, bool to_expert_major) {
+  const int b = blockIdx.x, p = b / locals, l = b % locals;
+  std::int64_t source_major = 0, expert_major = 0;
+  for (int q = 0; q < peers * locals; ++q) {
+    const int qp = q / locals, ql = q % locals;
+    if (q < b) source_major += counts[q];
+    if (ql < l || (ql == l && qp < p)) expert_major += counts[q];
+  }
+  const std::int64_t from = to_expert_major ? source_major : expert_major;
+  const std::int64_t to = to_expert_major ? expert_major : source_major;
+  const int rows = counts[b];
+  for (int r = blockIdx.y; r < rows; r += gridDim.y) {
+    const Word* src = in + (from + r) * row_words;
+    Word* dst = out + (to + r) * row_words;
+    for (std::int64_t w = threadIdx.x; w < row_words; w += blockDim.x) dst[w] = src[w];
+  }
+}
+
+const std::int32_t* i32(const Tensor& t) { return static_cast<const std::int32_t*>(t.data()); }
+
+}  // namespace
+
+void moe_expert_offsets(const Tensor& counts, std::int64_t capacity, const Tensor& offsets, StreamRef stream) {
+  expert_offsets_kernel<<<1, 1, 0, to_cuda(stream)>>>(i32(counts), int(counts.numel()), capacity,
+                                                      static_cast<std::int32_t*>(offsets.data()));
+  SY_CUDA_LAUNCH();
+}
+
+void moe_scatter_rows(const Tensor& x, const Tensor& expert, const Tensor& slot, const Tensor& offsets,
+                      const Tensor& send, StreamRef stream) {
+  const std::int64_t choices = expert.numel();
+  if (choices == 0) return;
+  dispatch_float(x, [&](auto* type) {
+    using T = std::remove_pointer_t<decltype(type)>;
+    scatter_kernel<T><<<unsigned(choices), kRowThreads, 0, to_cuda(stream)>>>(
+        static_cast<const T*>(x.data()), i32(expert), i32(slot), i32(offsets), static_cast<T*>(send.data()),
+        int(expert.size(1)), int(x.size(1)));
+  });
+  SY_CUDA_LAUNCH();
+}
+
+void moe_gather_rows_sum(const Tensor& rows, const Tensor& expert, const Tensor& slot, const Tensor& offsets,
+                         const Tensor& dx, StreamRef stream) {
+  if (dx.size(0) == 0) return;
+  dispatch_float(dx, [&](auto* type) {
+    using T = std::remove_pointer_t<decltype(type)>;
+    gather_kernel<T, false><<<unsigned(dx.size(0)), kRowThreads, 0, to_cuda(stream)>>>(
+        static_cast<const T*>(rows.data()), i32(expert), i32(slot), i32(offsets), nullptr,
+        static_cast<T*>(dx.data()), int(expert.size(1)), int(dx.size(1)));
+  });
+  SY_CUDA_LAUNCH();
+}
+
+void moe_combine(const Tensor& y, const Tensor& expert, const Tensor& slot, const Tensor& offsets, const Tensor& gate,
+                 const Tensor& out, StreamRef stream) {
+  if (out.size(0) == 0) return;
+  dispatch_float(out, [&](auto* type) {
+    using T = std::remove_pointer_t<decltype(type)>;
+    gather_kernel<T, true><<<unsigned(out.size(0)), kRowThreads, 0, to_cuda(stream)>>>(
+        static_cast<const T*>(y.data()), i32(expert), i32(slot), i32(offsets), gate.ptr<float>(),
+        static_cast<T*>(out.data()), int(expert.size(1)), int(out.size(1)));
+  });
+  SY_CUDA_LAUNCH();
+}
+
+void moe_combine_backward(const Tensor& dout, const Tensor& y, const Tensor& expert, const Tensor& slot,
+                          const Tensor& offsets, const Tensor& gate, const Tensor& dy, const Tensor& dgate,
+                          StreamRef stream) {
+  const std::int64_t choices = expert.numel();
+  if (choices == 0) return;
+  dispatch_float(dout, [&](auto* type) {
+    using T = std::remove_pointer_t<decltype(type)>;
+    combine_backward_kernel<T><<<unsigned(choices), kRowThreads, 0, to_cuda(stream)>>>(
+        static_cast<const T*>(dout.data()), static_cast<const T*>(y.data()), i32(expert), i32(slot), i32(offsets),
+        gate.ptr<float>(), static_cast<T*>(dy.data()), dgate.ptr<float>(), int(expert.size(1)), int(dout.size(1)));
+  });
+  SY_CUDA_LAUNCH();
+}
+
+void moe_regroup(const Tensor& in, const Tensor& counts, const Tensor& out, bool to_expert_major, StreamRef stream) {
+  const int peers = int(counts.size(0)), locals = int(counts.size(1));
+  if (peers * locals == 0) return;
+  const std::int64_t row_bytes = in.size(1) * std::int64_t(dtype_size(in.dtype()));
+  const dim3 grid(unsigned(peers * locals), 64);
+  if (row_bytes % 4 == 0) {
+    regroup_kernel<std::uint32_t><<<grid, kRowThreads, 0, to_cuda(stream)>>>(
+        static_cast<const std::uint32_t*>(in.data()), i32(counts), static_cast<std::uint32_t*>(out.data()), peers,
+        locals, row_bytes / 4, to_expert_major);
+  } else {
+    regroup_kernel<std::uint16_t><<<grid, kRowThreads, 0, to_cuda(stream)>>>(
+        static_cast<const std::uint16_t*>(in.data()), i32(counts), static_cast<std::uint16_t*>(out.data()), peers,
+        locals, row_bytes / 2, to_expert_major);
+  }
+  SY_CUDA_LAUNCH();
+}
+
+}  // namespace sy::cuda
