@@ -1,0 +1,174 @@
+// DistributedOptimizer: the norm and AdamW ranges are planned once from the registry layout; a
+// step is then a fixed sequence of sum_squares, one all_reduce, adamw_update and all_gathers.
+#include "parallel/distributed_optimizer.h"
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+
+namespace sy {
+namespace {
+
+// Where a parameter sits in its group's flat buffer, the alignment and bucket padding after it
+// included, so the extents of a group tile its whole buffer.
+struct Extent {
+  std::int64_t begin = 0;
+  std::int64_t end = 0;
+  const Parameter* param = nullptr;
+};
+
+std::vector<Extent> parameter_extents(const ParameterRegistry& registry, const ParameterGroup& group) {
+  std::vector<Extent> extents;
+  for (const GradientBucket& bucket : group.buckets) {
+    for (std::size_t i = 0; i < bucket.params.size(); ++i) {
+      const Parameter& p = registry[std::size_t(bucket.params[i])];
+      const bool last = i + 1 == bucket.params.size();
+      const std::int64_t end =
+          last ? bucket.offset + bucket.numel : registry[std::size_t(bucket.params[i + 1])].offset();
+      extents.push_back({p.offset(), end, &p});
+    }
+  }
+  return extents;
+}
+
+// A window of the flat buffer and where it lands in the buffer the ranges index (the flat buffer
+// itself, or the rank's ZeRO-1 shard).
+struct Window {
+  std::int64_t flat_offset = 0;
+  std::int64_t target_offset = 0;
+  std::int64_t numel = 0;
+};
+
+}  // namespace
+
+DistributedOptimizer::DistributedOptimizer(ParameterRegistry& registry, Communicator& world, Communicator& dp,
+                                           Communicator* edp, OptimizerSettings settings, StreamRef compute)
+    : registry_(registry),
+      world_(world),
+      settings_(settings),
+      sync_(registry, dp, edp, settings.zero1, compute),
+      compute_(compute),
+      sum_squares_({1}, DType::f32, registry.options().device),
+      sum_squares_host_({1}, DType::f32, Device::cpu) {
+  const Device device = registry.options().device;
+  SY_CHECK(world.device() == device) << "DistributedOptimizer: group " << world.name() << " moves "
+                                     << device_name(world.device()) << " tensors but parameters live on "
+                                     << device_name(device);
+  for (int g = 0; g < 2; ++g) {
+    const ReduceGroup id = ReduceGroup(g);
+    const ParameterGroup& group = registry.group(id);
+    if (group.numel == 0) continue;
+    GroupPlan& plan = plans_[g];
+    const std::int64_t n = settings.zero1 ? sync_.shard_numel(id) : group.numel;
+    auto zeroed = [&](Storage& storage, DType dtype) {
+      storage = Storage(device, std::size_t(n) * dtype_size(dtype));
+      Tensor t = storage.tensor({n}, dtype);
+      fill_bytes(t, 0);
+      return t;
+    };
+    plan.m = zeroed(plan.m_storage, DType::f32);
+    plan.v = zeroed(plan.v_storage, DType::f32);
+    if (settings.zero1) {
+      plan.master_stage = zeroed(plan.master_stage_storage, DType::f32);
+      if (group.compute.defined()) plan.copy_stage = zeroed(plan.copy_stage_storage, group.compute.dtype());
+    }
+
+    const std::vector<Extent> extents = parameter_extents(registry, group);
+    auto ranges = [&](const std::vector<Window>& windows, const std::function<bool(const Parameter&)>& selected) {
+      std::vector<Range> out;
+      for (const Window& w : windows) {
+        for (const Extent& e : extents) {
+          const std::int64_t lo = std::max(e.begin, w.flat_offset), hi = std::min(e.end, w.flat_offset + w.numel);
+          if (lo >= hi || !selected(*e.param)) continue;
+          const std::int64_t target = w.target_offset + (lo - w.flat_offset);
+          if (!out.empty() && out.back().offset + out.back().numel == target) {
+            out.back().numel += hi - lo;
+          } else {
+            out.push_back({target, hi - lo});
+          }
+        }
+      }
+      return out;
+    };
+    // Each rank counts its ZeRO-1 slice of every bucket in both modes: after the reduction all
+    // replicas in the group hold the same gradient, so the slices count each element once.
+    std::vector<Window> shard_windows, update_windows;
+    for (const ShardSegment& s : sync_.segments(id))
+      shard_windows.push_back({s.flat_offset, settings.zero1 ? s.shard_offset : s.flat_offset, s.numel});
+    update_windows = settings.zero1 ? shard_windows : std::vector<Window>{{0, 0, group.numel}};
+    // Across tp, split parameters hold distinct elements (each tp rank counts its own) and
+    // replicated ones hold the same gradient (tp rank 0 counts it). Across ep, expert parameters
+    // are distinct experts, so every ep rank counts its own: the world sum adds them up.
+    plan.norm_ranges =
+        ranges(shard_windows, [](const Parameter& p) { return p.spec().tp.split() || p.spec().tp.index == 0; });
+    plan.decay_ranges = ranges(update_windows, [](const Parameter& p) { return p.spec().weight_decay; });
+    plan.plain_ranges = ranges(update_windows, [](const Parameter& p) { return !p.spec().weight_decay; });
+  }
+}
+
+float DistributedOptimizer::global_grad_norm() {
+  fill_bytes(sum_squares_, 0, compute_);
+  for (int g = 0; g < 2; ++g) {
+    const ReduceGroup id = ReduceGroup(g);
+    const ParameterGroup& group = registry_.group(id);
+    if (group.numel == 0) continue;
+    const Tensor& grads = settings_.zero1 ? sync_.shard_grad(id) : group.grad;
+    for (const Range& r : plans_[g].norm_ranges)
+      sum_squares(grads.slice_rows(r.offset, r.numel), sum_squares_, compute_);
+  }
+  world_.all_reduce(sum_squares_, ReduceOp::sum, compute_);
+  copy(sum_squares_host_, sum_squares_, compute_);
+  synchronize(compute_);
+  return std::sqrt(sum_squares_host_.view().ptr<float>()[0]);
+}
+
+void DistributedOptimizer::update_group(ReduceGroup id, const AdamWParams& hp) {
+  const ParameterGroup& group = registry_.group(id);
+  GroupPlan& plan = plans_[int(id)];
+  const bool zero1 = settings_.zero1;
+  if (zero1) {
+    for (const ShardSegment& s : sync_.segments(id))
+      copy(plan.master_stage.slice_rows(s.shard_offset, s.numel), group.master.slice_rows(s.flat_offset, s.numel),
+           compute_);
+  }
+  const Tensor& params = zero1 ? plan.master_stage : group.master;
+  const Tensor& grads = zero1 ? sync_.shard_grad(id) : group.grad;
+  const Tensor& copies = zero1 ? plan.copy_stage : group.compute;
+  for (const bool decay : {true, false}) {
+    AdamWParams range_hp = hp;
+    range_hp.weight_decay = decay ? settings_.weight_decay : 0.0f;
+    for (const Range& r : decay ? plan.decay_ranges : plan.plain_ranges) {
+      auto part = [&](const Tensor& t) { return t.defined() ? t.slice_rows(r.offset, r.numel) : Tensor(); };
+      adamw_update(part(params), part(grads), part(plan.m), part(plan.v), part(copies), range_hp, compute_);
+    }
+  }
+  if (!zero1) return;
+  // Every rank updated its slice of each bucket; gathering the slices rebuilds the whole bucket.
+  Communicator& comm = sync_.communicator(id);
+  for (const ShardSegment& s : sync_.segments(id)) {
+    const GradientBucket& bucket = group.buckets[std::size_t(s.bucket)];
+    comm.all_gather(plan.master_stage.slice_rows(s.shard_offset, s.numel),
+                    group.master.slice_rows(bucket.offset, bucket.numel), compute_);
+    if (plan.copy_stage.defined())
+      comm.all_gather(plan.copy_stage.slice_rows(s.shard_offset, s.numel),
+                      group.compute.slice_rows(bucket.offset, bucket.numel), compute_);
+  }
+}
+
+float DistributedOptimizer::step(float lr, int step_number, float max_grad_norm) {
+  SY_CHECK(step_number >= 1) << "DistributedOptimizer::step: step_number is 1-based, got " << step_number;
+  sync_.finish();
+  const float norm = global_grad_norm();
+  AdamWParams hp;
+  hp.lr = lr;
+  hp.beta1 = settings_.beta1;
+  hp.beta2 = settings_.beta2;
+  hp.eps = settings_.eps;
+  hp.step = step_number;
+  hp.grad_scale = max_grad_norm > 0.0f ? std::min(1.0f, max_grad_norm / (norm + 1e-6f)) : 1.0f;
+  for (const ReduceGroup id : {ReduceGroup::dp, ReduceGroup::edp})
+    if (registry_.group(id).numel > 0) update_group(id, hp);
+  return norm;
+}
+
+}  // namespace sy

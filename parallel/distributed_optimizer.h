@@ -1,0 +1,76 @@
+// DistributedOptimizer: one training step's tail. Finishes gradient synchronisation, computes
+// the global gradient norm, clips, and applies AdamW, either to the whole local buffers or,
+// under ZeRO-1, to this rank's shard (Adam state exists for the shard only) followed by an
+// all_gather of the updated masters and compute copies.
+//
+// Communicators: world (the one all_reduce of the squared norm), dp (dense gradients; its size
+// is the averaging divisor) and edp (expert gradients; null when there are none). The tp and ep
+// position of each parameter comes from its registry entry, so no tp or ep group is needed.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "core/ops.h"
+#include "core/storage.h"
+#include "parallel/communicator.h"
+#include "parallel/grad_sync.h"
+#include "parallel/parameter.h"
+
+namespace sy {
+
+struct OptimizerSettings {
+  float beta1 = 0.9f;
+  float beta2 = 0.95f;
+  float eps = 1e-8f;
+  float weight_decay = 0.1f;  // for parameters whose spec has weight_decay = true
+  bool zero1 = false;         // shard Adam state over dp / edp
+};
+
+class DistributedOptimizer {
+ public:
+  DistributedOptimizer(ParameterRegistry& registry, Communicator& world, Communicator& dp, Communicator* edp,
+                       OptimizerSettings settings, StreamRef compute = {});
+  DistributedOptimizer(const DistributedOptimizer&) = delete;
+  DistributedOptimizer& operator=(const DistributedOptimizer&) = delete;
+
+  // Backward reports finished gradients here (see GradSync::grad_ready).
+  void grad_ready(const Parameter& param) { sync_.grad_ready(param); }
+  GradSync& grad_sync() { return sync_; }
+
+  // Finishes the gradient sync, then returns the global L2 norm of the averaged gradients (before
+  // clipping), scales them by min(1, max_grad_norm / (norm + 1e-6)) inside AdamW (max_grad_norm
+  // <= 0: no clipping) and updates masters and compute copies. step_number is 1-based. The host
+  // waits for the norm; everything else is enqueued on the compute stream. Gradients are left as
+  // they are: zero them (ParameterRegistry::zero_grads) before the next backward.
+  float step(float lr, int step_number, float max_grad_norm);
+
+ private:
+  // A range of a buffer (flat or shard) with one treatment.
+  struct Range {
+    std::int64_t offset = 0;
+    std::int64_t numel = 0;
+  };
+  struct GroupPlan {
+    std::vector<Range> norm_ranges;    // gradient elements this rank counts in the norm
+    std::vector<Range> decay_ranges;   // AdamW with weight decay
+    std::vector<Range> plain_ranges;   // AdamW without
+    Storage m_storage, v_storage, master_stage_storage, copy_stage_storage;
+    Tensor m, v;                       // [flat numel], or [shard numel] under ZeRO-1
+    Tensor master_stage, copy_stage;   // ZeRO-1: the shard being updated, then gathered
+  };
+
+  float global_grad_norm();
+  void update_group(ReduceGroup group, const AdamWParams& hp);
+
+  ParameterRegistry& registry_;
+  Communicator& world_;
+  OptimizerSettings settings_;
+  GradSync sync_;
+  StreamRef compute_;
+  GroupPlan plans_[2];  // dp, edp
+  OwnedTensor sum_squares_;       // [1] f32 on the parameters' device
+  OwnedTensor sum_squares_host_;  // [1] f32 on the CPU
+};
+
+}  // namespace sy
