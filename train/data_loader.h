@@ -81,7 +81,8 @@ class TokenDataset final : public BatchSource {
     std::int64_t first_token = 0;
   };
   Window locate(std::int64_t sequence) const;
-  // The epoch's order: order[i] is the sequence visited i-th.
+  // The epoch's order: order[i] is the sequence visited i-th. The reference is to a cache that
+  // the next call for another epoch replaces (a source is read from one thread).
   const std::vector<std::int64_t>& order(std::int64_t epoch) const;
 
   std::int64_t sequence_count() const { return sequence_count_; }

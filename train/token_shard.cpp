@@ -157,7 +157,8 @@ void write_token_shard(const std::string& path, std::span<const std::uint16_t> t
   const std::string directory = parent_directory(path);
   FileDescriptor directory_fd(::open(directory.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   SY_CHECK_AS(ErrorKind::io, directory_fd.get() >= 0) << directory << ": cannot open directory: " << errno_text();
-  SY_CHECK_AS(ErrorKind::io, ::fsync(directory_fd.get()) == 0) << directory << ": cannot sync directory: " << errno_text();
+  SY_CHECK_AS(ErrorKind::io, ::fsync(directory_fd.get()) == 0)
+      << directory << ": cannot sync directory: " << errno_text();
 }
 
 }  // namespace sy

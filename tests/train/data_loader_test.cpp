@@ -230,7 +230,9 @@ TEST(SyntheticDataset, DeterministicUniformTokensWithShiftedTargets) {
     EXPECT_EQ(next_batch(b), batch);
     EXPECT_NE(next_batch(other_seed), batch);
     for (int row = 0; row < 4; ++row) {
-      for (int t = 0; t + 1 < 32; ++t) EXPECT_EQ(batch.targets[std::size_t(row * 32 + t)], batch.inputs[std::size_t(row * 32 + t + 1)]);
+      for (int t = 0; t + 1 < 32; ++t) {
+        EXPECT_EQ(batch.targets[std::size_t(row * 32 + t)], batch.inputs[std::size_t(row * 32 + t + 1)]);
+      }
     }
     for (std::int32_t token : batch.inputs) {
       ASSERT_GE(token, 0);
