@@ -61,7 +61,8 @@ void gemm_grouped_trans_a(const Tensor& a, const Tensor& b, const Tensor& c, std
   const char* op = "gemm_grouped_trans_a";
   const std::int64_t rows = check_grouped_args(op, a, b, c, group_rows);
   const auto groups = std::int64_t(group_rows.size());
-  SY_CHECK(b.dim() == 2 && b.size(0) == rows) << op << ": b must be [R, N] with R = " << rows << ", got " << b.describe();
+  SY_CHECK(b.dim() == 2 && b.size(0) == rows)
+      << op << ": b must be [R, N] with R = " << rows << ", got " << b.describe();
   check_shape(op, "c", c, {groups, a.size(1), b.size(1)});
   if (a.is_cuda()) {
     SY_ON_CUDA(cuda::gemm_grouped_trans_a(a, b, c, group_rows.data(), group_rows.size(), alpha, beta, stream));

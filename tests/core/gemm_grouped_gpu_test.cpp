@@ -16,7 +16,9 @@ struct GroupedCase {
   DType operands, output;
 };
 
-void PrintTo(const GroupedCase& c, std::ostream* os) { *os << dtype_name(c.operands) << " -> " << dtype_name(c.output); }
+void PrintTo(const GroupedCase& c, std::ostream* os) {
+  *os << dtype_name(c.operands) << " -> " << dtype_name(c.output);
+}
 
 std::string grouped_case_name(const ::testing::TestParamInfo<GroupedCase>& param_info) {
   return std::string(dtype_name(param_info.param.operands)) + "_to_" + dtype_name(param_info.param.output);
@@ -89,7 +91,9 @@ TEST_P(GemmGroupedGpu, ManyQueuedCallsAndGrowingGroupCountsStayCorrect) {
     cs.push_back(OwnedTensor({total(layouts[call]), n}, out_dt, Device::cuda));
     poison(cs.back());
   }
-  for (std::size_t call = 0; call < layouts.size(); ++call) gemm_grouped(as[call], bs[call], cs[call], layouts[call], false);
+  for (std::size_t call = 0; call < layouts.size(); ++call) {
+    gemm_grouped(as[call], bs[call], cs[call], layouts[call], false);
+  }
   device_synchronize();
   for (std::size_t call = 0; call < layouts.size(); ++call) {
     SCOPED_TRACE(::testing::Message() << "call " << call);

@@ -12,7 +12,9 @@ struct GroupedCase {
   DType operands, output;
 };
 
-void PrintTo(const GroupedCase& c, std::ostream* os) { *os << dtype_name(c.operands) << " -> " << dtype_name(c.output); }
+void PrintTo(const GroupedCase& c, std::ostream* os) {
+  *os << dtype_name(c.operands) << " -> " << dtype_name(c.output);
+}
 
 std::string grouped_case_name(const ::testing::TestParamInfo<GroupedCase>& param_info) {
   return std::string(dtype_name(param_info.param.operands)) + "_to_" + dtype_name(param_info.param.output);

@@ -29,7 +29,8 @@ void PrintTo(const Case& c, std::ostream* os) {
 }
 
 std::string case_name(const ::testing::TestParamInfo<Case>& param_info) {
-  return std::string(activation_name(param_info.param.activation)) + (param_info.param.dropless ? "_dropless" : "_capacity");
+  const Case& c = param_info.param;
+  return std::string(activation_name(c.activation)) + (c.dropless ? "_dropless" : "_capacity");
 }
 
 ExpertFFNConfig config_for(ExpertActivation activation, std::int64_t d_ff = kHidden) {
