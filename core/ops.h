@@ -13,6 +13,9 @@
 #pragma once
 
 #include <cstdint>
+#if __cplusplus >= 202002L
+#include <span>
+#endif
 
 #include "core/rng.h"
 #include "core/stream.h"
@@ -31,6 +34,22 @@ void gemm(const Tensor& a, const Tensor& b, const Tensor& c, bool trans_a, bool 
 // stride and may be 0 for a operand shared by every batch item (e.g. one weight).
 void gemm_batched(const Tensor& a, const Tensor& b, const Tensor& c, bool trans_a, bool trans_b, float alpha = 1.0f,
                   float beta = 0.0f, StreamRef stream = {});
+#if __cplusplus >= 202002L  // the CUDA sources are C++17; they reach these through core/ops/cuda_ops.h
+// Grouped GEMM over row blocks, for experts that own different numbers of rows (dropless MoE).
+// Group g owns the rows [r_g, r_g + group_rows[g]) of a and c, r_g = group_rows[0] + ... +
+// group_rows[g-1]; group_rows is a host array of G counts (zeros allowed) summing to R:
+//   c_g = alpha * a_g @ op(b[g]) + beta * c_g.
+// a: [R, K]; b: [G, K, N] (or [G, N, K] with trans_b); c: [R, N]. dtypes as for gemm; all three
+// contiguous. This is the forward (x @ w) and the input gradient (dy @ w^T) of an expert layer.
+void gemm_grouped(const Tensor& a, const Tensor& b, const Tensor& c, std::span<const std::int64_t> group_rows,
+                  bool trans_b, float alpha = 1.0f, float beta = 0.0f, StreamRef stream = {});
+// The weight-gradient form, whose reduction runs over each group's rows:
+//   c[g] = alpha * a_g^T @ b_g + beta * c[g].
+// a: [R, K]; b: [R, N]; c: [G, K, N]. An empty group gives c[g] = beta * c[g] (zero at beta = 0).
+// With c f32 and beta = 1 it accumulates a weight gradient: dw[g] += x_g^T @ dy_g.
+void gemm_grouped_trans_a(const Tensor& a, const Tensor& b, const Tensor& c, std::span<const std::int64_t> group_rows,
+                          float alpha = 1.0f, float beta = 0.0f, StreamRef stream = {});
+#endif
 
 // ---- embedding ----------------------------------------------------------------------------
 // out[n, :] = weight[tokens[n], :]. tokens: [N] i32 in [0, V); weight: [V, C]; out: [N, C].

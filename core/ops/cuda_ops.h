@@ -3,6 +3,9 @@
 // core/ops/*.cu may therefore assume valid, contiguous arguments.
 #pragma once
 
+#include <cstddef>
+#include <cstdint>
+
 #include "core/ops.h"
 
 // SY_ON_CUDA(call): run the CUDA implementation, or fail clearly in a CPU-only build.
@@ -18,6 +21,11 @@ void gemm(const Tensor& a, const Tensor& b, const Tensor& c, bool trans_a, bool 
           StreamRef stream);
 void gemm_batched(const Tensor& a, const Tensor& b, const Tensor& c, bool trans_a, bool trans_b, float alpha,
                   float beta, StreamRef stream);
+// group_rows: `groups` host counts (a pointer and a count: std::span is C++20, these sources C++17).
+void gemm_grouped(const Tensor& a, const Tensor& b, const Tensor& c, const std::int64_t* group_rows, std::size_t groups,
+                  bool trans_b, float alpha, float beta, StreamRef stream);
+void gemm_grouped_trans_a(const Tensor& a, const Tensor& b, const Tensor& c, const std::int64_t* group_rows,
+                          std::size_t groups, float alpha, float beta, StreamRef stream);
 
 void embedding_forward(const Tensor& tokens, const Tensor& weight, const Tensor& out, StreamRef stream);
 void embedding_backward(const Tensor& tokens, const Tensor& dout, const Tensor& dweight, StreamRef stream);
