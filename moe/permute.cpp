@@ -81,11 +81,21 @@ void gather_sum_cpu(const Tensor& rows_t, const ChoiceRows& rows, std::int64_t k
   }
 }
 
+// Gates are f32, or f64 in the CPU reference's f64 runs (gradient checks).
+DType gate_dtype(const Tensor& rows) { return rows.dtype() == DType::f64 ? DType::f64 : DType::f32; }
+
+template <class G>
+double gate_value(const Tensor& gate, std::int64_t c) {
+  return double(gate.ptr<G>()[c]);
+}
+double gate_at(const Tensor& gate, std::int64_t c) {
+  return gate.dtype() == DType::f64 ? gate_value<double>(gate, c) : gate_value<float>(gate, c);
+}
+
 template <class T>
 void combine_cpu(const Tensor& y, const ChoiceRows& rows, std::int64_t k, const Tensor& gate, const Tensor& out) {
   const std::int64_t n_tokens = out.size(0), d = out.size(1);
   const T* yp = y.ptr<T>();
-  const float* gp = gate.ptr<float>();
   T* op = out.ptr<T>();
   std::vector<double> acc(static_cast<std::size_t>(d));
   for (std::int64_t n = 0; n < n_tokens; ++n) {
@@ -93,7 +103,8 @@ void combine_cpu(const Tensor& y, const ChoiceRows& rows, std::int64_t k, const 
     for (std::int64_t j = 0; j < k; ++j) {
       const std::int64_t row = rows.row(n * k + j);
       if (row < 0) continue;
-      for (std::int64_t i = 0; i < d; ++i) acc[std::size_t(i)] += double(gp[n * k + j]) * to_double(yp[row * d + i]);
+      const double g = gate_at(gate, n * k + j);
+      for (std::int64_t i = 0; i < d; ++i) acc[std::size_t(i)] += g * to_double(yp[row * d + i]);
     }
     for (std::int64_t i = 0; i < d; ++i) op[n * d + i] = from_double<T>(acc[std::size_t(i)]);
   }
@@ -105,21 +116,27 @@ void combine_backward_cpu(const Tensor& dout, const Tensor& y, const ChoiceRows&
   const std::int64_t n_tokens = dout.size(0), d = dout.size(1);
   const T* dop = dout.ptr<T>();
   const T* yp = y.ptr<T>();
-  const float* gp = gate.ptr<float>();
   T* dyp = dy.ptr<T>();
-  float* dgp = dgate.ptr<float>();
+  auto set_dgate = [&](std::int64_t c, double v) {
+    if (dgate.dtype() == DType::f64) {
+      dgate.ptr<double>()[c] = v;
+    } else {
+      dgate.ptr<float>()[c] = float(v);
+    }
+  };
   for (std::int64_t c = 0; c < n_tokens * k; ++c) {
     const std::int64_t row = rows.row(c), n = c / k;
     if (row < 0) {
-      dgp[c] = 0.0f;
+      set_dgate(c, 0.0);
       continue;
     }
+    const double g = gate_at(gate, c);
     double dot = 0;
     for (std::int64_t i = 0; i < d; ++i) {
       dot += to_double(dop[n * d + i]) * to_double(yp[row * d + i]);
-      dyp[row * d + i] = from_double<T>(double(gp[c]) * to_double(dop[n * d + i]));
+      dyp[row * d + i] = from_double<T>(g * to_double(dop[n * d + i]));
     }
-    dgp[c] = float(dot);
+    set_dgate(c, dot);
   }
 }
 
@@ -211,7 +228,7 @@ void moe_combine(const Tensor& y, const Tensor& expert, const Tensor& slot, cons
                                           << out.size(0);
   check_rows(op, "y", y, out.size(1), out.dtype());
   check_shape(op, "gate", gate, expert.shape());
-  check_dtype(op, "gate", gate, DType::f32);
+  check_dtype(op, "gate", gate, gate_dtype(out));
   check_same_device(op, {&y, &expert, &slot, &offsets, &gate, &out});
   if (out.is_cuda()) {
     SY_ON_CUDA(cuda::moe_combine(y, expert, slot, offsets, gate, out, stream));
@@ -235,9 +252,9 @@ void moe_combine_backward(const Tensor& dout, const Tensor& y, const Tensor& exp
   check_rows(op, "dy", dy, dout.size(1), dout.dtype());
   SY_CHECK(dy.size(0) == y.size(0)) << op << ": dy has " << dy.size(0) << " rows, y has " << y.size(0);
   check_shape(op, "gate", gate, expert.shape());
-  check_dtype(op, "gate", gate, DType::f32);
+  check_dtype(op, "gate", gate, gate_dtype(dout));
   check_shape(op, "dgate", dgate, expert.shape());
-  check_dtype(op, "dgate", dgate, DType::f32);
+  check_dtype(op, "dgate", dgate, gate_dtype(dout));
   check_same_device(op, {&dout, &y, &expert, &slot, &offsets, &gate, &dy, &dgate});
   // Rows no choice owns (capacity padding) carry no gradient.
   fill_bytes(dy, 0, stream);

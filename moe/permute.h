@@ -24,7 +24,8 @@ void moe_scatter_rows(const Tensor& x, const Tensor& expert, const Tensor& slot,
 void moe_gather_rows_sum(const Tensor& rows, const Tensor& expert, const Tensor& slot, const Tensor& offsets,
                          const Tensor& dx, StreamRef stream = {});
 
-// out[n] = sum over kept choices j of gate[n, j] * y[offsets[e] + slot]. gate: [N, k] f32;
+// out[n] = sum over kept choices j of gate[n, j] * y[offsets[e] + slot]. gate: [N, k] f32 (f64
+// when the rows are f64, in CPU gradient checks);
 // y: [rows, d]; out: [N, d] overwritten.
 void moe_combine(const Tensor& y, const Tensor& expert, const Tensor& slot, const Tensor& offsets,
                  const Tensor& gate, const Tensor& out, StreamRef stream = {});

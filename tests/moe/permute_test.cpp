@@ -21,7 +21,7 @@ OwnedTensor reals(const std::vector<double>& values, const Shape& shape, DType d
 struct Example {
   OwnedTensor expert = ints({0, 2, 2, 0, 1, 0}, {3, 2});
   OwnedTensor slot = ints({0, 0, 1, 1, 0, -1}, {3, 2});
-  OwnedTensor gate = reals({0.6, 0.4, 0.7, 0.3, 0.9, 0.1}, {3, 2}, DType::f32);
+  OwnedTensor gate = reals({0.6, 0.4, 0.7, 0.3, 0.9, 0.1}, {3, 2});  // f64, as the rows
   OwnedTensor counts = ints({2, 1, 2}, {3});
   OwnedTensor x = reals({1, 10, 2, 20, 3, 30}, {3, 2});
 };
@@ -54,7 +54,7 @@ TEST(MoePermute, CombineWeightsKeptChoicesAndSkipsDropped) {
   OwnedTensor out({3, 2}, DType::f64, Device::cpu);
   moe_combine(y, ex.expert, ex.slot, offsets, ex.gate, out);
   std::vector<double> got = to_vector(out);
-  const double g[6] = {0.6f, 0.4f, 0.7f, 0.3f, 0.9f, 0.1f};  // gates as stored (f32)
+  const double g[6] = {0.6, 0.4, 0.7, 0.3, 0.9, 0.1};
   std::vector<double> want = {g[0] * 1 + g[1] * 7, g[0] * 2 + g[1] * 8, g[2] * 9 + g[3] * 3,
                               g[2] * 10 + g[3] * 4, g[4] * 5, g[4] * 6};
   for (std::size_t i = 0; i < want.size(); ++i) EXPECT_NEAR(got[i], want[i], 1e-12);
@@ -72,7 +72,7 @@ TEST(MoePermute, CombineBackwardMatchesFiniteDifferencesAndGateDots) {
     return weighted_sum(out, dout);
   };
   OwnedTensor dy = random_tensor({6, 2}, DType::f64, Device::cpu, 13);  // padding rows must be zeroed
-  OwnedTensor dgate({3, 2}, DType::f32, Device::cpu);
+  OwnedTensor dgate({3, 2}, DType::f64, Device::cpu);
   moe_combine_backward(dout, y, ex.expert, ex.slot, offsets, ex.gate, dy, dgate);
   EXPECT_LT(relative_error(to_vector(dy), numeric_gradient(y, loss)), 1e-8);
   std::vector<double> yv = to_vector(y), dov = to_vector(dout), dg = to_vector(dgate);
@@ -81,7 +81,7 @@ TEST(MoePermute, CombineBackwardMatchesFiniteDifferencesAndGateDots) {
   for (int c = 0; c < 6; ++c) {
     const int n = c / 2, r = rows[c];
     const double want = r < 0 ? 0.0 : dov[n * 2] * yv[r * 2] + dov[n * 2 + 1] * yv[r * 2 + 1];
-    EXPECT_NEAR(dg[c], want, 1e-6 * (1 + std::abs(want))) << "choice " << c;
+    EXPECT_NEAR(dg[c], want, 1e-12 * (1 + std::abs(want))) << "choice " << c;
   }
 }
 
