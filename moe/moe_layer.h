@@ -1,0 +1,81 @@
+// The MoE layer: router -> dispatch over ep -> local experts (one batched or grouped GEMM per
+// weight) -> combine, forward and backward, with per-forward statistics. Under tensor
+// parallelism every tp rank routes the same tokens and holds a d_ff shard of each expert;
+// expert outputs and input gradients are summed over tp.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "core/storage.h"
+#include "moe/dispatch.h"
+#include "moe/experts.h"
+#include "moe/router.h"
+#include "parallel/communicator.h"
+
+namespace sy {
+
+struct MoeLayerConfig {
+  RouterSettings router;
+  std::int64_t d_model = 0;
+  std::int64_t d_ff = 0;  // per expert, before tensor-parallel splitting
+  ExpertActivation activation = ExpertActivation::gelu;
+};
+
+// The groups a layer talks to: ep (all-to-all), tp (expert partial sums; may be null when
+// tp = 1), dp (global-scope balancing statistics; may be null for local scope).
+struct MoeGroups {
+  Communicator* ep = nullptr;
+  Communicator* tp = nullptr;
+  Communicator* dp = nullptr;
+};
+
+// Parameters as this rank holds them. The router is replicated; experts are this ep rank's L
+// experts, each with this tp rank's d_ff shard.
+struct MoeWeights {
+  Tensor w_router;  // [d, E] f32 (f64 in CPU gradient checks)
+  Tensor w_noise;   // [d, E] like w_router; only for gaussian noise
+  ExpertWeights experts;
+};
+// Gradients: f32 (f64 with f64 weights), accumulated (+=) like every parameter gradient.
+using MoeGrads = MoeWeights;
+
+class MoeLayer {
+ public:
+  MoeLayer(const MoeLayerConfig& config, MoeGroups groups);
+  const MoeLayerConfig& config() const { return config_; }
+  std::int64_t local_experts() const { return local_experts_; }
+
+  // x: [N, d] -> out: [N, d] (written). Saves what backward needs in `arena` (which must live
+  // until backward). `first_token`: global index of local token 0, so router noise is the same
+  // at every layout.
+  void forward(const Tensor& x, const MoeWeights& weights, bool training, RngKey key, std::int64_t first_token,
+               Arena& arena, const Tensor& out, StreamRef stream = {});
+  // dout: [N, d] -> dx: [N, d] (written); grads accumulate. Aux and z losses enter with
+  // gradient 1 (their coefficients are applied by the router).
+  void backward(const Tensor& dout, const MoeWeights& weights, Arena& arena, const Tensor& dx, const MoeGrads& grads,
+                StreamRef stream = {});
+
+  const RouterState& router_state() const { return router_; }
+  RouterStats stats(StreamRef stream = {}) const { return fetch_router_stats(router_, stream); }
+
+ private:
+  // Expert GEMM layout: [L, rows, d] in capacity mode, [R, d] with per-expert rows when dropless.
+  Tensor expert_view(const Tensor& rows) const;
+  std::vector<std::int64_t> expert_rows() const;
+
+  MoeLayerConfig config_;
+  MoeGroups groups_;
+  std::int64_t local_experts_ = 0;
+  ExpertFFN experts_;
+
+  // Saved by forward for backward.
+  Tensor x_;
+  RouterState router_;
+  DispatchPlan plan_;
+  Tensor expert_in_;
+  ExpertActivations activations_;
+  Tensor returned_;
+};
+
+}  // namespace sy
