@@ -26,26 +26,9 @@ double datasheet_bf16_tflops(const std::string& name) {
   return 0.0;
 }
 
-// "773.3 TFLOP/s" on a GPU, "12.4 GFLOP/s" on the CPU backend.
-std::string flops_text(double tflops) {
-  char text[32];
-  if (tflops >= 1.0) {
-    std::snprintf(text, sizeof text, "%7.1f TFLOP/s", tflops);
-  } else {
-    std::snprintf(text, sizeof text, "%7.2f GFLOP/s", tflops * 1e3);
-  }
-  return text;
-}
-
-OwnedTensor random(const Shape& shape, DType dtype, Device device, std::uint64_t seed) {
-  OwnedTensor t(shape, dtype, device);
-  fill_normal(t, RngKey{seed, std::uint32_t(RngPurpose::test), 7}, 0.0f, 1.0f);
-  return t;
-}
-
 double measure_copy_gbs(const Options& opt, StreamRef stream) {
   const std::int64_t n = opt.device == Device::cuda ? (std::int64_t(1) << 28) : (std::int64_t(1) << 24);  // 1 GiB / 64 MiB of f32
-  OwnedTensor src = random({n}, DType::f32, opt.device, 1);
+  OwnedTensor src = random_input({n}, DType::f32, opt.device, 1);
   OwnedTensor dst(Shape{n}, DType::f32, opt.device);
   Timing t = time_repeated([&] { copy(dst, src, stream); }, opt.device == Device::cuda, stream, 2, opt.repeats);
   const double bytes = 2.0 * double(src.view().bytes());  // read + write
@@ -61,8 +44,8 @@ struct GemmCase {
 };
 
 double run_gemm(const GemmCase& c, const Options& opt, StreamRef stream, double ceiling_tflops, double peak_tflops) {
-  OwnedTensor a = random({c.batch, c.m, c.k}, c.dtype, opt.device, 2);
-  OwnedTensor b = random({c.batch, c.k, c.n}, c.dtype, opt.device, 3);
+  OwnedTensor a = random_input({c.batch, c.m, c.k}, c.dtype, opt.device, 2);
+  OwnedTensor b = random_input({c.batch, c.k, c.n}, c.dtype, opt.device, 3);
   OwnedTensor out(Shape{c.batch, c.m, c.n}, c.dtype, opt.device);
   auto body = [&] {
     if (c.batch == 1) {
@@ -86,10 +69,10 @@ struct AttentionCase {
 };
 
 void run_attention(const AttentionCase& c, DType dtype, const Options& opt, StreamRef stream, double ceiling_tflops) {
-  OwnedTensor q = random({c.batch, c.heads, c.seq, c.head_dim}, dtype, opt.device, 4);
-  OwnedTensor k = random({c.batch, c.kv_heads, c.seq, c.head_dim}, dtype, opt.device, 5);
-  OwnedTensor v = random({c.batch, c.kv_heads, c.seq, c.head_dim}, dtype, opt.device, 6);
-  OwnedTensor dout = random({c.batch, c.heads, c.seq, c.head_dim}, dtype, opt.device, 7);
+  OwnedTensor q = random_input({c.batch, c.heads, c.seq, c.head_dim}, dtype, opt.device, 4);
+  OwnedTensor k = random_input({c.batch, c.kv_heads, c.seq, c.head_dim}, dtype, opt.device, 5);
+  OwnedTensor v = random_input({c.batch, c.kv_heads, c.seq, c.head_dim}, dtype, opt.device, 6);
+  OwnedTensor dout = random_input({c.batch, c.heads, c.seq, c.head_dim}, dtype, opt.device, 7);
   OwnedTensor out(q.view().shape(), dtype, opt.device), dq(q.view().shape(), dtype, opt.device);
   OwnedTensor dk(k.view().shape(), dtype, opt.device), dv(v.view().shape(), dtype, opt.device);
   OwnedTensor probs(Shape{c.batch, c.heads, c.seq, c.seq}, dtype, opt.device);

@@ -20,3 +20,19 @@ Timing time_repeated(const std::function<void()>& body, bool on_gpu, StreamRef s
                      int repeats = 10);
 
 }  // namespace sy::bench
+
+#include <string>
+
+#include "core/storage.h"
+
+namespace sy::bench {
+
+// Normal(0, 1) values drawn on the device itself (never zeros: they run faster than real data).
+OwnedTensor random_input(const Shape& shape, DType dtype, Device device, std::uint64_t seed, StreamRef stream = {});
+// "773.3 TFLOP/s" on a GPU, "12.40 GFLOP/s" on the CPU backend.
+std::string flops_text(double tflops);
+// Median TFLOP/s of a dense GEMM sized for the device (8192^3 bf16 on GPU, 512^3 f32 on CPU):
+// the ceiling other figures are compared with.
+double dense_gemm_ceiling_tflops(Device device, StreamRef stream, int repeats = 10);
+
+}  // namespace sy::bench

@@ -46,6 +46,9 @@ if [ "$status_build" = ok ]; then
   if [ $run_bench = 1 ]; then
     "$build_dir/switchyard" bench ops >"$out/bench-ops.log" 2>&1
     gpus=$(nvidia-smi --list-gpus 2>/dev/null | wc -l)
+    # One MoE layer at the Switch benchmark shape, experts spread over every GPU.
+    mpirun --allow-run-as-root --bind-to none -np "$gpus" -x NCCL_NVLS_ENABLE \
+      "$build_dir/switchyard" bench moe >"$out/bench-moe.log" 2>&1
     if [ "$gpus" -ge 2 ]; then
       mpirun --allow-run-as-root --bind-to none -np "$gpus" -x NCCL_NVLS_ENABLE \
         "$build_dir/switchyard" bench comm >"$out/bench-comm.log" 2>&1
@@ -56,6 +59,7 @@ fi
 echo
 [ -f "$out/selfcheck.log" ] && cat "$out/selfcheck.log"
 [ -f "$out/bench-ops.log" ] && { echo; cat "$out/bench-ops.log"; }
+[ -f "$out/bench-moe.log" ] && { echo; cat "$out/bench-moe.log"; }
 [ -f "$out/bench-comm.log" ] && { echo; cat "$out/bench-comm.log"; }
 for label in unit mpi gpu; do
   grep -E "^\s+[0-9]+ - .*\((Failed|Timeout|SEGFAULT|Subprocess aborted|Exception)" "$out/ctest-$label.log" 2>/dev/null

@@ -23,7 +23,8 @@ std::vector<std::int32_t> download_i32(const Tensor& t, StreamRef stream) {
 
 }  // namespace
 
-DispatchPlan plan_dispatch(const Routing& routing, Communicator& ep, Arena& arena, StreamRef stream) {
+DispatchPlan plan_dispatch(const Routing& routing, Communicator& ep, Arena& arena, StreamRef stream,
+                           PhaseTimer* timer) {
   DispatchPlan plan;
   plan.peers = ep.size();
   SY_CHECK(routing.experts % plan.peers == 0)
@@ -53,8 +54,10 @@ DispatchPlan plan_dispatch(const Routing& routing, Communicator& ep, Arena& aren
     my_counts = download_i32(routing.expert_counts, stream);
     recv_counts = download_i32(plan.recv_counts, stream);
   }
+  mark_phase(timer, "all_to_all");  // the counts exchange and its host read
   plan.offsets = arena.alloc({routing.experts + 1}, DType::i32);
   moe_expert_offsets(routing.expert_counts, plan.capacity, plan.offsets, stream);
+  mark_phase(timer, "permute");
 
   plan.send_rows_per_peer.assign(static_cast<std::size_t>(peers), 0);
   plan.recv_rows_per_peer.assign(static_cast<std::size_t>(peers), 0);
@@ -75,50 +78,62 @@ DispatchPlan plan_dispatch(const Routing& routing, Communicator& ep, Arena& aren
 }
 
 Tensor dispatch_forward(const Tensor& x, const Routing& routing, const DispatchPlan& plan, Communicator& ep,
-                        Arena& arena, StreamRef stream) {
+                        Arena& arena, StreamRef stream, PhaseTimer* timer) {
   const std::int64_t d = x.size(1);
   Tensor send = arena.alloc({plan.send_rows, d}, x.dtype());
   // Capacity padding goes through the expert GEMMs; zeros keep it finite and out of dW.
   if (plan.capacity > 0) fill_bytes(send, 0, stream);
   moe_scatter_rows(x, routing.expert, routing.slot, plan.offsets, send, stream);
+  mark_phase(timer, "permute");
   Tensor recv = arena.alloc({plan.recv_rows, d}, x.dtype());
   ep.all_to_all(send, plan.send_rows_per_peer, recv, plan.recv_rows_per_peer, stream);
+  mark_phase(timer, "all_to_all");
   Tensor expert_in = arena.alloc({plan.recv_rows, d}, x.dtype());
   moe_regroup(recv, plan.recv_counts, expert_in, true, stream);
+  mark_phase(timer, "permute");
   return expert_in;
 }
 
 void dispatch_backward(const Tensor& d_expert_in, const Routing& routing, const DispatchPlan& plan, Communicator& ep,
-                       Arena& arena, const Tensor& dx, StreamRef stream) {
+                       Arena& arena, const Tensor& dx, StreamRef stream, PhaseTimer* timer) {
   const std::int64_t d = dx.size(1);
   Tensor d_recv = arena.alloc({plan.recv_rows, d}, dx.dtype());
   moe_regroup(d_expert_in, plan.recv_counts, d_recv, false, stream);
+  mark_phase(timer, "permute");
   Tensor d_send = arena.alloc({plan.send_rows, d}, dx.dtype());
   ep.all_to_all(d_recv, plan.recv_rows_per_peer, d_send, plan.send_rows_per_peer, stream);
+  mark_phase(timer, "all_to_all");
   moe_gather_rows_sum(d_send, routing.expert, routing.slot, plan.offsets, dx, stream);
+  mark_phase(timer, "permute");
 }
 
 Tensor combine_forward(const Tensor& expert_out, const Routing& routing, const DispatchPlan& plan, Communicator& ep,
-                       Arena& arena, const Tensor& out, StreamRef stream) {
+                       Arena& arena, const Tensor& out, StreamRef stream, PhaseTimer* timer) {
   const std::int64_t d = out.size(1);
   Tensor source_major = arena.alloc({plan.recv_rows, d}, out.dtype());
   moe_regroup(expert_out, plan.recv_counts, source_major, false, stream);
+  mark_phase(timer, "permute");
   Tensor returned = arena.alloc({plan.send_rows, d}, out.dtype());
   ep.all_to_all(source_major, plan.recv_rows_per_peer, returned, plan.send_rows_per_peer, stream);
+  mark_phase(timer, "all_to_all");
   moe_combine(returned, routing.expert, routing.slot, plan.offsets, routing.gate, out, stream);
+  mark_phase(timer, "combine");
   return returned;
 }
 
 Tensor combine_backward(const Tensor& dout, const Tensor& returned, const Routing& routing, const DispatchPlan& plan,
-                        Communicator& ep, Arena& arena, const Tensor& dgate, StreamRef stream) {
+                        Communicator& ep, Arena& arena, const Tensor& dgate, StreamRef stream, PhaseTimer* timer) {
   const std::int64_t d = dout.size(1);
   Tensor d_returned = arena.alloc({plan.send_rows, d}, dout.dtype());
   moe_combine_backward(dout, returned, routing.expert, routing.slot, plan.offsets, routing.gate, d_returned, dgate,
                        stream);
+  mark_phase(timer, "combine");
   Tensor d_source_major = arena.alloc({plan.recv_rows, d}, dout.dtype());
   ep.all_to_all(d_returned, plan.send_rows_per_peer, d_source_major, plan.recv_rows_per_peer, stream);
+  mark_phase(timer, "all_to_all");
   Tensor d_expert_out = arena.alloc({plan.recv_rows, d}, dout.dtype());
   moe_regroup(d_source_major, plan.recv_counts, d_expert_out, true, stream);
+  mark_phase(timer, "permute");
   return d_expert_out;
 }
 

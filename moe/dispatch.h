@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "core/phase_timer.h"
 #include "core/storage.h"
 #include "moe/routing.h"
 #include "parallel/communicator.h"
@@ -31,24 +32,27 @@ struct DispatchPlan {
 // Builds the plan. Capacity mode needs no communication (every expert has C rows, padding
 // included). Dropless exchanges counts with one all_to_all and reads them on the host: the one
 // host synchronisation routing truly needs, since row counts size the all-to-all.
-DispatchPlan plan_dispatch(const Routing& routing, Communicator& ep, Arena& arena, StreamRef stream = {});
+DispatchPlan plan_dispatch(const Routing& routing, Communicator& ep, Arena& arena, StreamRef stream = {},
+                           PhaseTimer* timer = nullptr);
 
 // x: [N, d] -> rows for this rank's experts, [plan.recv_rows, d] expert-major (from arena).
+// `timer` (optional) gets the phases "permute" and "all_to_all".
 Tensor dispatch_forward(const Tensor& x, const Routing& routing, const DispatchPlan& plan, Communicator& ep,
-                        Arena& arena, StreamRef stream = {});
+                        Arena& arena, StreamRef stream = {}, PhaseTimer* timer = nullptr);
 // Backward of dispatch: d_expert_in [plan.recv_rows, d] -> dx [N, d] (overwritten; dropped
 // choices contribute nothing).
 void dispatch_backward(const Tensor& d_expert_in, const Routing& routing, const DispatchPlan& plan, Communicator& ep,
-                       Arena& arena, const Tensor& dx, StreamRef stream = {});
+                       Arena& arena, const Tensor& dx, StreamRef stream = {}, PhaseTimer* timer = nullptr);
 
 // expert_out [plan.recv_rows, d] expert-major -> out [N, d] = sum_j gate * y. Returns the rows
 // as they came back, in send order ([plan.send_rows, d], from arena): backward needs them for
 // the gate gradient.
 Tensor combine_forward(const Tensor& expert_out, const Routing& routing, const DispatchPlan& plan, Communicator& ep,
-                       Arena& arena, const Tensor& out, StreamRef stream = {});
+                       Arena& arena, const Tensor& out, StreamRef stream = {}, PhaseTimer* timer = nullptr);
 // Backward of combine: dout [N, d] -> d_expert_out [plan.recv_rows, d] expert-major (from
 // arena) and dgate [N, k] f32 (overwritten).
 Tensor combine_backward(const Tensor& dout, const Tensor& returned, const Routing& routing, const DispatchPlan& plan,
-                        Communicator& ep, Arena& arena, const Tensor& dgate, StreamRef stream = {});
+                        Communicator& ep, Arena& arena, const Tensor& dgate, StreamRef stream = {},
+                        PhaseTimer* timer = nullptr);
 
 }  // namespace sy

@@ -44,9 +44,10 @@ void MoeLayer::forward(const Tensor& x, const MoeWeights& weights, bool training
   x_ = x;
   router_forward(config_.router, x, weights.w_router, weights.w_noise, training, key, first_token, arena, router_,
                  stream, config_.router.loss_scope == RouterLossScope::global ? groups_.dp : nullptr);
+  mark_phase(timer_, "router");
   const Routing& routing = router_.routing;
-  plan_ = plan_dispatch(routing, *groups_.ep, arena, stream);
-  expert_in_ = dispatch_forward(x, routing, plan_, *groups_.ep, arena, stream);
+  plan_ = plan_dispatch(routing, *groups_.ep, arena, stream, timer_);
+  expert_in_ = dispatch_forward(x, routing, plan_, *groups_.ep, arena, stream, timer_);
 
   const Tensor expert_x = expert_view(expert_in_);
   activations_ = experts_.alloc_activations(arena, expert_x.shape(), x.dtype());
@@ -54,15 +55,16 @@ void MoeLayer::forward(const Tensor& x, const MoeWeights& weights, bool training
   const std::vector<std::int64_t> rows = expert_rows();
   experts_.forward(expert_x, rows, weights.experts, activations_, expert_view(expert_out), stream);
   if (groups_.tp && groups_.tp->size() > 1) groups_.tp->all_reduce(expert_out, ReduceOp::sum, stream);
+  mark_phase(timer_, "experts");
 
-  returned_ = combine_forward(expert_out, routing, plan_, *groups_.ep, arena, out, stream);
+  returned_ = combine_forward(expert_out, routing, plan_, *groups_.ep, arena, out, stream, timer_);
 }
 
 void MoeLayer::backward(const Tensor& dout, const MoeWeights& weights, Arena& arena, const Tensor& dx,
                         const MoeGrads& grads, StreamRef stream) {
   const Routing& routing = router_.routing;
   Tensor dgate = arena.alloc(routing.gate.shape(), routing.gate.dtype());
-  Tensor d_expert_out = combine_backward(dout, returned_, routing, plan_, *groups_.ep, arena, dgate, stream);
+  Tensor d_expert_out = combine_backward(dout, returned_, routing, plan_, *groups_.ep, arena, dgate, stream, timer_);
 
   const Tensor expert_x = expert_view(expert_in_);
   ExpertScratch scratch = experts_.alloc_scratch(arena, expert_x.shape(), dout.dtype());
@@ -71,13 +73,15 @@ void MoeLayer::backward(const Tensor& dout, const MoeWeights& weights, Arena& ar
   experts_.backward(expert_x, rows, weights.experts, activations_, expert_view(d_expert_out), expert_view(d_expert_in),
                     grads.experts, scratch, stream);
   if (groups_.tp && groups_.tp->size() > 1) groups_.tp->all_reduce(d_expert_in, ReduceOp::sum, stream);
+  mark_phase(timer_, "experts");
 
   // dx = (gradient through the experts' inputs) + (gradient through the router's input).
-  dispatch_backward(d_expert_in, routing, plan_, *groups_.ep, arena, dx, stream);
+  dispatch_backward(d_expert_in, routing, plan_, *groups_.ep, arena, dx, stream, timer_);
   Tensor dx_router = arena.alloc(dx.shape(), dx.dtype());
   router_backward(router_, weights.w_router, weights.w_noise, dgate, dx_router, grads.w_router, grads.w_noise, arena,
                   stream);
   add(dx, dx_router, dx, stream);
+  mark_phase(timer_, "router");
 }
 
 }  // namespace sy

@@ -56,6 +56,10 @@ class MoeLayer {
   void backward(const Tensor& dout, const MoeWeights& weights, Arena& arena, const Tensor& dx, const MoeGrads& grads,
                 StreamRef stream = {});
 
+  // Optional: splits forward and backward time into router, permute, all_to_all, experts
+  // and combine (benchmarks only).
+  void set_phase_timer(PhaseTimer* timer) { timer_ = timer; }
+
   const RouterState& router_state() const { return router_; }
   RouterStats stats(StreamRef stream = {}) const { return fetch_router_stats(router_, stream); }
 
@@ -66,6 +70,7 @@ class MoeLayer {
 
   MoeLayerConfig config_;
   MoeGroups groups_;
+  PhaseTimer* timer_ = nullptr;
   std::int64_t local_experts_ = 0;
   ExpertFFN experts_;
 

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "bench/comm_bench.h"
+#include "bench/moe_bench.h"
 #include "bench/op_bench.h"
 #include "core/check.h"
 #include "core/selfcheck.h"
@@ -24,6 +25,7 @@ void print_usage() {
       "                         float64 CPU reference (CPU f32, and CUDA f32/bf16 with a GPU)\n"
       "  bench ops [...]        GEMM, attention and copy throughput (switchyard bench ops --help)\n"
       "  bench comm [...]       all-reduce and all-to-all bandwidth under mpirun (bench comm --help)\n"
+      "  bench moe [...]        one MoE layer forward+backward, time split by phase (bench moe --help)\n"
       "  --help                 this text\n");
 }
 
@@ -67,10 +69,11 @@ int run(const std::vector<std::string>& args) {
   const std::vector<std::string> rest(args.begin() + 1, args.end());
   if (command == "selfcheck") return run_selfcheck_command(rest);
   if (command == "bench") {
-    SY_CHECK(!rest.empty()) << "bench: name a benchmark: ops or comm (see switchyard --help)";
+    SY_CHECK(!rest.empty()) << "bench: name a benchmark: ops, comm or moe (see switchyard --help)";
     if (rest[0] == "ops") return sy::bench::run_op_bench({rest.begin() + 1, rest.end()});
     if (rest[0] == "comm") return sy::bench::run_comm_bench({rest.begin() + 1, rest.end()});
-    SY_FAIL() << "bench: unknown benchmark '" << rest[0] << "'; available: ops, comm";
+    if (rest[0] == "moe") return sy::bench::run_moe_bench({rest.begin() + 1, rest.end()});
+    SY_FAIL() << "bench: unknown benchmark '" << rest[0] << "'; available: ops, comm, moe";
   }
   SY_FAIL() << "unknown command '" << command << "' (see switchyard --help)";
 }

@@ -1,0 +1,198 @@
+// MoE layer benchmark. Every rank holds `tokens` tokens and E / ep experts; the layer runs
+// forward and backward `repeats` times after warm-up, each run split into phases by event
+// marks (moe/moe_layer.h), and rank 0 prints the per-phase means (the largest over ranks).
+#include "bench/moe_bench.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+
+#include "bench/timing.h"
+#include "core/phase_timer.h"
+#include "moe/moe_layer.h"
+#include "parallel/mpi_runtime.h"
+
+namespace sy::bench {
+namespace {
+
+struct Options {
+  Device device = Device::cpu;
+  std::int64_t tokens = 0;  // per rank; 0: 16384 on GPU, 512 on CPU
+  std::int64_t d_model = 768, d_ff = 3072;
+  int experts = 8, top_k = 1, ep = 0;  // ep 0: the world size
+  double capacity_factor = 1.25;
+  bool dropless = false;
+  ExpertActivation activation = ExpertActivation::gelu;
+  int repeats = 10;
+};
+
+void print_usage() {
+  std::printf(
+      "usage: mpirun -np N switchyard bench moe [--tokens N] [--d-model D] [--d-ff F] [--experts E]\n"
+      "                                         [--top-k K] [--ep P] [--capacity-factor C | --dropless]\n"
+      "                                         [--activation gelu|relu|swiglu] [--device cpu|cuda] [--repeats R]\n"
+      "  Tokens are per rank. Defaults: 16384 tokens (512 on CPU), d_model 768, d_ff 3072, 8 experts, top-1,\n"
+      "  ep = number of ranks, capacity factor 1.25, GELU, bf16 on GPU (f32 on CPU).\n");
+}
+
+std::int64_t parse_int(const std::string& flag, const std::string& text) {
+  char* end = nullptr;
+  const long long v = std::strtoll(text.c_str(), &end, 10);
+  SY_INPUT_CHECK(ErrorKind::invalid_argument, end && *end == '\0' && v > 0)
+      << "bench moe: " << flag << " must be a positive integer, got '" << text << "'";
+  return v;
+}
+
+Options parse(const std::vector<std::string>& args, bool gpu_per_rank) {
+  Options o;
+  o.device = gpu_per_rank ? Device::cuda : Device::cpu;
+  for (std::size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    if (a == "--dropless") {
+      o.dropless = true;
+      continue;
+    }
+    SY_INPUT_CHECK(ErrorKind::invalid_argument, i + 1 < args.size() && a.rfind("--", 0) == 0)
+        << "bench moe: unknown argument '" << a << "' (see switchyard bench moe --help)";
+    const std::string& v = args[++i];
+    if (a == "--tokens") o.tokens = parse_int(a, v);
+    else if (a == "--d-model") o.d_model = parse_int(a, v);
+    else if (a == "--d-ff") o.d_ff = parse_int(a, v);
+    else if (a == "--experts") o.experts = int(parse_int(a, v));
+    else if (a == "--top-k") o.top_k = int(parse_int(a, v));
+    else if (a == "--ep") o.ep = int(parse_int(a, v));
+    else if (a == "--repeats") o.repeats = int(parse_int(a, v));
+    else if (a == "--capacity-factor") o.capacity_factor = std::atof(v.c_str());
+    else if (a == "--device") {
+      SY_INPUT_CHECK(ErrorKind::invalid_argument, v == "cpu" || v == "cuda")
+          << "bench moe: --device must be cpu or cuda, got '" << v << "'";
+      o.device = v == "cuda" ? Device::cuda : Device::cpu;
+    } else if (a == "--activation") {
+      SY_INPUT_CHECK(ErrorKind::invalid_argument, v == "gelu" || v == "relu" || v == "swiglu")
+          << "bench moe: --activation must be gelu, relu or swiglu, got '" << v << "'";
+      o.activation = v == "gelu" ? ExpertActivation::gelu : v == "relu" ? ExpertActivation::relu : ExpertActivation::swiglu;
+    } else {
+      SY_INPUT_FAIL(ErrorKind::invalid_argument) << "bench moe: unknown argument '" << a << "' (see switchyard bench moe --help)";
+    }
+  }
+  if (o.tokens == 0) o.tokens = o.device == Device::cuda ? 16384 : 512;
+  return o;
+}
+
+std::string capacity_text(double factor) {
+  char text[48];
+  std::snprintf(text, sizeof text, "capacity factor %g", factor);
+  return text;
+}
+
+}  // namespace
+
+int run_moe_bench(const std::vector<std::string>& args) {
+  int argc = 0;
+  char** argv = nullptr;
+  MpiRuntime runtime(&argc, &argv);
+  for (const std::string& a : args) {
+    if (a == "--help" || a == "-h") {
+      if (runtime.world_rank() == 0) print_usage();
+      return 0;
+    }
+  }
+  Options o = parse(args, runtime.has_gpu_per_rank());
+  SY_INPUT_CHECK(ErrorKind::invalid_argument, o.device == Device::cpu || runtime.has_gpu_per_rank())
+      << "bench moe: --device cuda needs a GPU for every rank of the node";
+  if (o.ep == 0) o.ep = runtime.world_size();
+  SY_INPUT_CHECK(ErrorKind::config, runtime.world_size() % o.ep == 0)
+      << "bench moe: --ep " << o.ep << " does not divide the number of ranks " << runtime.world_size();
+
+  const bool gpu = o.device == Device::cuda;
+  const DType dtype = gpu ? DType::bf16 : DType::f32;
+  Stream stream_owner = gpu ? Stream::create() : Stream();
+  const StreamRef stream = stream_owner.ref();
+  std::unique_ptr<Communicator> world = make_world(o.device);
+  std::unique_ptr<Communicator> ep = world->split(world->rank() / o.ep, world->rank() % o.ep, "ep");
+
+  MoeLayerConfig config;
+  config.router.experts = o.experts;
+  config.router.top_k = o.top_k;
+  config.router.noise = RouterNoise::jitter;
+  config.router.capacity_factor = o.capacity_factor;
+  config.router.drop_policy = o.dropless ? DropPolicy::dropless : DropPolicy::position;
+  config.d_model = o.d_model;
+  config.d_ff = o.d_ff;
+  config.activation = o.activation;
+  MoeLayer layer(config, MoeGroups{ep.get(), nullptr, nullptr});
+  const std::int64_t local = layer.local_experts();
+  const std::int64_t f_in = o.activation == ExpertActivation::swiglu ? 2 * o.d_ff : o.d_ff;
+
+  OwnedTensor w_router = random_input({o.d_model, o.experts}, DType::f32, o.device, 1, stream);
+  OwnedTensor w_in = random_input({local, o.d_model, f_in}, dtype, o.device, 2, stream);
+  OwnedTensor w_out = random_input({local, o.d_ff, o.d_model}, dtype, o.device, 3, stream);
+  OwnedTensor dw_router({o.d_model, o.experts}, DType::f32, o.device), dw_in({local, o.d_model, f_in}, DType::f32, o.device);
+  OwnedTensor dw_out({local, o.d_ff, o.d_model}, DType::f32, o.device);
+  for (const Tensor& g : {dw_router.view(), dw_in.view(), dw_out.view()}) fill_bytes(g, 0, stream);
+  const MoeWeights weights{w_router, Tensor(), {w_in, w_out}};
+  const MoeGrads grads{dw_router, Tensor(), {dw_in, dw_out}};
+  OwnedTensor x = random_input({o.tokens, o.d_model}, dtype, o.device, 10 + std::uint64_t(world->rank()), stream);
+  OwnedTensor dout = random_input({o.tokens, o.d_model}, dtype, o.device, 20 + std::uint64_t(world->rank()), stream);
+  OwnedTensor out({o.tokens, o.d_model}, dtype, o.device), dx({o.tokens, o.d_model}, dtype, o.device);
+  // Activations of one forward + backward: routing, several copies of the token rows
+  // (send, receive, regroup, both directions) and the expert activations.
+  const std::size_t row_bytes = std::size_t(o.d_model) * dtype_size(dtype);
+  const std::size_t rows = std::size_t(o.tokens) * std::size_t(o.top_k) * 2 + 4096;
+  Arena arena(o.device, rows * (16 * row_bytes + 6 * std::size_t(f_in) * dtype_size(dtype)) + (std::size_t(64) << 20));
+
+  PhaseTimer phases(gpu, stream);
+  auto run_once = [&](bool timed) {
+    arena.reset();
+    if (timed) phases.start();
+    layer.set_phase_timer(timed ? &phases : nullptr);
+    layer.forward(x, weights, true, RngKey{7, 0, 0}, world->rank() * o.tokens, arena, out, stream);
+    layer.backward(dout, weights, arena, dx, grads, stream);
+    if (timed) phases.collect();
+    synchronize(stream);
+  };
+  for (int i = 0; i < 3; ++i) run_once(false);
+  for (int i = 0; i < o.repeats; ++i) run_once(true);
+  const RouterStats stats = layer.stats(stream);
+  const double ceiling = dense_gemm_ceiling_tflops(o.device, stream);
+
+  // The slowest rank's mean of each phase.
+  std::map<std::string, double> mean_ms = phases.totals_ms();
+  std::vector<double> values;
+  for (auto& [name, ms] : mean_ms) values.push_back(ms / o.repeats);
+  SY_MPI(MPI_Allreduce(MPI_IN_PLACE, values.data(), int(values.size()), MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD));
+  std::size_t i = 0;
+  double total = 0;
+  for (auto& [name, ms] : mean_ms) total += (ms = values[i++]);
+
+  // Expert rows one rank executes (capacity padding included; dropless: the mean over ranks),
+  // and their GEMM work: forward 2 GEMMs, backward 4.
+  const double expert_rows = o.dropless ? double(o.tokens) * o.top_k
+                                        : double(o.ep) * double(local) * double(router_capacity(config.router, o.tokens, true));
+  const double expert_flops = 3.0 * 2.0 * expert_rows * double(o.d_model) * double(f_in + o.d_ff);
+  const double expert_tflops = expert_flops / (mean_ms["experts"] * 1e-3) * 1e-12;
+
+  if (world->rank() == 0) {
+    std::printf("switchyard bench moe: %d ranks (ep %d), %s, %s\n", runtime.world_size(), o.ep,
+                gpu ? cuda_device_description(0).c_str() : "CPU", dtype_name(dtype));
+    std::printf("tokens/rank %lld, d_model %lld, d_ff %lld, experts %d (local %lld), top-%d, %s, activation %s\n",
+                (long long)o.tokens, (long long)o.d_model, (long long)o.d_ff, o.experts, (long long)local, o.top_k,
+                o.dropless ? std::string("dropless").c_str() : capacity_text(o.capacity_factor).c_str(),
+                o.activation == ExpertActivation::gelu ? "gelu" : o.activation == ExpertActivation::relu ? "relu" : "swiglu");
+    std::printf("dropped %.2f%% of choices; aux %.4g, z %.4g; mean of %d forward+backward runs, slowest rank\n\n",
+                100.0 * stats.dropped_fraction, stats.aux_loss, stats.z_loss, o.repeats);
+    std::printf("%-12s %10s %8s\n", "phase", "ms", "share");
+    for (const char* name : {"router", "permute", "all_to_all", "experts", "combine"}) {
+      const double ms = mean_ms.count(name) ? mean_ms[name] : 0.0;
+      std::printf("%-12s %10.3f %7.1f%%\n", name, ms, total > 0 ? 100.0 * ms / total : 0.0);
+    }
+    std::printf("%-12s %10.3f\n\n", "total", total);
+    std::printf("expert GEMMs: %s over %.0f rows/rank (%.1f%% of the dense GEMM ceiling %s)\n",
+                flops_text(expert_tflops).c_str(), expert_rows, 100.0 * expert_tflops / ceiling,
+                flops_text(ceiling).c_str());
+    std::printf("layer: %.0f tokens/s per rank\n", double(o.tokens) / (total * 1e-3));
+  }
+  return 0;
+}
+
+}  // namespace sy::bench
