@@ -35,6 +35,11 @@ void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const 
 void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& probs, const Tensor& dout,
                         const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dprobs, StreamRef stream);
 
+void split_qkv_heads(const Tensor& qkv, const Tensor& q, const Tensor& k, const Tensor& v, StreamRef stream);
+void merge_qkv_heads(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dqkv, StreamRef stream);
+void merge_heads(const Tensor& x, const Tensor& y, StreamRef stream);
+void split_heads(const Tensor& dy, const Tensor& dx, StreamRef stream);
+
 void gelu_forward(const Tensor& x, const Tensor& y, StreamRef stream);
 void gelu_backward(const Tensor& x, const Tensor& dy, const Tensor& dx, StreamRef stream);
 void relu_forward(const Tensor& x, const Tensor& y, StreamRef stream);
