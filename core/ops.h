@@ -92,6 +92,9 @@ void swiglu_backward(const Tensor& x, const Tensor& dy, const Tensor& dx, Stream
 // out = a + b (residual add; its backward passes the gradient to both inputs unchanged).
 // out may alias a or b.
 void add(const Tensor& a, const Tensor& b, const Tensor& out, StreamRef stream = {});
+// out = factor * x; out may alias x (in-place scaling, e.g. gradient averaging). x, out: same
+// shape and dtype.
+void scale(const Tensor& x, float factor, const Tensor& out, StreamRef stream = {});
 // dst = src converted to dst's dtype (f32 <-> bf16, f64 on CPU), same numel.
 void cast(const Tensor& src, const Tensor& dst, StreamRef stream = {});
 

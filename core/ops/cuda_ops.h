@@ -48,6 +48,7 @@ void swiglu_forward(const Tensor& x, const Tensor& y, StreamRef stream);
 void swiglu_backward(const Tensor& x, const Tensor& dy, const Tensor& dx, StreamRef stream);
 
 void add(const Tensor& a, const Tensor& b, const Tensor& out, StreamRef stream);
+void scale(const Tensor& x, float factor, const Tensor& out, StreamRef stream);
 void cast(const Tensor& src, const Tensor& dst, StreamRef stream);
 
 void cross_entropy_forward(const Tensor& logits, const Tensor& targets, const Tensor& losses, const Tensor& lse,
