@@ -63,7 +63,8 @@ TEST_P(HeadsGpu, MergeAndSplitHeadsMatchCpu) {
   SY_REQUIRE_GPU();
   const DType dt = GetParam();
   for (const HeadsCase& c : kCases) {
-    SCOPED_TRACE(::testing::Message() << "B=" << c.batch << " T=" << c.seq << " H=" << c.q_heads << " D=" << c.head_dim);
+    SCOPED_TRACE(::testing::Message() << "B=" << c.batch << " T=" << c.seq << " H=" << c.q_heads
+                                      << " D=" << c.head_dim);
     const Shape heads_shape{c.batch, c.q_heads, c.seq, c.head_dim};
     const Shape tokens_shape{c.batch * c.seq, c.q_heads * c.head_dim};
     const std::uint64_t seed = 500 + std::uint64_t(c.head_dim);
