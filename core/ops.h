@@ -83,6 +83,19 @@ void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const
                         const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dprobs,
                         StreamRef stream = {});
 
+// ---- head layouts (between the attention block's linear layers and core attention) --------
+// Token-major rows hold head h's D columns contiguously at h*D; head-major is [B, H, T, D].
+// All four are pure copies (any float dtype) and write their whole output.
+// qkv: [B*T, (Hq + 2 Hkv) * D] with columns [q heads | k heads | v heads] -> q: [B, Hq, T, D],
+// k, v: [B, Hkv, T, D]. B, Hq, T, D come from q's shape, Hkv from k's.
+void split_qkv_heads(const Tensor& qkv, const Tensor& q, const Tensor& k, const Tensor& v, StreamRef stream = {});
+// The exact inverse: dqkv written from dq, dk, dv.
+void merge_qkv_heads(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dqkv, StreamRef stream = {});
+// x: [B, H, T, D] -> y: [B*T, H*D], the input of the attention output projection.
+void merge_heads(const Tensor& x, const Tensor& y, StreamRef stream = {});
+// The inverse: dy: [B*T, H*D] -> dx: [B, H, T, D].
+void split_heads(const Tensor& dy, const Tensor& dx, StreamRef stream = {});
+
 // ---- activations --------------------------------------------------------------------------
 // GELU, tanh approximation. x, y: same shape.
 void gelu_forward(const Tensor& x, const Tensor& y, StreamRef stream = {});
@@ -98,6 +111,9 @@ void swiglu_backward(const Tensor& x, const Tensor& dy, const Tensor& dx, Stream
 // out = a + b (residual add; its backward passes the gradient to both inputs unchanged).
 // out may alias a or b.
 void add(const Tensor& a, const Tensor& b, const Tensor& out, StreamRef stream = {});
+// out = factor * x; out may alias x (in-place scaling, e.g. gradient averaging). x, out: same
+// shape and dtype.
+void scale(const Tensor& x, float factor, const Tensor& out, StreamRef stream = {});
 // dst = src converted to dst's dtype (f32 <-> bf16, f64 on CPU), same numel.
 void cast(const Tensor& src, const Tensor& dst, StreamRef stream = {});
 

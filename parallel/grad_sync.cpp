@@ -1,7 +1,7 @@
 // Bucketed gradient reduction with readiness tracking, overlapped with backward on the GPU.
 #include "parallel/grad_sync.h"
 
-#include "parallel/gradient_scale.h"
+#include "core/ops.h"
 
 namespace sy {
 
@@ -110,7 +110,7 @@ void GradSync::reduce_bucket(ReduceGroup group_id, int bucket_index) {
   } else {
     s.comm->all_reduce(grads, ReduceOp::sum, comm);
   }
-  if (average_scale_ != 1.0f) scale_in_place(reduced, average_scale_, comm);
+  if (average_scale_ != 1.0f) scale(reduced, average_scale_, reduced, comm);
 }
 
 void GradSync::finish() {

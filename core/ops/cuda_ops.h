@@ -43,6 +43,11 @@ void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const 
 void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& probs, const Tensor& dout,
                         const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dprobs, StreamRef stream);
 
+void split_qkv_heads(const Tensor& qkv, const Tensor& q, const Tensor& k, const Tensor& v, StreamRef stream);
+void merge_qkv_heads(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dqkv, StreamRef stream);
+void merge_heads(const Tensor& x, const Tensor& y, StreamRef stream);
+void split_heads(const Tensor& dy, const Tensor& dx, StreamRef stream);
+
 void gelu_forward(const Tensor& x, const Tensor& y, StreamRef stream);
 void gelu_backward(const Tensor& x, const Tensor& dy, const Tensor& dx, StreamRef stream);
 void relu_forward(const Tensor& x, const Tensor& y, StreamRef stream);
@@ -51,6 +56,7 @@ void swiglu_forward(const Tensor& x, const Tensor& y, StreamRef stream);
 void swiglu_backward(const Tensor& x, const Tensor& dy, const Tensor& dx, StreamRef stream);
 
 void add(const Tensor& a, const Tensor& b, const Tensor& out, StreamRef stream);
+void scale(const Tensor& x, float factor, const Tensor& out, StreamRef stream);
 void cast(const Tensor& src, const Tensor& dst, StreamRef stream);
 
 void cross_entropy_forward(const Tensor& logits, const Tensor& targets, const Tensor& losses, const Tensor& lse,
