@@ -2,6 +2,7 @@
 #include "parallel/mpi_runtime.h"
 
 #include <cstdlib>
+#include <exception>
 
 #include "core/stream.h"
 
@@ -42,15 +43,19 @@ MpiRuntime::MpiRuntime(int* argc, char*** argv) {
 }
 
 MpiRuntime::~MpiRuntime() {
+  // Unwinding from an error: MPI_Finalize would wait for ranks that may never get there;
+  // main() ends the job with MPI_Abort instead.
+  if (std::uncaught_exceptions() > 0) return;
   int finalized = 0;
   MPI_Finalized(&finalized);
   if (!finalized) MPI_Finalize();
 }
 
 void MpiRuntime::abort(int exit_code) {
-  int initialized = 0;
+  int initialized = 0, finalized = 0;
   MPI_Initialized(&initialized);
-  if (initialized) MPI_Abort(MPI_COMM_WORLD, exit_code);
+  MPI_Finalized(&finalized);
+  if (initialized && !finalized) MPI_Abort(MPI_COMM_WORLD, exit_code);
   std::exit(exit_code);
 }
 

@@ -1,0 +1,341 @@
+// The training loop and its reporting.
+#include "train/trainer.h"
+
+#include <glob.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <numeric>
+#include <sstream>
+
+#include "core/ops.h"
+#include "parallel/distributed_optimizer.h"
+#include "parallel/process_grid.h"
+#include "train/data_loader.h"
+#include "train/model.h"
+#include "train/prepare.h"
+#include "train/schedule.h"
+
+namespace sy {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+Device choose_device(const Config& c, const MpiRuntime& runtime) {
+  if (c.run.device == "cpu") return Device::cpu;
+  if (c.run.device == "cuda") {
+    SY_INPUT_CHECK(ErrorKind::config, runtime.has_gpu_per_rank())
+        << "run.device=cuda but not every rank of the node has a GPU of its own";
+    return Device::cuda;
+  }
+  return runtime.has_gpu_per_rank() ? Device::cuda : Device::cpu;
+}
+
+DType choose_dtype(const Config& c, Device device) {
+  if (c.train.precision == "fp32") return DType::f32;
+  if (c.train.precision == "bf16") {
+    SY_INPUT_CHECK(ErrorKind::config, device == Device::cuda) << "train.precision=bf16 needs a GPU (the CPU backend runs fp32)";
+    return DType::bf16;
+  }
+  return device == Device::cuda ? DType::bf16 : DType::f32;
+}
+
+// Dense bf16 peak per device for MFU (datasheet, SXM parts); 0 where unknown (CPU).
+double peak_flops(Device device) {
+  if (device != Device::cuda) return 0.0;
+  const std::string name = cuda_device_description(0);
+  if (name.find("H100") != std::string::npos || name.find("H200") != std::string::npos) return 989e12;
+  if (name.find("A100") != std::string::npos) return 312e12;
+  return 0.0;
+}
+
+// Activation bytes of one micro-batch forward + backward, with margin: the arena is sized
+// once from the config so no step allocates.
+std::size_t arena_bytes(const Config& c, int tp, int ep, DType dtype) {
+  const double s = double(dtype_size(dtype));
+  const double b = c.train.micro_batch, t = c.train.seq_len, n = b * t, d = c.model.d_model;
+  const double heads = double(c.model.n_heads) / tp, ff = double(c.model.d_ff) / tp * 2, vocab = c.model.vocab_size;
+  double bytes = s * (c.model.n_layers * (48 * n * d + 2 * b * heads * t * t + 6 * n * ff) + 2 * n * vocab) + 16 * n;
+  const int moe_blocks = c.moe.every > 0 ? c.model.n_layers / c.moe.every : 0;
+  if (moe_blocks > 0) {
+    const double rows = n * c.moe.top_k * (c.moe.dropless ? ep : std::max(1.0, c.moe.capacity_factor)) + 1024;
+    const double f_in = double(c.moe.d_ff > 0 ? c.moe.d_ff : c.model.d_ff) / tp * 2;
+    bytes += moe_blocks * (8 * (10 * n * c.moe.experts + 2 * n * d) + s * (16 * rows * d + 6 * rows * f_in));
+  }
+  return std::size_t(bytes * 1.25) + (std::size_t(64) << 20);
+}
+
+std::string duration_text(double seconds) {
+  char text[32];
+  const long s = long(seconds + 0.5);
+  if (s >= 3600) std::snprintf(text, sizeof text, "%ldh%02ldm", s / 3600, (s / 60) % 60);
+  else if (s >= 60) std::snprintf(text, sizeof text, "%ldm%02lds", s / 60, s % 60);
+  else std::snprintf(text, sizeof text, "%lds", s);
+  return text;
+}
+
+// Prepares byte-level shards from the configured corpus when data.train matches nothing (rank
+// 0 writes, everyone waits).
+bool any_file_matches(const std::string& pattern) {
+  glob_t matches{};
+  const bool found = ::glob(pattern.c_str(), 0, nullptr, &matches) == 0 && matches.gl_pathc > 0;
+  globfree(&matches);
+  return found;
+}
+
+void ensure_data(const Config& c, int rank) {
+  if (c.data.source != "bin" || any_file_matches(c.data.train)) return;
+  SY_INPUT_CHECK(ErrorKind::data, c.data.prepare == "fortunes")
+      << "data.train=" << c.data.train << " matches no shard files (run switchyard prepare, or set data.prepare)";
+  if (rank == 0) {
+    const std::string out_dir = std::filesystem::path(c.data.train).parent_path().string();
+    std::printf("preparing byte-level shards in %s from the fortunes corpus\n", out_dir.c_str());
+    PrepareOptions options;
+    options.inputs = find_default_corpus();
+    options.out_dir = out_dir;
+    options.seq_len = c.train.seq_len;
+    options.strip_fortune_separators = true;
+    std::printf("%s\n", prepare(options).describe().c_str());
+  }
+  SY_MPI(MPI_Barrier(MPI_COMM_WORLD));
+}
+
+std::unique_ptr<BatchSource> make_source(const Config& c, const std::string& pattern, const BatchLayout& layout) {
+  if (c.data.source == "synthetic") return std::make_unique<SyntheticDataset>(layout);
+  return std::make_unique<TokenDataset>(pattern, layout);
+}
+
+double mean_over_world(double value) {
+  SY_MPI(MPI_Allreduce(MPI_IN_PLACE, &value, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD));
+  int size = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  return value / size;
+}
+
+// Mean of the per-token losses of this rank (host read: the step's one synchronisation).
+double mean_loss(const Tensor& losses) {
+  std::vector<float> host(std::size_t(losses.numel()));
+  copy(Tensor(host.data(), losses.shape(), DType::f32, Device::cpu), losses);
+  return std::accumulate(host.begin(), host.end(), 0.0) / double(host.size());
+}
+
+}  // namespace
+
+std::string describe_run(const Config& c, int world_size) {
+  validate_layout(c, world_size);
+  const ModelSize size = model_size(c);
+  const GridLayout layout = GridLayout::make(world_size, c.parallel.tensor, c.parallel.expert);
+  std::ostringstream s;
+  char line[256];
+  std::snprintf(line, sizeof line, "parameters: %.2fM total, %.2fM active per token\n", size.total_params / 1e6,
+                size.active_params / 1e6);
+  s << line;
+  std::snprintf(line, sizeof line, "FLOPs per token: %.3g (6 x active + causal attention at seq %d)\n",
+                size.flops_per_token, c.train.seq_len);
+  s << line;
+  // Per rank: fp32 masters, grads and Adam m, v (ZeRO-1 shards the last two over dp), a bf16
+  // compute copy, and the activation arena.
+  const double params_per_rank = double(size.total_params) / (c.parallel.tensor * 1.0);
+  const double state = params_per_rank * (4 + 4 + 2) + params_per_rank * 8 / (c.parallel.zero1 ? layout.dp_size() : 1);
+  const double arena = double(arena_bytes(c, c.parallel.tensor, c.parallel.expert, DType::bf16));
+  std::snprintf(line, sizeof line, "memory per rank (GPU, bf16): about %.2f GiB parameters and optimizer state + %.2f GiB activations\n",
+                state / (1 << 30), arena / (1 << 30));
+  s << line;
+  s << "tokens per step: " << std::int64_t(c.train.micro_batch) * c.train.seq_len * c.train.grad_accum * layout.dp_size()
+    << " (micro_batch " << c.train.micro_batch << " x seq " << c.train.seq_len << " x grad_accum "
+    << c.train.grad_accum << " x dp " << layout.dp_size() << ")\n";
+  s << layout.describe();
+  return s.str();
+}
+
+TrainResult train(const Config& c, MpiRuntime& runtime) {
+  validate_layout(c, runtime.world_size());
+  const Device device = choose_device(c, runtime);
+  const DType dtype = choose_dtype(c, device);
+  const bool rank0 = runtime.world_rank() == 0;
+  ensure_data(c, runtime.world_rank());
+
+  Stream stream_owner = device == Device::cuda ? Stream::create() : Stream();
+  const StreamRef stream = stream_owner.ref();
+  std::unique_ptr<Communicator> world = make_world(device);
+  ProcessGrid grid(*world, c.parallel.tensor, c.parallel.expert);
+  const GridLayout& layout = grid.layout();
+  if (rank0) {
+    std::printf("switchyard train: %s on %d rank(s), %s, %s\n", c.run.name.c_str(), runtime.world_size(),
+                device == Device::cuda ? cuda_device_description(0).c_str() : "CPU", dtype_name(dtype));
+    std::printf("%s", layout.describe().c_str());
+  }
+
+  BatchLayout batch{c.train.micro_batch, c.train.seq_len, grid.coords().dp, layout.dp_size(), c.run.seed, c.model.vocab_size};
+  std::unique_ptr<BatchSource> data = make_source(c, c.data.train, batch);
+  std::unique_ptr<BatchSource> val;
+  if (c.eval.every > 0) val = make_source(c, c.data.val, batch);
+
+  RegistryOptions options;
+  options.device = device;
+  options.compute_copy = dtype != DType::f32;
+  options.compute_dtype = dtype;
+  options.bucket_bytes = std::size_t(c.parallel.bucket_mb * double(1 << 20));
+  options.dp_size = layout.dp_size();
+  options.edp_size = layout.edp_size();
+  ParameterRegistry registry(options);
+  Model model(c, grid, registry, dtype);
+  registry.allocate();
+  model.initialize(c.run.seed, stream);
+  registry.refresh_compute_copies(stream);
+  OptimizerSettings opt;
+  opt.beta1 = float(c.optimizer.beta1);
+  opt.beta2 = float(c.optimizer.beta2);
+  opt.eps = float(c.optimizer.eps);
+  opt.weight_decay = float(c.optimizer.weight_decay);
+  opt.zero1 = c.parallel.zero1;
+  DistributedOptimizer optimizer(registry, grid.world(), grid.dp(), &grid.edp(), opt, stream);
+
+  const ModelSize size = model_size(c);
+  const std::int64_t b = c.train.micro_batch, t = c.train.seq_len, n = b * t;
+  const std::int64_t global_tokens = n * c.train.grad_accum * layout.dp_size();
+  Arena arena(device, arena_bytes(c, layout.tp_size(), layout.ep_size(), dtype));
+  OwnedTensor inputs_host({b, t}, DType::i32, Device::cpu), targets_host({b, t}, DType::i32, Device::cpu);
+  OwnedTensor inputs_dev({b, t}, DType::i32, device), targets_dev({b, t}, DType::i32, device);
+  OwnedTensor losses({c.train.grad_accum, n}, DType::f32, device), eval_losses({n}, DType::f32, device);
+  auto load = [&](bool from_val, const DataPosition* at) {
+    BatchSource& source = from_val ? *val : *data;
+    if (at) {
+      source.read(*at, inputs_host, targets_host);
+    } else {
+      source.next(inputs_host, targets_host);
+    }
+    copy(inputs_dev, inputs_host, stream);
+    copy(targets_dev, targets_host, stream);
+  };
+
+  std::FILE* metrics = nullptr;
+  if (rank0) {
+    std::filesystem::create_directories(c.run.out_dir);
+    std::ofstream(c.run.out_dir + "/config.yaml") << config_to_yaml(c);
+    metrics = std::fopen((c.run.out_dir + "/metrics.jsonl").c_str(), "w");
+    SY_INPUT_CHECK(ErrorKind::io, metrics != nullptr) << c.run.out_dir << "/metrics.jsonl: cannot open for writing";
+    const ModelSize s = size;
+    std::printf("model: %.2fM parameters (%.2fM active), %.3g FLOPs per token; %lld tokens per step\n",
+                s.total_params / 1e6, s.active_params / 1e6, s.flops_per_token, (long long)global_tokens);
+  }
+  const bool progress = rank0 && c.log.progress && isatty(fileno(stderr));
+  const double peak = peak_flops(device);
+
+  TrainResult result;
+  const auto start = Clock::now();
+  double window_seconds = 0;
+  std::int64_t window_tokens = 0;
+  for (int step = 0; step < c.train.steps; ++step) {
+    const auto step_start = Clock::now();
+    const double lr = learning_rate(c, step);
+    registry.zero_grads(stream);
+    for (int micro = 0; micro < c.train.grad_accum; ++micro) {
+      arena.reset();
+      load(false, nullptr);
+      // Global index of this rank's first token: noise is then the same at every layout.
+      const std::int64_t first_token =
+          ((std::int64_t(step) * c.train.grad_accum + micro) * layout.dp_size() + grid.coords().dp) * n;
+      model.forward(inputs_dev, targets_dev, first_token, true, arena, losses.view().select(micro), stream);
+      const bool last = micro + 1 == c.train.grad_accum;
+      model.backward(float(1.0 / double(n * c.train.grad_accum)), arena, stream,
+                     last ? [&](const Parameter& p) { optimizer.grad_ready(p); } : std::function<void(const Parameter&)>());
+    }
+    const float grad_norm = optimizer.step(float(lr), step + 1, float(c.train.max_grad_norm));
+    const double loss = mean_over_world(mean_loss(losses));
+    synchronize(stream);
+    const double seconds = std::chrono::duration<double>(Clock::now() - step_start).count();
+    result.losses.push_back(loss);
+    if (step == 0) result.first_loss = loss;
+    result.final_loss = loss;
+    result.steps_run = step + 1;
+    if (step > 0) {  // the first step includes one-time set-up costs
+      window_seconds += seconds;
+      window_tokens += global_tokens;
+    }
+
+    double val_loss = -1;
+    const bool eval_now = val && c.eval.every > 0 && ((step + 1) % c.eval.every == 0 || step + 1 == c.train.steps);
+    if (eval_now) {
+      double sum = 0;
+      for (int i = 0; i < c.eval.batches; ++i) {
+        arena.reset();
+        const DataPosition at{0, i % std::max<std::int64_t>(1, val->steps_per_epoch())};
+        load(true, &at);
+        model.forward(inputs_dev, targets_dev, 0, false, arena, eval_losses, stream);
+        sum += mean_loss(eval_losses);
+      }
+      val_loss = mean_over_world(sum / c.eval.batches);
+      result.final_val_loss = val_loss;
+    }
+
+    const bool log_now = (step + 1) % c.log.every == 0 || step == 0 || step + 1 == c.train.steps || eval_now;
+    if (log_now) {
+      double aux = 0, z = 0, dropped = 0, load_ratio = 0;
+      const std::vector<RouterStats> stats = model.moe_stats(stream);
+      for (const RouterStats& r : stats) {
+        aux += r.aux_loss;
+        z += r.z_loss;
+        dropped += r.dropped_fraction / double(stats.size());
+        const double total = double(std::accumulate(r.tokens_per_expert.begin(), r.tokens_per_expert.end(), std::int64_t(0)));
+        const double max = double(*std::max_element(r.tokens_per_expert.begin(), r.tokens_per_expert.end()));
+        if (total > 0) load_ratio = std::max(load_ratio, max / (total / double(r.tokens_per_expert.size())));
+      }
+      aux = mean_over_world(aux);
+      z = mean_over_world(z);
+      // Logged as configured: the router's coefficients carry the accumulation and scope
+      // scaling of their gradients, undone here for the value.
+      const double scope = c.moe.loss_scope == "global" ? layout.dp_size() : 1;
+      aux *= c.train.grad_accum / scope;
+      z *= c.train.grad_accum / scope;
+      const double tokens_per_s = window_seconds > 0 ? double(window_tokens) / window_seconds : global_tokens / seconds;
+      const double mfu = peak > 0 ? size.flops_per_token * tokens_per_s / (peak * runtime.world_size()) : -1;
+      const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+      const double eta = elapsed / (step + 1) * (c.train.steps - step - 1);
+      if (rank0) {
+        if (progress) std::fprintf(stderr, "\r\033[K");
+        std::printf("step %5d/%d | loss %.4f | aux %.4f | z %.4f | lr %.2e | grad norm %.3f | %.0f tok/s", step + 1,
+                    c.train.steps, loss, aux, z, lr, grad_norm, tokens_per_s);
+        if (mfu >= 0) std::printf(" | MFU %.1f%%", 100 * mfu);
+        if (!stats.empty()) std::printf(" | dropped %.2f%% | load max/mean %.2f", 100 * dropped, load_ratio);
+        if (val_loss >= 0) std::printf(" | val %.4f", val_loss);
+        std::printf(" | eta %s\n", duration_text(eta).c_str());
+        std::fflush(stdout);
+        std::fprintf(metrics,
+                     "{\"step\": %d, \"loss\": %.6f, \"aux\": %.6f, \"z\": %.6f, \"lr\": %.6e, \"grad_norm\": %.6f, "
+                     "\"tokens_per_s\": %.1f, \"mfu\": %s, \"dropped_pct\": %.4f, \"expert_load_max_mean\": %.4f, "
+                     "\"val_loss\": %s, \"elapsed_s\": %.3f}\n",
+                     step + 1, loss, aux, z, lr, grad_norm, tokens_per_s,
+                     mfu >= 0 ? std::to_string(mfu).c_str() : "null", 100 * dropped, load_ratio,
+                     val_loss >= 0 ? std::to_string(val_loss).c_str() : "null", elapsed);
+        std::fflush(metrics);
+      }
+    }
+    if (progress && !log_now) {
+      const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+      const int width = 30, filled = int(width * double(step + 1) / c.train.steps);
+      std::fprintf(stderr, "\r[%s%s] %d/%d eta %s", std::string(std::size_t(filled), '#').c_str(),
+                   std::string(std::size_t(width - filled), '.').c_str(), step + 1, c.train.steps,
+                   duration_text(elapsed / (step + 1) * (c.train.steps - step - 1)).c_str());
+    }
+  }
+  const double total_s = std::chrono::duration<double>(Clock::now() - start).count();
+  if (rank0) {
+    if (progress) std::fprintf(stderr, "\r\033[K");
+    std::printf("done: %d steps in %s, loss %.4f -> %.4f", result.steps_run, duration_text(total_s).c_str(),
+                result.first_loss, result.final_loss);
+    if (result.final_val_loss >= 0) std::printf(", val loss %.4f", result.final_val_loss);
+    std::printf(", %.0f tokens/s; metrics in %s/metrics.jsonl\n",
+                window_seconds > 0 ? double(window_tokens) / window_seconds : 0.0, c.run.out_dir.c_str());
+    std::fclose(metrics);
+  }
+  return result;
+}
+
+}  // namespace sy
