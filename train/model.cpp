@@ -182,8 +182,8 @@ Parameter* Model::add(ParameterRegistry& registry, const std::string& name, cons
   ParameterSpec spec;
   spec.name = name;
   spec.global_shape = global;
-  if (tp_axis >= 0 && layout.tp_size() > 1) spec.tp = AxisSplit{tp_axis, layout.tp_size(), at.tp};
-  spec.tp.index = at.tp;  // replicated parameters still know their tp rank (counted once in the norm)
+  // Replicated parameters (axis -1) still carry the tp size and rank: the norm counts them once.
+  spec.tp = AxisSplit{tp_axis, layout.tp_size(), at.tp};
   if (expert) {
     spec.ep = AxisSplit{0, layout.ep_size(), at.ep};
     spec.reduce = ReduceGroup::edp;

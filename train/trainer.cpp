@@ -89,7 +89,8 @@ bool any_file_matches(const std::string& pattern) {
   return found;
 }
 
-void ensure_data(const Config& c, int rank) {
+void ensure_data(const Config& c, Communicator& host) {
+  const int rank = host.rank();
   if (c.data.source != "bin" || any_file_matches(c.data.train)) return;
   SY_INPUT_CHECK(ErrorKind::data, c.data.prepare == "fortunes")
       << "data.train=" << c.data.train << " matches no shard files (run switchyard prepare, or set data.prepare)";
@@ -103,7 +104,7 @@ void ensure_data(const Config& c, int rank) {
     options.strip_fortune_separators = true;
     std::printf("%s\n", prepare(options).describe().c_str());
   }
-  SY_MPI(MPI_Barrier(MPI_COMM_WORLD));
+  host.barrier();
 }
 
 std::unique_ptr<BatchSource> make_source(const Config& c, const std::string& pattern, const BatchLayout& layout) {
@@ -111,11 +112,12 @@ std::unique_ptr<BatchSource> make_source(const Config& c, const std::string& pat
   return std::make_unique<TokenDataset>(pattern, layout);
 }
 
-double mean_over_world(double value) {
-  SY_MPI(MPI_Allreduce(MPI_IN_PLACE, &value, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD));
-  int size = 1;
-  MPI_Comm_size(MPI_COMM_WORLD, &size);
-  return value / size;
+// The mean of a host value over the job's ranks (every tp replica holds the same value, so
+// this is also the mean over data parallelism).
+double mean_over(Communicator& host, double value) {
+  Tensor t(&value, {1}, DType::f64, Device::cpu);
+  host.all_reduce(t, ReduceOp::sum);
+  return value / host.size();
 }
 
 // Mean of the per-token losses of this rank (host read: the step's one synchronisation).
@@ -154,20 +156,26 @@ std::string describe_run(const Config& c, int world_size) {
   return s.str();
 }
 
-TrainResult train(const Config& c, MpiRuntime& runtime) {
-  validate_layout(c, runtime.world_size());
+TrainResult train(const Config& c, MpiRuntime& runtime, int job) {
+  // The job's ranks: MPI for host values, and the device's communicator for tensors.
+  std::unique_ptr<Communicator> mpi_world = make_mpi_world();
+  std::unique_ptr<Communicator> host = mpi_world->split(job, mpi_world->rank(), "world");
+  const int job_size = host->size();
+  validate_layout(c, job_size);
   const Device device = choose_device(c, runtime);
   const DType dtype = choose_dtype(c, device);
-  const bool rank0 = runtime.world_rank() == 0;
-  ensure_data(c, runtime.world_rank());
+  const bool rank0 = host->rank() == 0;
+  ensure_data(c, *host);
 
   Stream stream_owner = device == Device::cuda ? Stream::create() : Stream();
   const StreamRef stream = stream_owner.ref();
-  std::unique_ptr<Communicator> world = make_world(device);
+  std::unique_ptr<Communicator> device_world = device == Device::cuda ? make_nccl_world() : nullptr;
+  std::unique_ptr<Communicator> world =
+      device == Device::cuda ? device_world->split(job, device_world->rank(), "world") : host->split(0, host->rank(), "world");
   ProcessGrid grid(*world, c.parallel.tensor, c.parallel.expert);
   const GridLayout& layout = grid.layout();
   if (rank0) {
-    std::printf("switchyard train: %s on %d rank(s), %s, %s\n", c.run.name.c_str(), runtime.world_size(),
+    std::printf("switchyard train: %s on %d rank(s), %s, %s\n", c.run.name.c_str(), job_size,
                 device == Device::cuda ? cuda_device_description(0).c_str() : "CPU", dtype_name(dtype));
     std::printf("%s", layout.describe().c_str());
   }
@@ -248,7 +256,7 @@ TrainResult train(const Config& c, MpiRuntime& runtime) {
                      last ? [&](const Parameter& p) { optimizer.grad_ready(p); } : std::function<void(const Parameter&)>());
     }
     const float grad_norm = optimizer.step(float(lr), step + 1, float(c.train.max_grad_norm));
-    const double loss = mean_over_world(mean_loss(losses));
+    const double loss = mean_over(*host, mean_loss(losses));
     synchronize(stream);
     const double seconds = std::chrono::duration<double>(Clock::now() - step_start).count();
     result.losses.push_back(loss);
@@ -271,7 +279,7 @@ TrainResult train(const Config& c, MpiRuntime& runtime) {
         model.forward(inputs_dev, targets_dev, 0, false, arena, eval_losses, stream);
         sum += mean_loss(eval_losses);
       }
-      val_loss = mean_over_world(sum / c.eval.batches);
+      val_loss = mean_over(*host, sum / c.eval.batches);
       result.final_val_loss = val_loss;
     }
 
@@ -287,15 +295,15 @@ TrainResult train(const Config& c, MpiRuntime& runtime) {
         const double max = double(*std::max_element(r.tokens_per_expert.begin(), r.tokens_per_expert.end()));
         if (total > 0) load_ratio = std::max(load_ratio, max / (total / double(r.tokens_per_expert.size())));
       }
-      aux = mean_over_world(aux);
-      z = mean_over_world(z);
+      aux = mean_over(*host, aux);
+      z = mean_over(*host, z);
       // Logged as configured: the router's coefficients carry the accumulation and scope
       // scaling of their gradients, undone here for the value.
       const double scope = c.moe.loss_scope == "global" ? layout.dp_size() : 1;
       aux *= c.train.grad_accum / scope;
       z *= c.train.grad_accum / scope;
       const double tokens_per_s = window_seconds > 0 ? double(window_tokens) / window_seconds : global_tokens / seconds;
-      const double mfu = peak > 0 ? size.flops_per_token * tokens_per_s / (peak * runtime.world_size()) : -1;
+      const double mfu = peak > 0 ? size.flops_per_token * tokens_per_s / (peak * job_size) : -1;
       const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
       const double eta = elapsed / (step + 1) * (c.train.steps - step - 1);
       if (rank0) {

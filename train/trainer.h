@@ -20,8 +20,9 @@ struct TrainResult {
   std::vector<double> losses;  // per step, every rank
 };
 
-// Collective over the job: every rank calls it with the same config.
-TrainResult train(const Config& config, MpiRuntime& runtime);
+// Collective over MPI_COMM_WORLD: every rank calls it. Ranks with the same `job` train one
+// model together (tests run several layouts side by side; a launch uses one job).
+TrainResult train(const Config& config, MpiRuntime& runtime, int job = 0);
 
 // What `switchyard validate` prints for a good config at a world size: parameters, FLOPs per
 // token, memory per rank and the rank layout.
