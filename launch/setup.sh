@@ -33,6 +33,8 @@ command -v mpicxx >/dev/null 2>&1 || missing+=(libopenmpi-dev)
 command -v mpirun >/dev/null 2>&1 || missing+=(openmpi-bin)
 have_cmake_package yaml-cpp || missing+=(libyaml-cpp-dev)
 have_cmake_package GTest || missing+=(libgtest-dev)
+# The default training job's English text.
+[ -d /usr/share/games/fortunes ] || missing+=(fortunes)
 
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
