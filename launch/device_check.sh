@@ -7,11 +7,13 @@
 set -uo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-out=${OUT:-$root/device-logs}
+# Logs are written to a work folder and packed into one archive under $OUT at the end (the
+# device runner returns only a few files).
+dest=${OUT:-$root/device-logs}
+out=$(mktemp -d /tmp/device-check.XXXXXX)
 build_dir=${SY_BUILD_DIR:-$root/build-device}
 run_bench=1
 [ "${1:-}" = "--no-bench" ] && run_bench=0
-mkdir -p "$out"
 export NCCL_NVLS_ENABLE=0
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 if ! command -v nvcc >/dev/null 2>&1 && [ -x /usr/local/cuda/bin/nvcc ]; then export PATH=/usr/local/cuda/bin:$PATH; fi
@@ -56,6 +58,25 @@ if [ "$status_build" = ok ]; then
   fi
 fi
 
+# Training on the GPU(s): the default job in bf16, and switch-base-8 with experts over 2 GPUs.
+train_status="not run"
+if [ "$status_build" = ok ] && [ $run_bench = 1 ]; then
+  # Real text when the shards were carried in (data/fortunes) or the corpus is installed.
+  data_args=()
+  if ! compgen -G "$root/data/fortunes/train_*.bin" >/dev/null && [ ! -d /usr/share/games/fortunes ]; then
+    data_args=(--set data.source=synthetic --set eval.every=0)
+  fi
+  (cd "$root" && SY_BINARY="$build_dir/switchyard" launch/train.sh -n 1 configs/tiny-cpu.yaml \
+    --set run.out_dir="$out/tiny" --set log.progress=false "${data_args[@]}") >"$out/train-tiny.log" 2>&1
+  train_status="tiny: $(grep '^done' "$out/train-tiny.log" || echo FAILED)"
+  if [ "$gpus" -ge 2 ]; then
+    (cd "$root" && SY_BINARY="$build_dir/switchyard" launch/train.sh -n 2 configs/switch-base-8.yaml \
+      --set train.steps=60 --set run.out_dir="$out/sb8" --set log.progress=false "${data_args[@]}") \
+      >"$out/train-switch-base-8.log" 2>&1
+    train_status="$train_status; switch-base-8: $(grep '^done' "$out/train-switch-base-8.log" || echo FAILED)"
+  fi
+fi
+
 echo
 [ -f "$out/selfcheck.log" ] && cat "$out/selfcheck.log"
 [ -f "$out/bench-ops.log" ] && { echo; cat "$out/bench-ops.log"; }
@@ -69,4 +90,7 @@ echo "== device_check summary ($(nvidia-smi --query-gpu=name --format=csv,nohead
 printf "%-10s %s\n" "build" "$status_build"
 for label in unit mpi gpu; do printf "%-10s %s\n" "$label" "${summary[$label]}"; done
 printf "%-10s %s\n" "selfcheck" "$selfcheck"
-echo "logs: $out"
+printf "%-10s %s\n" "train" "$train_status"
+mkdir -p "$dest"
+tar -czf "$dest/device-check-logs.tar.gz" -C "$out" .
+echo "logs: $dest/device-check-logs.tar.gz"
