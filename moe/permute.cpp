@@ -31,6 +31,18 @@ void check_rows(const char* op, const char* arg, const Tensor& t, std::int64_t w
   check_dtype(op, arg, t, dtype);
 }
 
+// The checks every token <-> row movement shares: the choices, a [N, d] float token tensor that
+// matches them, and a [rows, d] buffer of the same dtype.
+void check_movement(const char* op, const Tensor& expert, const Tensor& slot, const Tensor& offsets,
+                    const char* tokens_name, const Tensor& tokens, const char* rows_name, const Tensor& rows) {
+  check_choices(op, expert, slot, offsets);
+  check_rows(op, tokens_name, tokens, tokens.dim() == 2 ? tokens.size(1) : -1, tokens.dtype());
+  check_float(op, tokens_name, tokens);
+  SY_CHECK(expert.size(0) == tokens.size(0))
+      << op << ": expert has " << expert.size(0) << " tokens, " << tokens_name << " has " << tokens.size(0);
+  check_rows(op, rows_name, rows, tokens.size(1), tokens.dtype());
+}
+
 // Row of choice (n, j) in the expert-ordered buffer, or -1 if dropped.
 struct ChoiceRows {
   const std::int32_t* expert;
@@ -185,11 +197,7 @@ void moe_expert_offsets(const Tensor& counts, std::int64_t capacity, const Tenso
 void moe_scatter_rows(const Tensor& x, const Tensor& expert, const Tensor& slot, const Tensor& offsets,
                       const Tensor& send, StreamRef stream) {
   const char* op = "moe_scatter_rows";
-  check_choices(op, expert, slot, offsets);
-  check_rows(op, "x", x, x.dim() == 2 ? x.size(1) : -1, x.dtype());
-  check_float(op, "x", x);
-  SY_CHECK(expert.size(0) == x.size(0)) << op << ": expert has " << expert.size(0) << " tokens, x has " << x.size(0);
-  check_rows(op, "send", send, x.size(1), x.dtype());
+  check_movement(op, expert, slot, offsets, "x", x, "send", send);
   check_same_device(op, {&x, &expert, &slot, &offsets, &send});
   if (x.is_cuda()) {
     SY_ON_CUDA(cuda::moe_scatter_rows(x, expert, slot, offsets, send, stream));
@@ -203,11 +211,7 @@ void moe_scatter_rows(const Tensor& x, const Tensor& expert, const Tensor& slot,
 void moe_gather_rows_sum(const Tensor& rows, const Tensor& expert, const Tensor& slot, const Tensor& offsets,
                          const Tensor& dx, StreamRef stream) {
   const char* op = "moe_gather_rows_sum";
-  check_choices(op, expert, slot, offsets);
-  check_rows(op, "dx", dx, dx.dim() == 2 ? dx.size(1) : -1, dx.dtype());
-  check_float(op, "dx", dx);
-  SY_CHECK(expert.size(0) == dx.size(0)) << op << ": expert has " << expert.size(0) << " tokens, dx has " << dx.size(0);
-  check_rows(op, "rows", rows, dx.size(1), dx.dtype());
+  check_movement(op, expert, slot, offsets, "dx", dx, "rows", rows);
   check_same_device(op, {&rows, &expert, &slot, &offsets, &dx});
   if (dx.is_cuda()) {
     SY_ON_CUDA(cuda::moe_gather_rows_sum(rows, expert, slot, offsets, dx, stream));
@@ -221,12 +225,7 @@ void moe_gather_rows_sum(const Tensor& rows, const Tensor& expert, const Tensor&
 void moe_combine(const Tensor& y, const Tensor& expert, const Tensor& slot, const Tensor& offsets, const Tensor& gate,
                  const Tensor& out, StreamRef stream) {
   const char* op = "moe_combine";
-  check_choices(op, expert, slot, offsets);
-  check_rows(op, "out", out, out.dim() == 2 ? out.size(1) : -1, out.dtype());
-  check_float(op, "out", out);
-  SY_CHECK(expert.size(0) == out.size(0)) << op << ": expert has " << expert.size(0) << " tokens, out has "
-                                          << out.size(0);
-  check_rows(op, "y", y, out.size(1), out.dtype());
+  check_movement(op, expert, slot, offsets, "out", out, "y", y);
   check_shape(op, "gate", gate, expert.shape());
   check_dtype(op, "gate", gate, gate_dtype(out));
   check_same_device(op, {&y, &expert, &slot, &offsets, &gate, &out});
@@ -243,12 +242,7 @@ void moe_combine_backward(const Tensor& dout, const Tensor& y, const Tensor& exp
                           const Tensor& offsets, const Tensor& gate, const Tensor& dy, const Tensor& dgate,
                           StreamRef stream) {
   const char* op = "moe_combine_backward";
-  check_choices(op, expert, slot, offsets);
-  check_rows(op, "dout", dout, dout.dim() == 2 ? dout.size(1) : -1, dout.dtype());
-  check_float(op, "dout", dout);
-  SY_CHECK(expert.size(0) == dout.size(0)) << op << ": expert has " << expert.size(0) << " tokens, dout has "
-                                           << dout.size(0);
-  check_rows(op, "y", y, dout.size(1), dout.dtype());
+  check_movement(op, expert, slot, offsets, "dout", dout, "y", y);
   check_rows(op, "dy", dy, dout.size(1), dout.dtype());
   SY_CHECK(dy.size(0) == y.size(0)) << op << ": dy has " << dy.size(0) << " rows, y has " << y.size(0);
   check_shape(op, "gate", gate, expert.shape());
