@@ -80,6 +80,7 @@ ModelSize model_size(const Config& c) {
     s.active_params += attn;
     if (is_moe_block(c, layer)) {
       s.total_params += router + c.moe.experts * expert;
+      s.expert_params += c.moe.experts * expert;
       s.active_params += router + c.moe.top_k * expert;
     } else {
       s.total_params += dense_ffn;

@@ -26,6 +26,7 @@ namespace sy {
 
 struct ModelSize {
   std::int64_t total_params = 0;   // every parameter of the global model
+  std::int64_t expert_params = 0;  // of which expert FFN weights (split over ep)
   std::int64_t active_params = 0;  // matmul parameters one token passes through (top-k experts)
   double flops_per_token = 0;      // 6 x active matmul params + 6 x layers x seq x d_model (causal attention)
 };

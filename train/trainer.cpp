@@ -143,7 +143,8 @@ std::string describe_run(const Config& c, int world_size) {
   s << line;
   // Per rank: fp32 masters, grads and Adam m, v (ZeRO-1 shards the last two over dp), a bf16
   // compute copy, and the activation arena.
-  const double params_per_rank = double(size.total_params) / (c.parallel.tensor * 1.0);
+  const double params_per_rank = (double(size.total_params - size.expert_params) +
+                                  double(size.expert_params) / c.parallel.expert) / c.parallel.tensor;
   const double state = params_per_rank * (4 + 4 + 2) + params_per_rank * 8 / (c.parallel.zero1 ? layout.dp_size() : 1);
   const double arena = double(arena_bytes(c, c.parallel.tensor, c.parallel.expert, DType::bf16));
   std::snprintf(line, sizeof line, "memory per rank (GPU, bf16): about %.2f GiB parameters and optimizer state + %.2f GiB activations\n",
