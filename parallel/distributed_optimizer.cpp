@@ -171,4 +171,58 @@ float DistributedOptimizer::step(float lr, int step_number, float max_grad_norm)
   return norm;
 }
 
+void DistributedOptimizer::read_adam_state(ReduceGroup id, const Tensor& m, const Tensor& v) {
+  const ParameterGroup& group = check_adam_state_args("read_adam_state", id, m, v);
+  if (group.numel == 0) return;
+  const GroupPlan& plan = plans_[int(id)];
+  if (!settings_.zero1) {
+    copy(m, plan.m, compute_);
+    copy(v, plan.v, compute_);
+    synchronize(compute_);
+    return;
+  }
+  // One bucket at a time through a bucket-sized buffer, so saving never holds the whole
+  // unsharded state on the device.
+  std::int64_t largest = 0;
+  for (const GradientBucket& bucket : group.buckets) largest = std::max(largest, bucket.numel);
+  OwnedTensor gathered({largest}, DType::f32, registry_.options().device);
+  Communicator& comm = sync_.communicator(id);
+  for (const ShardSegment& s : sync_.segments(id)) {
+    const GradientBucket& bucket = group.buckets[std::size_t(s.bucket)];
+    const Tensor whole = gathered.view().slice_rows(0, bucket.numel);
+    for (const auto& [shard, full] : {std::pair{plan.m, m}, std::pair{plan.v, v}}) {
+      comm.all_gather(shard.slice_rows(s.shard_offset, s.numel), whole, compute_);
+      copy(full.slice_rows(bucket.offset, bucket.numel), whole, compute_);
+    }
+  }
+  synchronize(compute_);
+}
+
+void DistributedOptimizer::write_adam_state(ReduceGroup id, const Tensor& m, const Tensor& v) {
+  const ParameterGroup& group = check_adam_state_args("write_adam_state", id, m, v);
+  if (group.numel == 0) return;
+  const GroupPlan& plan = plans_[int(id)];
+  if (!settings_.zero1) {
+    copy(plan.m, m, compute_);
+    copy(plan.v, v, compute_);
+  } else {
+    for (const ShardSegment& s : sync_.segments(id)) {
+      copy(plan.m.slice_rows(s.shard_offset, s.numel), m.slice_rows(s.flat_offset, s.numel), compute_);
+      copy(plan.v.slice_rows(s.shard_offset, s.numel), v.slice_rows(s.flat_offset, s.numel), compute_);
+    }
+  }
+  synchronize(compute_);
+}
+
+const ParameterGroup& DistributedOptimizer::check_adam_state_args(const char* op, ReduceGroup id, const Tensor& m,
+                                                                  const Tensor& v) const {
+  SY_CHECK(id != ReduceGroup::none) << "DistributedOptimizer::" << op << ": frozen parameters have no Adam state";
+  const ParameterGroup& group = registry_.group(id);
+  for (const Tensor* t : {&m, &v})
+    SY_CHECK(t->dtype() == DType::f32 && t->numel() == group.numel && t->is_contiguous())
+        << "DistributedOptimizer::" << op << ": group " << reduce_group_name(id) << " needs contiguous ["
+        << group.numel << "] f32 buffers, got " << t->describe();
+  return group;
+}
+
 }  // namespace sy

@@ -45,6 +45,14 @@ class DistributedOptimizer {
   // they are: zero them (ParameterRegistry::zero_grads) before the next backward.
   float step(float lr, int step_number, float max_grad_norm);
 
+  // Adam state of a reduce group (dp or edp) in the group's flat layout: [group numel] f32 on any
+  // device, each parameter's local m and v at its offset(), as the optimizer holds them without
+  // ZeRO-1. This is what checkpoints save and restore; the step count is not state here, since
+  // step() is told it. Under ZeRO-1, read gathers the shards over the group (collective over dp or
+  // edp) and write keeps this rank's shard of the full buffers (no communication).
+  void read_adam_state(ReduceGroup group, const Tensor& m, const Tensor& v);
+  void write_adam_state(ReduceGroup group, const Tensor& m, const Tensor& v);
+
  private:
   // A range of a buffer (flat or shard) with one treatment.
   struct Range {
@@ -61,6 +69,8 @@ class DistributedOptimizer {
   };
 
   float global_grad_norm();
+  const ParameterGroup& check_adam_state_args(const char* op, ReduceGroup group, const Tensor& m,
+                                              const Tensor& v) const;
   void update_group(ReduceGroup group, const AdamWParams& hp);
 
   ParameterRegistry& registry_;
