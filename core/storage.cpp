@@ -107,6 +107,7 @@ void copy(const Tensor& dst, const Tensor& src, StreamRef stream) {
 
 void fill_bytes(const Tensor& t, int byte, StreamRef stream) {
   check_contiguous("fill_bytes", "t", t);
+  if (t.bytes() == 0) return;
   if (t.device() == Device::cpu) {
     std::memset(t.data(), byte, t.bytes());
     return;

@@ -82,7 +82,8 @@ std::string Tensor::describe() const {
 }
 
 void check_contiguous(const char* op, const char* arg, const Tensor& t) {
-  SY_CHECK(t.defined()) << op << ": " << arg << " is not set";
+  // An empty tensor needs no memory: an unset pointer is fine there.
+  SY_CHECK(t.defined() || (t.dim() > 0 && t.numel() == 0)) << op << ": " << arg << " is not set";
   SY_CHECK(t.is_contiguous()) << op << ": " << arg << " must be contiguous, got " << t.describe();
 }
 

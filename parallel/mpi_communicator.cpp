@@ -53,6 +53,7 @@ class MpiCommunicator final : public Communicator {
   }
 
   Device device() const override { return Device::cpu; }
+  MPI_Comm handle() const { return comm_; }
 
   void all_reduce(const Tensor& data, ReduceOp op, StreamRef) override {
     check_tensor("all_reduce", "data", data);
@@ -143,6 +144,13 @@ class MpiCommunicator final : public Communicator {
 };
 
 }  // namespace
+
+MPI_Comm mpi_handle(const Communicator& comm) {
+  const auto* mpi = dynamic_cast<const MpiCommunicator*>(&comm);
+  SY_CHECK(mpi != nullptr) << "group " << comm.name() << " moves " << device_name(comm.device())
+                           << " tensors over NCCL and has no MPI communicator";
+  return mpi->handle();
+}
 
 std::unique_ptr<Communicator> make_mpi_world() {
   int initialized = 0;

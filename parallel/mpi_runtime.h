@@ -19,6 +19,11 @@ namespace sy {
 
 std::string mpi_error_text(int code);
 
+class Communicator;
+// The MPI communicator behind an MPI-backed Communicator (for MPI-IO and other host
+// collectives over the same ranks); fails for other backends.
+MPI_Comm mpi_handle(const Communicator& comm);
+
 class MpiRuntime {
  public:
   // Initialises MPI (thread level funneled), sets MPI_ERRORS_RETURN on the world so failures

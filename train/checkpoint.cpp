@@ -25,15 +25,30 @@ namespace fs = std::filesystem;
 
 constexpr std::uint64_t kChunkBytes = std::uint64_t(64) << 20;  // bounds the memory of checksum reads
 
+// The ranks of the job saving or loading (set for the duration of one call by JobScope): every
+// collective below runs over them, so jobs running side by side in one mpirun never meet.
+MPI_Comm g_job = MPI_COMM_WORLD;
+
+class JobScope {
+ public:
+  explicit JobScope(MPI_Comm comm) : previous_(g_job) { g_job = comm; }
+  ~JobScope() { g_job = previous_; }
+  JobScope(const JobScope&) = delete;
+  JobScope& operator=(const JobScope&) = delete;
+
+ private:
+  MPI_Comm previous_;
+};
+
 int world_rank() {
   int rank = 0;
-  SY_MPI(MPI_Comm_rank(MPI_COMM_WORLD, &rank));
+  SY_MPI(MPI_Comm_rank(g_job, &rank));
   return rank;
 }
 
 int world_size() {
   int size = 1;
-  SY_MPI(MPI_Comm_size(MPI_COMM_WORLD, &size));
+  SY_MPI(MPI_Comm_size(g_job, &size));
   return size;
 }
 
@@ -51,13 +66,13 @@ void on_every_rank(const std::function<void()>& step) {
   }
   const int size = world_size();
   int first = error ? world_rank() : size;
-  SY_MPI(MPI_Allreduce(MPI_IN_PLACE, &first, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD));
+  SY_MPI(MPI_Allreduce(MPI_IN_PLACE, &first, 1, MPI_INT, MPI_MIN, g_job));
   if (first == size) return;
   std::string message = error ? error->what() : "";
   int header[2] = {error ? int(error->kind()) : 0, int(message.size())};
-  SY_MPI(MPI_Bcast(header, 2, MPI_INT, first, MPI_COMM_WORLD));
+  SY_MPI(MPI_Bcast(header, 2, MPI_INT, first, g_job));
   message.resize(std::size_t(header[1]));
-  SY_MPI(MPI_Bcast(message.data(), header[1], MPI_CHAR, first, MPI_COMM_WORLD));
+  SY_MPI(MPI_Bcast(message.data(), header[1], MPI_CHAR, first, g_job));
   throw Error(ErrorKind(header[0]), message);
 }
 
@@ -66,7 +81,7 @@ class MpiFile {
  public:
   MpiFile(const std::string& path, int mode, ErrorKind kind) {
     on_every_rank([&] {
-      const int status = MPI_File_open(MPI_COMM_WORLD, path.c_str(), mode, MPI_INFO_NULL, &handle_);
+      const int status = MPI_File_open(g_job, path.c_str(), mode, MPI_INFO_NULL, &handle_);
       SY_INPUT_CHECK(kind, status == MPI_SUCCESS) << path << ": cannot open: " << mpi_error_text(status);
     });
   }
@@ -227,7 +242,7 @@ CheckpointHeader plan_header(const ParameterRegistry& registry, const Checkpoint
   header.seed = state.seed;
   // Rank 0's config text is saved; the others need its length for the file size.
   std::uint64_t config_bytes = state.config_yaml.size();
-  SY_MPI(MPI_Bcast(&config_bytes, 1, MPI_UINT64_T, 0, MPI_COMM_WORLD));
+  SY_MPI(MPI_Bcast(&config_bytes, 1, MPI_UINT64_T, 0, g_job));
   header.config_bytes = config_bytes;
   for (std::size_t i = 0; i < registry.size(); ++i) {
     const Parameter& p = registry[i];
@@ -316,7 +331,8 @@ std::string checkpoint_path(const std::string& dir, std::int64_t step) {
 }
 
 std::string save_checkpoint(const std::string& dir, int keep, const CheckpointState& state,
-                            const ParameterRegistry& registry, DistributedOptimizer& optimizer) {
+                            const ParameterRegistry& registry, DistributedOptimizer& optimizer, MPI_Comm job) {
+  const JobScope scope(job);
   check_optimizer(registry, optimizer, "save_checkpoint");
   SY_CHECK(state.step >= 0) << "save_checkpoint: step must be >= 0, got " << state.step;
   const std::string path = checkpoint_path(dir, state.step), tmp = path + ".tmp";
@@ -351,7 +367,7 @@ std::string save_checkpoint(const std::string& dir, int keep, const CheckpointSt
   // sync, barrier, sync: MPI's rule for reading what other ranks wrote through the same file.
   byte_view(file.handle());
   SY_MPI(MPI_File_sync(file.handle()));
-  SY_MPI(MPI_Barrier(MPI_COMM_WORLD));
+  SY_MPI(MPI_Barrier(g_job));
   SY_MPI(MPI_File_sync(file.handle()));
 
   std::vector<std::uint64_t> checksums(header.entries.size() * kMaxCheckpointSlots, 0);
@@ -363,7 +379,7 @@ std::string save_checkpoint(const std::string& dir, int keep, const CheckpointSt
   }
   // Each checksum comes from one rank and is zero elsewhere.
   SY_MPI(MPI_Allreduce(MPI_IN_PLACE, checksums.data(), int(checksums.size()), MPI_UINT64_T, MPI_BXOR,
-                       MPI_COMM_WORLD));
+                       g_job));
   for (std::size_t i = 0; i < header.entries.size(); ++i)
     for (int s = 0; s < header.entries[i].slots; ++s)
       header.entries[i].checksums[s] = checksums[i * kMaxCheckpointSlots + std::size_t(s)];
@@ -385,7 +401,8 @@ std::string save_checkpoint(const std::string& dir, int keep, const CheckpointSt
 }
 
 CheckpointState load_checkpoint(const std::string& path, ParameterRegistry& registry,
-                                DistributedOptimizer& optimizer) {
+                                DistributedOptimizer& optimizer, MPI_Comm job) {
+  const JobScope scope(job);
   check_optimizer(registry, optimizer, "load_checkpoint");
   const int rank = world_rank(), size = world_size();
   MpiFile file(path, MPI_MODE_RDONLY, ErrorKind::checkpoint);

@@ -13,6 +13,8 @@
 // file and what was wrong.
 #pragma once
 
+#include <mpi.h>
+
 #include <cstdint>
 #include <string>
 
@@ -34,18 +36,20 @@ struct CheckpointState {
 // "<dir>/step_<step>.ckpt"
 std::string checkpoint_path(const std::string& dir, std::int64_t step);
 
+// `job`: the ranks of this training job (all of them call; MPI_COMM_WORLD for a normal launch).
 // Writes the registry's masters and the optimizer's Adam state at checkpoint_path(dir, state.step),
 // creating `dir` if needed, then keeps the newest `keep` checkpoints in dir (keep <= 0: all).
 // Returns the path.
 std::string save_checkpoint(const std::string& dir, int keep, const CheckpointState& state,
-                            const ParameterRegistry& registry, DistributedOptimizer& optimizer);
+                            const ParameterRegistry& registry, DistributedOptimizer& optimizer,
+                            MPI_Comm job = MPI_COMM_WORLD);
 
 // Verifies the file (magic, version, checksums, every registered parameter present with its
 // global shape and, when trainable, its Adam state), then fills this rank's masters, compute
 // copies and Adam state, whatever layout wrote it. The model state is untouched when the
 // verification fails.
 CheckpointState load_checkpoint(const std::string& path, ParameterRegistry& registry,
-                                DistributedOptimizer& optimizer);
+                                DistributedOptimizer& optimizer, MPI_Comm job = MPI_COMM_WORLD);
 
 // The complete checkpoint with the highest step in `dir` ("" when there is none or no dir), for
 // `checkpoint.resume: auto`. Leftover .tmp files are not complete checkpoints.

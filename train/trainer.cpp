@@ -17,6 +17,7 @@
 #include "core/ops.h"
 #include "parallel/distributed_optimizer.h"
 #include "parallel/process_grid.h"
+#include "train/checkpoint.h"
 #include "train/data_loader.h"
 #include "train/model.h"
 #include "train/prepare.h"
@@ -237,11 +238,37 @@ TrainResult train(const Config& c, MpiRuntime& runtime, int job) {
   const bool progress = rank0 && c.log.progress && isatty(fileno(stderr));
   const double peak = peak_flops(device);
 
+  // Resume: checkpoint.resume is none, auto (the newest complete checkpoint in the directory,
+  // if any) or a path. The checkpoint holds the global layout, so any (dp, tp, ep) may load it.
+  const std::string checkpoint_dir = c.checkpoint.dir.empty() ? c.run.out_dir + "/checkpoints" : c.checkpoint.dir;
+  std::string resume_from;
+  if (c.checkpoint.resume == "auto") {
+    resume_from = latest_checkpoint(checkpoint_dir);
+  } else if (c.checkpoint.resume != "none") {
+    resume_from = c.checkpoint.resume;
+  }
+  int first_step = 0;
+  if (!resume_from.empty()) {
+    const CheckpointState state = load_checkpoint(resume_from, registry, optimizer, mpi_handle(*host));
+    first_step = int(state.step);
+    data->restore(state.data);
+    if (rank0) std::printf("resumed from %s at step %d\n", resume_from.c_str(), first_step);
+    SY_INPUT_CHECK(ErrorKind::checkpoint, first_step < c.train.steps)
+        << resume_from << ": the checkpoint is at step " << first_step << ", train.steps is " << c.train.steps
+        << " (nothing left to train)";
+  }
+  auto save = [&](int steps_done) {
+    const std::string path = save_checkpoint(checkpoint_dir, c.checkpoint.keep,
+                                             CheckpointState{steps_done, data->position(), c.run.seed, config_to_yaml(c)},
+                                             registry, optimizer, mpi_handle(*host));
+    if (rank0) std::printf("saved %s\n", path.c_str());
+  };
+
   TrainResult result;
   const auto start = Clock::now();
   double window_seconds = 0;
   std::int64_t window_tokens = 0;
-  for (int step = 0; step < c.train.steps; ++step) {
+  for (int step = first_step; step < c.train.steps; ++step) {
     const auto step_start = Clock::now();
     const double lr = learning_rate(c, step);
     registry.zero_grads(stream);
@@ -261,10 +288,10 @@ TrainResult train(const Config& c, MpiRuntime& runtime, int job) {
     synchronize(stream);
     const double seconds = std::chrono::duration<double>(Clock::now() - step_start).count();
     result.losses.push_back(loss);
-    if (step == 0) result.first_loss = loss;
+    if (step == first_step) result.first_loss = loss;
     result.final_loss = loss;
-    result.steps_run = step + 1;
-    if (step > 0) {  // the first step includes one-time set-up costs
+    result.steps_run = step + 1 - first_step;
+    if (step > first_step) {  // the first step includes one-time set-up costs
       window_seconds += seconds;
       window_tokens += global_tokens;
     }
@@ -284,7 +311,7 @@ TrainResult train(const Config& c, MpiRuntime& runtime, int job) {
       result.final_val_loss = val_loss;
     }
 
-    const bool log_now = (step + 1) % c.log.every == 0 || step == 0 || step + 1 == c.train.steps || eval_now;
+    const bool log_now = (step + 1) % c.log.every == 0 || step == first_step || step + 1 == c.train.steps || eval_now;
     if (log_now) {
       double aux = 0, z = 0, dropped = 0, load_ratio = 0;
       const std::vector<RouterStats> stats = model.moe_stats(stream);
@@ -306,7 +333,7 @@ TrainResult train(const Config& c, MpiRuntime& runtime, int job) {
       const double tokens_per_s = window_seconds > 0 ? double(window_tokens) / window_seconds : global_tokens / seconds;
       const double mfu = peak > 0 ? size.flops_per_token * tokens_per_s / (peak * job_size) : -1;
       const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
-      const double eta = elapsed / (step + 1) * (c.train.steps - step - 1);
+      const double eta = elapsed / (step + 1 - first_step) * (c.train.steps - step - 1);
       if (rank0) {
         if (progress) std::fprintf(stderr, "\r\033[K");
         std::printf("step %5d/%d | loss %.4f | aux %.4f | z %.4f | lr %.2e | grad norm %.3f | %.0f tok/s", step + 1,
@@ -326,12 +353,14 @@ TrainResult train(const Config& c, MpiRuntime& runtime, int job) {
         std::fflush(metrics);
       }
     }
+    const bool last_step = step + 1 == c.train.steps;
+    if (last_step || (c.checkpoint.every > 0 && (step + 1) % c.checkpoint.every == 0)) save(step + 1);
     if (progress && !log_now) {
       const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
       const int width = 30, filled = int(width * double(step + 1) / c.train.steps);
       std::fprintf(stderr, "\r[%s%s] %d/%d eta %s", std::string(std::size_t(filled), '#').c_str(),
                    std::string(std::size_t(width - filled), '.').c_str(), step + 1, c.train.steps,
-                   duration_text(elapsed / (step + 1) * (c.train.steps - step - 1)).c_str());
+                   duration_text(elapsed / (step + 1 - first_step) * (c.train.steps - step - 1)).c_str());
     }
   }
   const double total_s = std::chrono::duration<double>(Clock::now() - start).count();

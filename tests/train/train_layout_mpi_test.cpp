@@ -30,7 +30,8 @@ std::string write_pattern_shard(const std::string& dir) {
   return path;
 }
 
-Config small_moe_config(const Layout& layout, const std::string& out_dir, const std::string& shard) {
+Config small_moe_config(const Layout& layout, const std::string& out_dir, const std::string& shard,
+                        std::vector<std::string> extra = {}) {
   const int dp = layout.ranks / layout.tp;
   const std::vector<std::string> overrides{
       "run.device=cpu", "run.out_dir=" + out_dir, "model.vocab_size=64", "model.d_model=32", "model.n_layers=2",
@@ -42,7 +43,9 @@ Config small_moe_config(const Layout& layout, const std::string& out_dir, const 
       "train.micro_batch=" + std::to_string(8 / dp), "train.grad_accum=2", "optimizer.lr=1e-2",
       "schedule.warmup_steps=2", "data.source=bin", "data.train=" + shard, "log.every=100", "log.progress=false", "eval.every=0",
       "parallel.tensor=" + std::to_string(layout.tp), "parallel.expert=" + std::to_string(layout.ep)};
-  return parse_config("", "layout test", overrides);
+  std::vector<std::string> all = overrides;
+  all.insert(all.end(), extra.begin(), extra.end());
+  return parse_config("", "layout test", all);
 }
 
 TEST(TrainLayouts, SameLossesAtEveryLayout) {
@@ -71,6 +74,43 @@ TEST(TrainLayouts, SameLossesAtEveryLayout) {
     // fp32 with different reduction orders: differences stay near rounding over 20 steps.
     for (std::size_t s = 0; s < reference.size(); ++s)
       EXPECT_NEAR(result.losses[s], reference[s], 2e-4 * std::abs(reference[s])) << "step " << s + 1;
+  }
+  world.barrier();
+  if (world.rank() == 0) std::filesystem::remove_all(dir);
+}
+
+// A run saved at (dp=2, ep=2) after 10 of 20 steps resumes at (dp=4, ep=4) and at (dp=1) and
+// continues the loss curve of the run that never stopped.
+TEST(TrainLayouts, ResumeAtAnotherLayoutContinuesTheLossCurve) {
+  Communicator& world = sy::test::world(Device::cpu);
+  if (world.size() < 4) GTEST_SKIP() << "needs 4 ranks";
+  const std::string dir = (std::filesystem::temp_directory_path() / "sy_train_resume").string();
+  if (world.rank() == 0) {
+    std::filesystem::remove_all(dir);
+    std::filesystem::create_directories(dir);
+    write_pattern_shard(dir);
+  }
+  world.barrier();
+  const std::string shard = dir + "/pattern_000000.bin";
+  const std::string saved = dir + "/saved/checkpoints/step_10.ckpt";
+
+  const Layout dp2_ep2{2, 1, 2, "dp=2 ep=2"};
+  const int job = world.rank() / 2;
+  const TrainResult whole =
+      train(small_moe_config(dp2_ep2, dir + (job == 0 ? "/saved" : "/other"), shard, {"checkpoint.every=10"}),
+            mpi_runtime(), job);
+  ASSERT_EQ(whole.losses.size(), 20u);
+  world.barrier();
+
+  for (const Layout& layout : {Layout{4, 1, 4, "dp=4 ep=4"}, Layout{1, 1, 1, "dp=1"}}) {
+    SCOPED_TRACE(layout.name);
+    const int resume_job = world.rank() / layout.ranks;
+    const Config config = small_moe_config(layout, dir + "/resumed" + std::to_string(resume_job), shard,
+                                           {"checkpoint.resume=" + saved});
+    const TrainResult resumed = train(config, mpi_runtime(), resume_job);
+    ASSERT_EQ(resumed.losses.size(), 10u);
+    for (std::size_t s = 0; s < 10; ++s)
+      EXPECT_NEAR(resumed.losses[s], whole.losses[10 + s], 2e-4 * std::abs(whole.losses[10 + s])) << "step " << 11 + s;
   }
   world.barrier();
   if (world.rank() == 0) std::filesystem::remove_all(dir);
