@@ -14,6 +14,8 @@ out=$(mktemp -d /tmp/device-check.XXXXXX)
 build_dir=${SY_BUILD_DIR:-$root/build-device}
 run_bench=1
 [ "${1:-}" = "--no-bench" ] && run_bench=0
+# Every step has a time limit, so a hang still leaves the logs of the others.
+limit=${SY_STEP_TIMEOUT:-300}
 export NCCL_NVLS_ENABLE=0
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 if ! command -v nvcc >/dev/null 2>&1 && [ -x /usr/local/cuda/bin/nvcc ]; then export PATH=/usr/local/cuda/bin:$PATH; fi
@@ -35,7 +37,8 @@ tail -3 "$out/build.log"
 declare -A summary
 for label in unit mpi gpu; do
   if [ "$status_build" != ok ]; then summary[$label]="not run (build failed)"; continue; fi
-  ctest --test-dir "$build_dir" -L "^${label}\$" --output-on-failure --timeout 900 >"$out/ctest-$label.log" 2>&1
+  timeout "$limit" ctest --test-dir "$build_dir" -L "^${label}\$" --output-on-failure --timeout 240 \
+    >"$out/ctest-$label.log" 2>&1
   line=$(grep -E "tests passed|No tests were found" "$out/ctest-$label.log" | tail -1)
   skipped=$(grep -c "(Skipped)" "$out/ctest-$label.log")
   summary[$label]="${line:-no result} (skipped: $skipped)"
@@ -43,16 +46,16 @@ done
 
 selfcheck="not run"
 if [ "$status_build" = ok ]; then
-  "$build_dir/switchyard" selfcheck >"$out/selfcheck.log" 2>&1
+  timeout "$limit" "$build_dir/switchyard" selfcheck >"$out/selfcheck.log" 2>&1
   selfcheck=$(tail -1 "$out/selfcheck.log")
   if [ $run_bench = 1 ]; then
-    "$build_dir/switchyard" bench ops >"$out/bench-ops.log" 2>&1
+    timeout "$limit" "$build_dir/switchyard" bench ops >"$out/bench-ops.log" 2>&1
     gpus=$(nvidia-smi --list-gpus 2>/dev/null | wc -l)
     # One MoE layer at the Switch benchmark shape, experts spread over every GPU.
-    mpirun --allow-run-as-root --bind-to none -np "$gpus" -x NCCL_NVLS_ENABLE \
+    timeout "$limit" mpirun --allow-run-as-root --bind-to none -np "$gpus" -x NCCL_NVLS_ENABLE \
       "$build_dir/switchyard" bench moe >"$out/bench-moe.log" 2>&1
     if [ "$gpus" -ge 2 ]; then
-      mpirun --allow-run-as-root --bind-to none -np "$gpus" -x NCCL_NVLS_ENABLE \
+      timeout "$limit" mpirun --allow-run-as-root --bind-to none -np "$gpus" -x NCCL_NVLS_ENABLE \
         "$build_dir/switchyard" bench comm >"$out/bench-comm.log" 2>&1
     fi
   fi
@@ -66,11 +69,11 @@ if [ "$status_build" = ok ] && [ $run_bench = 1 ]; then
   if ! compgen -G "$root/data/fortunes/train_*.bin" >/dev/null && [ ! -d /usr/share/games/fortunes ]; then
     data_args=(--set data.source=synthetic --set eval.every=0)
   fi
-  (cd "$root" && SY_BINARY="$build_dir/switchyard" launch/train.sh -n 1 configs/tiny-cpu.yaml \
+  (cd "$root" && SY_BINARY="$build_dir/switchyard" timeout "$limit" launch/train.sh -n 1 configs/tiny-cpu.yaml \
     --set run.out_dir="$out/tiny" --set log.progress=false "${data_args[@]}") >"$out/train-tiny.log" 2>&1
   train_status="tiny: $(grep '^done' "$out/train-tiny.log" || echo FAILED)"
   if [ "$gpus" -ge 2 ]; then
-    (cd "$root" && SY_BINARY="$build_dir/switchyard" launch/train.sh -n 2 configs/switch-base-8.yaml \
+    (cd "$root" && SY_BINARY="$build_dir/switchyard" timeout "$limit" launch/train.sh -n 2 configs/switch-base-8.yaml \
       --set train.steps=60 --set run.out_dir="$out/sb8" --set log.progress=false "${data_args[@]}") \
       >"$out/train-switch-base-8.log" 2>&1
     train_status="$train_status; switch-base-8: $(grep '^done' "$out/train-switch-base-8.log" || echo FAILED)"

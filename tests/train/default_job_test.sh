@@ -5,6 +5,8 @@
 set -euo pipefail
 binary=$1
 source_dir=$2
+# The corpus comes from the fortunes package (launch/setup.sh installs it); 77 = skipped.
+[ -d /usr/share/games/fortunes ] || { echo "fortunes corpus not installed"; exit 77; }
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cd "$work"
