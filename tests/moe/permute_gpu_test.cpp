@@ -26,8 +26,10 @@ RandomRouting make(std::int64_t tokens, int k, int experts, std::int64_t capacit
       slot[c] = (capacity == 0 || count < double(capacity)) ? count : -1;
       if (slot[c] >= 0) count += 1;
     }
+  // The f64 CPU reference takes f64 gates (moe/permute.h); the GPU takes f32.
+  const DType gate_dtype = device == Device::cpu ? DType::f64 : DType::f32;
   RandomRouting out{OwnedTensor({tokens, k}, DType::i32, device), OwnedTensor({tokens, k}, DType::i32, device),
-                    OwnedTensor({tokens, k}, DType::f32, device), OwnedTensor({experts}, DType::i32, device)};
+                    OwnedTensor({tokens, k}, gate_dtype, device), OwnedTensor({experts}, DType::i32, device)};
   from_vector(out.expert, expert);
   from_vector(out.slot, slot);
   from_vector(out.gate, gate);
@@ -76,7 +78,7 @@ TEST_P(MoePermuteGpu, EveryMovementMatchesCpuReference) {
       OwnedTensor dout = random_tensor({tokens, width}, dt, Device::cuda, 9);
       OwnedTensor doutc = convert(dout, DType::f64, Device::cpu);
       OwnedTensor dy({rows, width}, dt, Device::cuda), dyc({rows, width}, DType::f64, Device::cpu);
-      OwnedTensor dgate({tokens, k}, DType::f32, Device::cuda), dgatec({tokens, k}, DType::f32, Device::cpu);
+      OwnedTensor dgate({tokens, k}, DType::f32, Device::cuda), dgatec({tokens, k}, DType::f64, Device::cpu);
       poison(dy);
       poison(dgate);
       moe_combine_backward(dout, y, gpu.expert, gpu.slot, offsets_gpu, gpu.gate, dy, dgate);
