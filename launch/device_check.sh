@@ -72,6 +72,11 @@ if [ "$status_build" = ok ] && [ $run_bench = 1 ]; then
   (cd "$root" && SY_BINARY="$build_dir/switchyard" timeout "$limit" launch/train.sh -n 1 configs/tiny-cpu.yaml \
     --set run.out_dir="$out/tiny" --set log.progress=false "${data_args[@]}") >"$out/train-tiny.log" 2>&1
   train_status="tiny: $(grep '^done' "$out/train-tiny.log" || echo FAILED)"
+  # The single-GPU benchmark model (synthetic tokens): the throughput baseline.
+  (cd "$root" && SY_BINARY="$build_dir/switchyard" timeout "$limit" launch/train.sh -n 1 configs/bench-switch.yaml \
+    --set train.steps=20 --set log.every=5 --set run.out_dir="$out/bench-switch" --set log.progress=false) \
+    >"$out/train-bench-switch.log" 2>&1
+  train_status="$train_status; bench-switch: $(grep '^done' "$out/train-bench-switch.log" || echo FAILED)"
   if [ "$gpus" -ge 2 ]; then
     (cd "$root" && SY_BINARY="$build_dir/switchyard" timeout "$limit" launch/train.sh -n 2 configs/switch-base-8.yaml \
       --set train.steps=60 --set run.out_dir="$out/sb8" --set log.progress=false "${data_args[@]}") \
@@ -84,6 +89,7 @@ echo
 [ -f "$out/selfcheck.log" ] && cat "$out/selfcheck.log"
 [ -f "$out/bench-ops.log" ] && { echo; cat "$out/bench-ops.log"; }
 [ -f "$out/bench-moe.log" ] && { echo; cat "$out/bench-moe.log"; }
+[ -f "$out/train-bench-switch.log" ] && { echo; grep -E "^(model|step|done)" "$out/train-bench-switch.log"; }
 [ -f "$out/bench-comm.log" ] && { echo; cat "$out/bench-comm.log"; }
 for label in unit mpi gpu; do
   grep -E "^\s+[0-9]+ - .*\((Failed|Timeout|SEGFAULT|Subprocess aborted|Exception)" "$out/ctest-$label.log" 2>/dev/null
