@@ -229,8 +229,6 @@ TrainResult train(const Config& c, MpiRuntime& runtime, int job) {
   if (rank0) {
     std::filesystem::create_directories(c.run.out_dir);
     std::ofstream(c.run.out_dir + "/config.yaml") << config_to_yaml(c);
-    metrics = std::fopen((c.run.out_dir + "/metrics.jsonl").c_str(), "w");
-    SY_INPUT_CHECK(ErrorKind::io, metrics != nullptr) << c.run.out_dir << "/metrics.jsonl: cannot open for writing";
     const ModelSize s = size;
     std::printf("model: %.2fM parameters (%.2fM active), %.3g FLOPs per token; %lld tokens per step\n",
                 s.total_params / 1e6, s.active_params / 1e6, s.flops_per_token, (long long)global_tokens);
@@ -256,6 +254,11 @@ TrainResult train(const Config& c, MpiRuntime& runtime, int job) {
     SY_INPUT_CHECK(ErrorKind::checkpoint, first_step < c.train.steps)
         << resume_from << ": the checkpoint is at step " << first_step << ", train.steps is " << c.train.steps
         << " (nothing left to train)";
+  }
+  // A resumed run appends, so the metrics of the steps before the checkpoint are kept.
+  if (rank0) {
+    metrics = std::fopen((c.run.out_dir + "/metrics.jsonl").c_str(), first_step > 0 ? "a" : "w");
+    SY_INPUT_CHECK(ErrorKind::io, metrics != nullptr) << c.run.out_dir << "/metrics.jsonl: cannot open for writing";
   }
   auto save = [&](int steps_done) {
     const std::string path = save_checkpoint(checkpoint_dir, c.checkpoint.keep,
