@@ -280,6 +280,7 @@ void Model::forward(const Tensor& tokens, const Tensor& targets, std::int64_t fi
     if (b.moe) {
       MoeWeights w{b.router->master(), b.noise ? b.noise->master() : Tensor(), {weight(b.w_in), weight(b.w_out)}};
       const RngKey key{config_.run.seed, 0, std::uint32_t(b.index)};
+      mark_phase(timer_, "compute");
       b.moe->forward(b.h2, w, training, key, first_token, arena, y2, stream);
     } else {
       const std::int64_t ff_in = weight(b.up).size(0);
@@ -306,6 +307,7 @@ void Model::forward(const Tensor& tokens, const Tensor& targets, std::int64_t fi
   gemm(s.xf, weight(lm_head_), s.logits, false, true, 1.0f, 0.0f, stream);
   s.lse = arena.alloc({n}, DType::f32);
   cross_entropy_forward(s.logits, s.targets, losses, s.lse, -100, stream);
+  mark_phase(timer_, "compute");
 }
 
 void Model::backward(float loss_scale, Arena& arena, StreamRef stream,
@@ -337,6 +339,7 @@ void Model::backward(float loss_scale, Arena& arena, StreamRef stream,
     if (b.moe) {
       MoeWeights w{b.router->master(), b.noise ? b.noise->master() : Tensor(), {weight(b.w_in), weight(b.w_out)}};
       MoeGrads g{b.router->grad(), b.noise ? b.noise->grad() : Tensor(), {b.w_in->grad(), b.w_out->grad()}};
+      mark_phase(timer_, "compute");
       b.moe->backward(dx, w, arena, dh2, g, stream);
       ready(b.w_out);
       ready(b.w_in);
@@ -396,6 +399,13 @@ void Model::backward(float loss_scale, Arena& arena, StreamRef stream,
   }
   embedding_backward(s.tokens, dx, embed_->grad(), stream);
   ready(embed_);
+  mark_phase(timer_, "compute");
+}
+
+void Model::set_phase_timer(PhaseTimer* timer) {
+  timer_ = timer;
+  for (auto& b : blocks_)
+    if (b->moe) b->moe->set_phase_timer(timer);
 }
 
 std::vector<RouterStats> Model::moe_stats(StreamRef stream) const {

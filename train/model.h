@@ -61,6 +61,9 @@ class Model {
   // Sum over MoE blocks of aux and z losses of the last forward, as configured (coefficients
   // applied), for the logged loss.
   int moe_blocks() const;
+  // Optional: splits step time into "compute" and the MoE layers' phases (router, permute,
+  // all_to_all, experts, combine) by event marks on the stream.
+  void set_phase_timer(PhaseTimer* timer);
 
  private:
   struct Block;
@@ -81,6 +84,7 @@ class Model {
   std::vector<Parameter*> params_;        // registration order
   std::vector<double> init_scales_;       // per params_ entry: std multiplier, 0 = ones
   std::unique_ptr<Saved> saved_;
+  PhaseTimer* timer_ = nullptr;
 };
 
 }  // namespace sy

@@ -15,6 +15,7 @@
 #include <sstream>
 
 #include "core/ops.h"
+#include "core/phase_timer.h"
 #include "parallel/distributed_optimizer.h"
 #include "parallel/process_grid.h"
 #include "train/checkpoint.h"
@@ -267,13 +268,20 @@ TrainResult train(const Config& c, MpiRuntime& runtime, int job) {
     if (rank0) std::printf("saved %s\n", path.c_str());
   };
 
+  // Step time split into compute, the MoE phases and the optimizer (which includes the part of
+  // the gradient reduction backward did not hide), summed over each logging window.
+  PhaseTimer phases(device == Device::cuda, stream);
+  model.set_phase_timer(&phases);
+
   TrainResult result;
   const auto start = Clock::now();
   double window_seconds = 0;
   std::int64_t window_tokens = 0;
+  int window_steps = 0;
   for (int step = first_step; step < c.train.steps; ++step) {
     const auto step_start = Clock::now();
     const double lr = learning_rate(c, step);
+    phases.start();
     registry.zero_grads(stream);
     for (int micro = 0; micro < c.train.grad_accum; ++micro) {
       arena.reset();
@@ -287,8 +295,11 @@ TrainResult train(const Config& c, MpiRuntime& runtime, int job) {
                      last ? [&](const Parameter& p) { optimizer.grad_ready(p); } : std::function<void(const Parameter&)>());
     }
     const float grad_norm = optimizer.step(float(lr), step + 1, float(c.train.max_grad_norm));
+    phases.mark("optimizer");
     const double loss = mean_over(*host, mean_loss(losses));
     synchronize(stream);
+    phases.collect();
+    ++window_steps;
     const double seconds = std::chrono::duration<double>(Clock::now() - step_start).count();
     result.losses.push_back(loss);
     if (step == first_step) result.first_loss = loss;
@@ -333,6 +344,17 @@ TrainResult train(const Config& c, MpiRuntime& runtime, int job) {
       const double scope = c.moe.loss_scope == "global" ? layout.dp_size() : 1;
       aux *= c.train.grad_accum / scope;
       z *= c.train.grad_accum / scope;
+      // Mean per-step phase times of the window, the slowest rank's (what the step waits for).
+      std::string split_text;
+      for (const char* name : {"compute", "router", "permute", "all_to_all", "experts", "combine", "optimizer"}) {
+        const auto it = phases.totals_ms().find(name);
+        const double ms = mean_over(*host, it == phases.totals_ms().end() ? 0.0 : it->second / std::max(1, window_steps));
+        char entry[64];
+        std::snprintf(entry, sizeof entry, "%s\"%s\": %.3f", split_text.empty() ? "" : ", ", name, ms);
+        split_text += entry;
+      }
+      phases.reset_totals();
+      window_steps = 0;
       const double tokens_per_s = window_seconds > 0 ? double(window_tokens) / window_seconds : global_tokens / seconds;
       const double mfu = peak > 0 ? size.flops_per_token * tokens_per_s / (peak * job_size) : -1;
       const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
@@ -349,10 +371,10 @@ TrainResult train(const Config& c, MpiRuntime& runtime, int job) {
         std::fprintf(metrics,
                      "{\"step\": %d, \"loss\": %.6f, \"aux\": %.6f, \"z\": %.6f, \"lr\": %.6e, \"grad_norm\": %.6f, "
                      "\"tokens_per_s\": %.1f, \"mfu\": %s, \"dropped_pct\": %.4f, \"expert_load_max_mean\": %.4f, "
-                     "\"val_loss\": %s, \"elapsed_s\": %.3f}\n",
+                     "\"val_loss\": %s, \"elapsed_s\": %.3f, \"step_ms\": {%s}}\n",
                      step + 1, loss, aux, z, lr, grad_norm, tokens_per_s,
                      mfu >= 0 ? std::to_string(mfu).c_str() : "null", 100 * dropped, load_ratio,
-                     val_loss >= 0 ? std::to_string(val_loss).c_str() : "null", elapsed);
+                     val_loss >= 0 ? std::to_string(val_loss).c_str() : "null", elapsed, split_text.c_str());
         std::fflush(metrics);
       }
     }
