@@ -1,0 +1,192 @@
+#!/usr/bin/env python3
+"""Scaling sweeps: runs a config at several GPU (or CPU rank) counts, weak and/or strong
+scaling, collects one row per run from its metrics.jsonl into scaling.csv and scaling.jsonl,
+and draws PNG plots when matplotlib is installed.
+
+Weak scaling keeps the tokens per rank and the experts per rank fixed (experts = ranks x
+experts-per-rank, ep = ranks). Strong scaling keeps the global batch fixed (micro_batch =
+global batch / ranks) and the experts fixed (ep = the largest divisor of both).
+
+Usage (launch/scaling.sh passes everything through):
+  launch/scaling.sh CONFIG [--ranks 1,2,4,8] [--mode weak|strong|both] [--experts-per-rank 8]
+                    [--steps 30] [--out runs/scaling] [--set key.path=value]...
+"""
+import argparse
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+
+PHASES = ["compute", "router", "permute", "all_to_all", "experts", "combine", "optimizer"]
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def read_config_value(path, section, key, default):
+    """A top-level `section: key: value` from the YAML config (plain two-level layout)."""
+    current = None
+    with open(path) as f:
+        for line in f:
+            stripped = line.split("#", 1)[0].rstrip()
+            if not stripped:
+                continue
+            if not line.startswith(" ") and stripped.endswith(":"):
+                current = stripped[:-1]
+            elif current == section and stripped.strip().startswith(key + ":"):
+                return stripped.split(":", 1)[1].strip()
+    return default
+
+
+def override(overrides, key, default):
+    for item in overrides:
+        if item.startswith(key + "="):
+            return item.split("=", 1)[1]
+    return default
+
+
+def run(config, ranks, sets, out_dir, steps):
+    args = [os.path.join(ROOT, "launch", "train.sh"), "-n", str(ranks), config]
+    for s in sets + [
+        "data.source=synthetic", "eval.every=0", "log.progress=false", "checkpoint.every=0",
+        "train.steps=%d" % steps, "log.every=%d" % max(1, steps // 2), "run.out_dir=" + out_dir,
+    ]:
+        args += ["--set", s]
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "train.log"), "w") as log:
+        code = subprocess.call(args, stdout=log, stderr=subprocess.STDOUT)
+    if code != 0:
+        sys.exit("scaling: run with %d ranks failed (exit %d); see %s/train.log" % (ranks, code, out_dir))
+    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()][-1]  # the last window: warm
+
+
+def row_of(mode, ranks, experts, micro_batch, seq, grad_accum, metrics):
+    tokens_per_step = micro_batch * seq * grad_accum * ranks
+    step_ms = 1000.0 * tokens_per_step / metrics["tokens_per_s"]
+    split = metrics.get("step_ms", {})
+    row = {
+        "mode": mode, "ranks": ranks, "experts": experts, "micro_batch": micro_batch,
+        "tokens_per_s": round(metrics["tokens_per_s"], 1),
+        "tokens_per_s_per_rank": round(metrics["tokens_per_s"] / ranks, 1),
+        "step_ms": round(step_ms, 3),
+        "expert_load_max_mean": metrics.get("expert_load_max_mean"),
+        "dropped_pct": metrics.get("dropped_pct"), "loss": metrics.get("loss"),
+    }
+    for p in PHASES:
+        row[p + "_ms"] = split.get(p, 0.0)
+    row["idle_ms"] = round(max(0.0, step_ms - sum(split.get(p, 0.0) for p in PHASES)), 3)
+    return row
+
+
+def plot(rows, out):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("scaling: matplotlib not installed (apt-get install python3-matplotlib): CSV only")
+        return []
+    written = []
+    modes = sorted({r["mode"] for r in rows})
+    for name, key, label in [("tokens_per_rank", "tokens_per_s_per_rank", "tokens/s per rank"),
+                             ("efficiency", "efficiency", "scaling efficiency"),
+                             ("expert_load", "expert_load_max_mean", "expert load max / mean")]:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for mode in modes:
+            sel = [r for r in rows if r["mode"] == mode]
+            ax.plot([r["ranks"] for r in sel], [r[key] for r in sel], marker="o", label=mode)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("ranks (GPUs)")
+        ax.set_ylabel(label)
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+        path = os.path.join(out, name + ".png")
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+    for mode in modes:
+        sel = [r for r in rows if r["mode"] == mode]
+        fig, ax = plt.subplots(figsize=(6, 4))
+        bottom = [0.0] * len(sel)
+        groups = [("compute", ["compute", "router", "permute", "experts", "combine"]), ("all-to-all", ["all_to_all"]),
+                  ("optimizer + exposed grad reduce", ["optimizer"]), ("idle", ["idle"])]
+        for label, parts in groups:
+            values = [sum(r[p + "_ms"] for p in parts) for r in sel]
+            ax.bar([str(r["ranks"]) for r in sel], values, bottom=bottom, label=label)
+            bottom = [b + v for b, v in zip(bottom, values)]
+        ax.set_xlabel("ranks (GPUs)")
+        ax.set_ylabel("ms per step")
+        ax.set_title(mode + " scaling: step time split")
+        ax.legend(fontsize=8)
+        path = os.path.join(out, "step_split_%s.png" % mode)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config")
+    parser.add_argument("--ranks", default="1,2,4,8")
+    parser.add_argument("--mode", choices=["weak", "strong", "both"], default="both")
+    parser.add_argument("--experts-per-rank", type=int, default=0, help="weak scaling; 0: config experts at 1 rank")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--out", default="runs/scaling")
+    parser.add_argument("--set", action="append", default=[], dest="sets")
+    a = parser.parse_args()
+    ranks_list = [int(r) for r in a.ranks.split(",")]
+    micro = int(override(a.sets, "train.micro_batch", read_config_value(a.config, "train", "micro_batch", "8")))
+    seq = int(override(a.sets, "train.seq_len", read_config_value(a.config, "train", "seq_len", "128")))
+    accum = int(override(a.sets, "train.grad_accum", read_config_value(a.config, "train", "grad_accum", "1")))
+    experts = int(override(a.sets, "moe.experts", read_config_value(a.config, "moe", "experts", "8")))
+    per_rank = a.experts_per_rank or experts
+    sets = [s for s in a.sets if not s.startswith(("train.micro_batch=", "moe.experts=", "parallel.expert="))]
+    os.makedirs(a.out, exist_ok=True)
+    rows = []
+    for mode in (["weak", "strong"] if a.mode == "both" else [a.mode]):
+        for ranks in ranks_list:
+            if mode == "weak":
+                e, mb, ep = per_rank * ranks, micro, ranks
+            else:
+                if micro % ranks:
+                    print("scaling: strong scaling skips %d ranks (micro_batch %d does not divide)" % (ranks, micro))
+                    continue
+                e, mb, ep = experts, micro // ranks, math.gcd(experts, ranks)
+            extra = sets + ["train.micro_batch=%d" % mb, "moe.experts=%d" % e, "parallel.expert=%d" % ep]
+            print("scaling: %s, %d rank(s), %d experts (ep %d), micro_batch %d" % (mode, ranks, e, ep, mb), flush=True)
+            metrics = run(a.config, ranks, extra, os.path.join(a.out, "%s-%d" % (mode, ranks)), a.steps)
+            rows.append(row_of(mode, ranks, e, mb, seq, accum, metrics))
+    for mode in {r["mode"] for r in rows}:
+        sel = [r for r in rows if r["mode"] == mode]
+        base = next((r for r in sel if r["ranks"] == min(x["ranks"] for x in sel)), None)
+        for r in sel:
+            if mode == "weak":
+                r["efficiency"] = round(r["tokens_per_s_per_rank"] / base["tokens_per_s_per_rank"], 4)
+            else:
+                r["efficiency"] = round(r["tokens_per_s"] / (base["tokens_per_s"] * r["ranks"] / base["ranks"]), 4)
+    fields = ["mode", "ranks", "experts", "micro_batch", "tokens_per_s", "tokens_per_s_per_rank", "efficiency",
+              "step_ms"] + [p + "_ms" for p in PHASES] + ["idle_ms", "expert_load_max_mean", "dropped_pct", "loss"]
+    with open(os.path.join(a.out, "scaling.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    with open(os.path.join(a.out, "scaling.jsonl"), "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    print("%-6s %5s %7s %12s %14s %8s %9s %10s %10s" % ("mode", "ranks", "experts", "tokens/s", "tok/s per rank",
+                                                        "eff.", "step ms", "a2a ms", "idle ms"))
+    for r in rows:
+        print("%-6s %5d %7d %12.0f %14.0f %7.1f%% %9.2f %10.2f %10.2f" % (
+            r["mode"], r["ranks"], r["experts"], r["tokens_per_s"], r["tokens_per_s_per_rank"], 100 * r["efficiency"],
+            r["step_ms"], r["all_to_all_ms"], r["idle_ms"]))
+    for path in plot(rows, a.out):
+        print("wrote " + path)
+    print("wrote %s/scaling.csv and scaling.jsonl" % a.out)
+
+
+if __name__ == "__main__":
+    main()
