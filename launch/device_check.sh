@@ -82,6 +82,11 @@ if [ "$status_build" = ok ] && [ $run_bench = 1 ]; then
       --set train.steps=60 --set run.out_dir="$out/sb8" --set log.progress=false "${data_args[@]}") \
       >"$out/train-switch-base-8.log" 2>&1
     train_status="$train_status; switch-base-8: $(grep '^done' "$out/train-switch-base-8.log" || echo FAILED)"
+    # Weak scaling up to every GPU of the machine (1, 2, 4, 8).
+    ranks=1; list=1
+    while [ $((ranks * 2)) -le "$gpus" ]; do ranks=$((ranks * 2)); list="$list,$ranks"; done
+    (cd "$root" && SY_BINARY="$build_dir/switchyard" timeout "$limit" launch/scaling.sh configs/switch-8gpu-ep8.yaml \
+      --ranks "$list" --mode weak --experts-per-rank 8 --steps 20 --out "$out/scaling") >"$out/scaling.log" 2>&1
   fi
 fi
 
@@ -91,6 +96,7 @@ echo
 [ -f "$out/bench-moe.log" ] && { echo; cat "$out/bench-moe.log"; }
 [ -f "$out/train-bench-switch.log" ] && { echo; grep -E "^(model|step|done)" "$out/train-bench-switch.log"; }
 [ -f "$out/bench-comm.log" ] && { echo; cat "$out/bench-comm.log"; }
+[ -f "$out/scaling.log" ] && { echo; tail -8 "$out/scaling.log"; }
 for label in unit mpi gpu; do
   grep -E "^\s+[0-9]+ - .*\((Failed|Timeout|SEGFAULT|Subprocess aborted|Exception)" "$out/ctest-$label.log" 2>/dev/null
 done
