@@ -346,6 +346,9 @@ void validate_config(const Config& c) {
   if (c.moe.every > 0) {
     SY_INPUT_CHECK(kConfig, c.moe.top_k <= c.moe.experts)
         << "moe.top_k=" << c.moe.top_k << " exceeds moe.experts=" << c.moe.experts;
+    SY_INPUT_CHECK(kConfig, !c.moe.renormalize || c.moe.top_k > 1)
+        << "moe.renormalize needs moe.top_k > 1 (with one choice the gate is a constant 1 and the router "
+           "gets no gradient)";
     SY_INPUT_CHECK(kConfig, c.moe.every <= m.n_layers)
         << "moe.every=" << c.moe.every << " exceeds model.n_layers=" << m.n_layers << " (no block would be MoE)";
   }

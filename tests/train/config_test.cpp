@@ -71,6 +71,9 @@ TEST(Config, ErrorMatrix) {
   expect_config_error("train: {seq_len: 2048}\nmodel: {max_seq_len: 1024}\n",
                       "train.seq_len=2048 exceeds model.max_seq_len=1024");
   expect_config_error("moe: {experts: 2, top_k: 3}\n", "moe.top_k=3 exceeds moe.experts=2");
+  expect_config_error("moe: {renormalize: true}\n",
+                      "moe.renormalize needs moe.top_k > 1 (with one choice the gate is a constant 1 and the router "
+                      "gets no gradient)");
   expect_config_error("parallel: {tensor: 4}\nmodel: {n_heads: 4, n_kv_heads: 2}\n",
                       "model.n_kv_heads=2 is not divisible by parallel.tensor=4");
   expect_config_error("parallel: {tensor: 8}\nmodel: {n_heads: 4, n_kv_heads: 4}\n",
