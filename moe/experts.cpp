@@ -88,9 +88,8 @@ bool ExpertFFN::check_layout(const char* op, const Tensor& x, std::span<const st
   return true;
 }
 
-void ExpertFFN::forward(const Tensor& x, std::span<const std::int64_t> expert_rows, const ExpertWeights& weights,
-                        const ExpertActivations& saved, const Tensor& y, StreamRef stream) const {
-  const char* op = "ExpertFFN::forward";
+bool ExpertFFN::check_inputs(const char* op, const Tensor& x, std::span<const std::int64_t> expert_rows,
+                             const ExpertWeights& weights, const ExpertActivations& saved) const {
   const bool dropless = check_layout(op, x, expert_rows);
   const std::int64_t experts = config_.local_experts, d = config_.d_model, f = config_.d_ff, f_in = config_.d_in();
   const ExpertBufferShapes shapes = buffer_shapes(x.shape());
@@ -98,6 +97,13 @@ void ExpertFFN::forward(const Tensor& x, std::span<const std::int64_t> expert_ro
   check_tensor(op, "w_out", weights.w_out, {experts, f, d}, x.dtype());
   check_tensor(op, "h", saved.h, shapes.h, x.dtype());
   check_tensor(op, "act", saved.act, shapes.act, x.dtype());
+  return dropless;
+}
+
+void ExpertFFN::forward(const Tensor& x, std::span<const std::int64_t> expert_rows, const ExpertWeights& weights,
+                        const ExpertActivations& saved, const Tensor& y, StreamRef stream) const {
+  const char* op = "ExpertFFN::forward";
+  const bool dropless = check_inputs(op, x, expert_rows, weights, saved);
   check_tensor(op, "y", y, x.shape(), x.dtype());
 
   expert_matmul(dropless, x, weights.w_in, saved.h, expert_rows, false, stream);
@@ -116,13 +122,9 @@ void ExpertFFN::backward(const Tensor& x, std::span<const std::int64_t> expert_r
                          const ExpertActivations& saved, const Tensor& dy, const Tensor& dx,
                          const ExpertWeights& grads, const ExpertScratch& scratch, StreamRef stream) const {
   const char* op = "ExpertFFN::backward";
-  const bool dropless = check_layout(op, x, expert_rows);
+  const bool dropless = check_inputs(op, x, expert_rows, weights, saved);
   const std::int64_t experts = config_.local_experts, d = config_.d_model, f = config_.d_ff, f_in = config_.d_in();
   const ExpertBufferShapes shapes = buffer_shapes(x.shape());
-  check_tensor(op, "w_in", weights.w_in, {experts, d, f_in}, x.dtype());
-  check_tensor(op, "w_out", weights.w_out, {experts, f, d}, x.dtype());
-  check_tensor(op, "h", saved.h, shapes.h, x.dtype());
-  check_tensor(op, "act", saved.act, shapes.act, x.dtype());
   check_tensor(op, "dy", dy, x.shape(), x.dtype());
   check_tensor(op, "dx", dx, x.shape(), x.dtype());
   check_tensor(op, "dw_in", grads.w_in, {experts, d, f_in}, DType::f32);

@@ -79,6 +79,9 @@ class ExpertFFN {
  private:
   // Checks x against the layout and returns true for dropless.
   bool check_layout(const char* op, const Tensor& x, std::span<const std::int64_t> expert_rows) const;
+  // check_layout plus the weights and saved activations both directions read; returns dropless.
+  bool check_inputs(const char* op, const Tensor& x, std::span<const std::int64_t> expert_rows,
+                    const ExpertWeights& weights, const ExpertActivations& saved) const;
 
   ExpertFFNConfig config_;
 };
