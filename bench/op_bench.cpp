@@ -68,19 +68,32 @@ struct AttentionCase {
   std::int64_t batch, heads, kv_heads, seq, head_dim;
 };
 
-void run_attention(const AttentionCase& c, DType dtype, const Options& opt, StreamRef stream, double ceiling_tflops) {
+// Times one attention implementation; returns forward + backward median ms.
+double run_attention(const AttentionCase& c, DType dtype, bool flash, const Options& opt, StreamRef stream,
+                     double ceiling_tflops) {
   OwnedTensor q = random_input({c.batch, c.heads, c.seq, c.head_dim}, dtype, opt.device, 4);
   OwnedTensor k = random_input({c.batch, c.kv_heads, c.seq, c.head_dim}, dtype, opt.device, 5);
   OwnedTensor v = random_input({c.batch, c.kv_heads, c.seq, c.head_dim}, dtype, opt.device, 6);
   OwnedTensor dout = random_input({c.batch, c.heads, c.seq, c.head_dim}, dtype, opt.device, 7);
   OwnedTensor out(q.view().shape(), dtype, opt.device), dq(q.view().shape(), dtype, opt.device);
   OwnedTensor dk(k.view().shape(), dtype, opt.device), dv(v.view().shape(), dtype, opt.device);
-  OwnedTensor probs(Shape{c.batch, c.heads, c.seq, c.seq}, dtype, opt.device);
-  OwnedTensor dprobs(Shape{c.batch, c.heads, c.seq, c.seq}, dtype, opt.device);
+  // probs/dprobs for the [T, T] path; lse/delta for flash.
+  const Shape saved = flash ? Shape{c.batch, c.heads, c.seq} : Shape{c.batch, c.heads, c.seq, c.seq};
+  const DType saved_dtype = flash ? DType::f32 : dtype;
+  OwnedTensor probs(saved, saved_dtype, opt.device), dprobs(saved, saved_dtype, opt.device);
   const bool gpu = opt.device == Device::cuda;
-  Timing fwd = time_repeated([&] { attention_forward(q, k, v, out, probs, stream); }, gpu, stream, 2, opt.repeats);
-  Timing bwd = time_repeated([&] { attention_backward(q, k, v, probs, dout, dq, dk, dv, dprobs, stream); }, gpu, stream,
-                             2, opt.repeats);
+  Timing fwd = time_repeated(
+      [&] {
+        if (flash) flash_attention_forward(q, k, v, out, probs, stream);
+        else attention_forward(q, k, v, out, probs, stream);
+      },
+      gpu, stream, 2, opt.repeats);
+  Timing bwd = time_repeated(
+      [&] {
+        if (flash) flash_attention_backward(q, k, v, out, probs, dout, dq, dk, dv, dprobs, stream);
+        else attention_backward(q, k, v, probs, dout, dq, dk, dv, dprobs, stream);
+      },
+      gpu, stream, 2, opt.repeats);
   // Causal model FLOPs (what a flash kernel is credited with): forward 2 GEMMs over half the
   // T x T scores, backward 4.
   const double fwd_flops = 2.0 * 2.0 * double(c.batch * c.heads) * double(c.seq * c.seq) * double(c.head_dim) / 2.0;
@@ -88,12 +101,22 @@ void run_attention(const AttentionCase& c, DType dtype, const Options& opt, Stre
   char name[96];
   std::snprintf(name, sizeof name, "B%lld Hq%lld Hkv%lld T%lld D%lld", (long long)c.batch, (long long)c.heads,
                 (long long)c.kv_heads, (long long)c.seq, (long long)c.head_dim);
-  std::printf("%-34s %5s fwd %8.3f ms %s | bwd %8.3f ms %s", name, dtype_name(dtype), fwd.median_ms,
-              flops_text(fwd_tflops).c_str(), bwd.median_ms, flops_text(bwd_tflops).c_str());
+  std::printf("%-30s %5s %-5s fwd %8.3f ms %s | bwd %8.3f ms %s", name, dtype_name(dtype), flash ? "flash" : "probs",
+              fwd.median_ms, flops_text(fwd_tflops).c_str(), bwd.median_ms, flops_text(bwd_tflops).c_str());
   if (ceiling_tflops > 0) std::printf(" | fwd+bwd %5.1f%% of GEMM ceiling", 100.0 * 3.0 * fwd_flops /
                                                                                (fwd.median_ms + bwd.median_ms) * 1e-9 /
                                                                                ceiling_tflops);
   std::printf("\n");
+  return fwd.median_ms + bwd.median_ms;
+}
+
+// Both implementations side by side where flash attention runs, with their ratio.
+void compare_attention(const AttentionCase& c, DType dtype, const Options& opt, StreamRef stream,
+                       double ceiling_tflops) {
+  const double probs_ms = run_attention(c, dtype, false, opt, stream, ceiling_tflops);
+  if (!flash_attention_supported(opt.device, dtype, c.head_dim)) return;
+  const double flash_ms = run_attention(c, dtype, true, opt, stream, ceiling_tflops);
+  std::printf("%-30s flash is %.2fx the probs path (fwd+bwd)\n", "", probs_ms / flash_ms);
 }
 
 void print_usage() {
@@ -154,13 +177,13 @@ int run_op_bench(const std::vector<std::string>& args) {
     run_gemm({"qkv 256x96x64 (tiny model)", 1, 256, 96, 64, DType::f32}, opt, stream, ceiling, 0);
   }
 
-  std::printf("\n== causal attention (batched GEMMs + fused masked softmax) ==\n");
+  std::printf("\n== causal attention: probs (batched GEMMs + masked softmax) and flash ==\n");
   if (gpu) {
-    run_attention({16, 12, 4, 1024, 64}, DType::bf16, opt, stream, ceiling);
-    run_attention({4, 16, 16, 2048, 128}, DType::bf16, opt, stream, ceiling);
-    run_attention({8, 32, 8, 1024, 128}, DType::bf16, opt, stream, ceiling);
+    compare_attention({16, 12, 4, 1024, 64}, DType::bf16, opt, stream, ceiling);
+    compare_attention({4, 16, 16, 2048, 128}, DType::bf16, opt, stream, ceiling);
+    compare_attention({8, 32, 8, 1024, 128}, DType::bf16, opt, stream, ceiling);
   } else {
-    run_attention({2, 4, 2, 128, 16}, DType::f32, opt, stream, ceiling);
+    compare_attention({2, 4, 2, 128, 16}, DType::f32, opt, stream, ceiling);
   }
   std::printf("\nceilings measured in this run: copy %.1f GB/s, GEMM %s", copy_gbs, flops_text(ceiling).c_str());
   if (peak > 0) std::printf(" (datasheet dense bf16 %.0f TFLOP/s)", peak);

@@ -83,6 +83,19 @@ void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const
                         const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dprobs,
                         StreamRef stream = {});
 
+// ---- flash attention (causal MHA / GQA / MQA, nothing of size [T, T] saved) --------------
+// Same q, k, v, out as above; lse: [B, Hq, T] f32, each row's natural log-sum-exp of the scaled
+// scores (saved for the backward). CPU: any float dtype; CUDA: bf16 with head dim 64 or 128
+// (flash_attention_supported says), fused tensor-core kernels.
+bool flash_attention_supported(Device device, DType dtype, std::int64_t head_dim);
+bool flash_attention_supported(const Tensor& q);
+void flash_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
+                             StreamRef stream = {});
+// dq, dk, dv written; delta: [B, Hq, T] f32 scratch. Deterministic: no atomics.
+void flash_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                              const Tensor& lse, const Tensor& dout, const Tensor& dq, const Tensor& dk,
+                              const Tensor& dv, const Tensor& delta, StreamRef stream = {});
+
 // ---- head layouts (between the attention block's linear layers and core attention) --------
 // Token-major rows hold head h's D columns contiguously at h*D; head-major is [B, H, T, D].
 // All four are pure copies (any float dtype) and write their whole output.

@@ -1,6 +1,7 @@
 // Persistent allocations, the per-step arena, and copies between devices.
 #include "core/storage.h"
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <utility>
@@ -10,6 +11,12 @@
 #endif
 
 namespace sy {
+
+namespace {
+std::atomic<std::size_t> g_device_bytes{0};
+}  // namespace
+
+std::size_t device_bytes_allocated() { return g_device_bytes.load(); }
 
 Storage::Storage(Device device, std::size_t bytes) : bytes_(bytes), device_(device) {
   if (bytes == 0) return;
@@ -21,6 +28,7 @@ Storage::Storage(Device device, std::size_t bytes) : bytes_(bytes), device_(devi
   } else {
 #ifdef SY_WITH_CUDA
     SY_CUDA(cudaMalloc(&data_, bytes));
+    g_device_bytes += bytes;
 #else
     SY_FAIL() << "cannot allocate on cuda: this build has no CUDA backend";
 #endif
@@ -36,6 +44,7 @@ void Storage::release() {
   } else {
 #ifdef SY_WITH_CUDA
     cudaFree(data_);
+    g_device_bytes -= bytes_;
 #endif
   }
   data_ = nullptr;

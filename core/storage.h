@@ -33,6 +33,10 @@ class Storage {
   Device device_ = Device::cpu;
 };
 
+// Bytes this process holds in device Storage now (every cudaMalloc of the framework's tensors,
+// the arena's whole block included; not the CUDA context or library workspaces).
+std::size_t device_bytes_allocated();
+
 // Owns one tensor: the usual way to hold a parameter or a test input.
 class OwnedTensor {
  public:

@@ -6,6 +6,8 @@
 
 #include "core/check.h"
 #ifdef SY_WITH_CUDA
+#include <cuda_profiler_api.h>
+
 #include "core/cuda_check.h"
 #endif
 
@@ -59,6 +61,18 @@ void device_synchronize() {
   if (cuda_device_count() > 0) SY_CUDA(cudaDeviceSynchronize());
 }
 
+void profiler_start() {
+  if (cuda_device_count() == 0) return;
+  device_synchronize();
+  SY_CUDA(cudaProfilerStart());
+}
+
+void profiler_stop() {
+  if (cuda_device_count() == 0) return;
+  device_synchronize();
+  SY_CUDA(cudaProfilerStop());
+}
+
 EventTimer::EventTimer(StreamRef stream) : stream_(stream) {
   cudaEvent_t a, b;
   SY_CUDA(cudaEventCreate(&a));
@@ -91,6 +105,8 @@ Stream::~Stream() = default;
 void Stream::synchronize() const {}
 void synchronize(StreamRef) {}
 void device_synchronize() {}
+void profiler_start() {}
+void profiler_stop() {}
 EventTimer::EventTimer(StreamRef stream) : stream_(stream) {}
 EventTimer::~EventTimer() = default;
 void EventTimer::start() { SY_FAIL() << "EventTimer needs the CUDA backend"; }

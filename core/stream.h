@@ -39,6 +39,11 @@ class Stream {
 
 void synchronize(StreamRef stream);
 void device_synchronize();
+// Brackets a region for an external profiler started with "profile from start" off (Nsight
+// Compute's --profile-from-start off): the device is synchronized first, so the region holds
+// exactly the work issued between the two calls. No-ops without a GPU.
+void profiler_start();
+void profiler_stop();
 
 // Device-side timer for benchmarks: events recorded on a stream.
 class EventTimer {

@@ -129,6 +129,8 @@ std::vector<ConfigField> make_fields() {
       string_field("run.out_dir", &C::run, &RunConfig::out_dir, "directory for metrics.jsonl, config and checkpoints"),
       enum_field("run.device", &C::run, &RunConfig::device, {"auto", "cpu", "cuda"},
                  "auto: a GPU per rank when every rank has one, else the CPU"),
+      int_field("run.profile_step", &C::run, &RunConfig::profile_step, 0,
+                "step (1-based) whose kernels a profiler started with --profile-from-start off records; 0: none"),
 
       int_field("model.vocab_size", &C::model, &ModelConfig::vocab_size, 2, "vocabulary size", 65536),
       int_field("model.d_model", &C::model, &ModelConfig::d_model, 1, "residual stream width"),
@@ -209,6 +211,8 @@ std::vector<ConfigField> make_fields() {
       int_field("log.every", &C::log, &LogConfig::every, 1, "steps between metric lines"),
       bool_field("log.progress", &C::log, &LogConfig::progress, "progress bar with ETA on rank 0"),
 
+      bool_field("checkpoint.enabled", &C::checkpoint, &CheckpointConfig::enabled,
+                 "write checkpoints (false for throughput runs)"),
       int_field("checkpoint.every", &C::checkpoint, &CheckpointConfig::every, 0, "steps between checkpoints; 0: at the end only"),
       string_field("checkpoint.dir", &C::checkpoint, &CheckpointConfig::dir, "checkpoint directory; empty: <run.out_dir>/checkpoints"),
       string_field("checkpoint.resume", &C::checkpoint, &CheckpointConfig::resume,

@@ -19,6 +19,7 @@ struct RunConfig {
   std::uint64_t seed = 1234;
   std::string out_dir = "runs/switchyard";
   std::string device = "auto";  // auto | cpu | cuda
+  int profile_step = 0;          // 1-based step bracketed for an external profiler; 0: none
 };
 
 struct ModelConfig {
@@ -96,6 +97,7 @@ struct LogConfig {
 };
 
 struct CheckpointConfig {
+  bool enabled = true;        // false: never write (benchmarks)
   int every = 0;              // 0: only at the end
   std::string dir = "";       // empty: <run.out_dir>/checkpoints
   std::string resume = "none";  // none | auto | a checkpoint path

@@ -109,7 +109,7 @@ struct Model::Block {
   std::unique_ptr<MoeLayer> moe;
 
   // Activations of the last forward.
-  Tensor x_in, rstd1, h1, qkv, q_heads, k_heads, v_heads, probs, attn_heads, attn_rows, x_mid, rstd2, h2, u, a, x_out;
+  Tensor x_in, rstd1, h1, qkv, q_heads, k_heads, v_heads, probs, lse, attn_heads, attn_rows, x_mid, rstd2, h2, u, a, x_out;
 };
 
 struct Model::Saved {
@@ -262,9 +262,17 @@ void Model::forward(const Tensor& tokens, const Tensor& targets, std::int64_t fi
     split_qkv_heads(b.qkv, b.q_heads, b.k_heads, b.v_heads, stream);
     rope_forward(b.q_heads, b.q_heads, theta, stream);
     rope_forward(b.k_heads, b.k_heads, theta, stream);
-    b.probs = arena.alloc({s.batch, local_heads_, s.seq, s.seq}, dtype_);
     b.attn_heads = arena.alloc(b.q_heads.shape(), dtype_);
-    attention_forward(b.q_heads, b.k_heads, b.v_heads, b.attn_heads, b.probs, stream);
+    // Flash attention where the device has kernels for it (it keeps only a log-sum-exp per row);
+    // otherwise the [T, T] probabilities are saved for the backward.
+    if (flash_attention_supported(b.q_heads)) {
+      b.probs = Tensor();
+      b.lse = arena.alloc({s.batch, local_heads_, s.seq}, DType::f32);
+      flash_attention_forward(b.q_heads, b.k_heads, b.v_heads, b.attn_heads, b.lse, stream);
+    } else {
+      b.probs = arena.alloc({s.batch, local_heads_, s.seq, s.seq}, dtype_);
+      attention_forward(b.q_heads, b.k_heads, b.v_heads, b.attn_heads, b.probs, stream);
+    }
     b.attn_rows = arena.alloc({n, q_cols}, dtype_);
     merge_heads(b.attn_heads, b.attn_rows, stream);
     Tensor y = arena.alloc({n, d_}, dtype_);
@@ -372,8 +380,15 @@ void Model::backward(float loss_scale, Arena& arena, StreamRef stream,
     Tensor d_heads = arena.alloc(b.attn_heads.shape(), dtype_);
     split_heads(d_rows, d_heads, stream);
     Tensor dq = arena.alloc(b.q_heads.shape(), dtype_), dk = arena.alloc(b.k_heads.shape(), dtype_);
-    Tensor dv = arena.alloc(b.v_heads.shape(), dtype_), dprobs = arena.alloc(b.probs.shape(), dtype_);
-    attention_backward(b.q_heads, b.k_heads, b.v_heads, b.probs, d_heads, dq, dk, dv, dprobs, stream);
+    Tensor dv = arena.alloc(b.v_heads.shape(), dtype_);
+    if (b.probs.defined()) {
+      Tensor dprobs = arena.alloc(b.probs.shape(), dtype_);
+      attention_backward(b.q_heads, b.k_heads, b.v_heads, b.probs, d_heads, dq, dk, dv, dprobs, stream);
+    } else {
+      Tensor delta = arena.alloc(b.lse.shape(), DType::f32);
+      flash_attention_backward(b.q_heads, b.k_heads, b.v_heads, b.attn_heads, b.lse, d_heads, dq, dk, dv, delta,
+                               stream);
+    }
     rope_backward(dq, dq, theta, stream);
     rope_backward(dk, dk, theta, stream);
     Tensor dqkv = arena.alloc({n, qkv_cols}, dtype_);

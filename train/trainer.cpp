@@ -59,11 +59,13 @@ double peak_flops(Device device) {
 
 // Activation bytes of one micro-batch forward + backward, with margin: the arena is sized
 // once from the config so no step allocates.
-std::size_t arena_bytes(const Config& c, int tp, int ep, DType dtype) {
+std::size_t arena_bytes(const Config& c, int tp, int ep, DType dtype, bool flash) {
   const double s = double(dtype_size(dtype));
   const double b = c.train.micro_batch, t = c.train.seq_len, n = b * t, d = c.model.d_model;
   const double heads = double(c.model.n_heads) / tp, ff = double(c.model.d_ff) / tp * 2, vocab = c.model.vocab_size;
-  double bytes = s * (c.model.n_layers * (48 * n * d + 2 * b * heads * t * t + 6 * n * ff) + 2 * n * vocab) + 16 * n;
+  // Attention keeps [T, T] probabilities (and their gradient) unless it runs as flash attention.
+  const double attention = flash ? 8 * b * heads * t : 2 * s * b * heads * t * t;
+  double bytes = c.model.n_layers * (s * (48 * n * d + 6 * n * ff) + attention) + s * 2 * n * vocab + 16 * n;
   const int moe_blocks = c.moe.every > 0 ? c.model.n_layers / c.moe.every : 0;
   if (moe_blocks > 0) {
     const double rows = n * c.moe.top_k * (c.moe.dropless ? ep : std::max(1.0, c.moe.capacity_factor)) + 1024;
@@ -148,7 +150,9 @@ std::string describe_run(const Config& c, int world_size) {
   const double params_per_rank = (double(size.total_params - size.expert_params) +
                                   double(size.expert_params) / c.parallel.expert) / c.parallel.tensor;
   const double state = params_per_rank * (4 + 4 + 2) + params_per_rank * 8 / (c.parallel.zero1 ? layout.dp_size() : 1);
-  const double arena = double(arena_bytes(c, c.parallel.tensor, c.parallel.expert, DType::bf16));
+  const std::int64_t head_dim = c.model.d_model / c.model.n_heads;
+  const double arena = double(arena_bytes(c, c.parallel.tensor, c.parallel.expert, DType::bf16,
+                                          flash_attention_supported(Device::cuda, DType::bf16, head_dim)));
   std::snprintf(line, sizeof line, "memory per rank (GPU, bf16): about %.2f GiB parameters and optimizer state + %.2f GiB activations\n",
                 state / (1 << 30), arena / (1 << 30));
   s << line;
@@ -211,7 +215,8 @@ TrainResult train(const Config& c, MpiRuntime& runtime, int job) {
   const ModelSize size = model_size(c);
   const std::int64_t b = c.train.micro_batch, t = c.train.seq_len, n = b * t;
   const std::int64_t global_tokens = n * c.train.grad_accum * layout.dp_size();
-  Arena arena(device, arena_bytes(c, layout.tp_size(), layout.ep_size(), dtype));
+  const bool flash = flash_attention_supported(device, dtype, c.model.d_model / c.model.n_heads);
+  Arena arena(device, arena_bytes(c, layout.tp_size(), layout.ep_size(), dtype, flash));
   OwnedTensor inputs_host({b, t}, DType::i32, Device::cpu), targets_host({b, t}, DType::i32, Device::cpu);
   OwnedTensor inputs_dev({b, t}, DType::i32, device), targets_dev({b, t}, DType::i32, device);
   OwnedTensor losses({c.train.grad_accum, n}, DType::f32, device), eval_losses({n}, DType::f32, device);
@@ -279,6 +284,8 @@ TrainResult train(const Config& c, MpiRuntime& runtime, int job) {
   std::int64_t window_tokens = 0;
   int window_steps = 0;
   for (int step = first_step; step < c.train.steps; ++step) {
+    const bool profiled = step + 1 == c.run.profile_step;
+    if (profiled) profiler_start();
     const auto step_start = Clock::now();
     const double lr = learning_rate(c, step);
     phases.start();
@@ -298,6 +305,7 @@ TrainResult train(const Config& c, MpiRuntime& runtime, int job) {
     phases.mark("optimizer");
     const double loss = mean_over(*host, mean_loss(losses));
     synchronize(stream);
+    if (profiled) profiler_stop();
     phases.collect();
     ++window_steps;
     const double seconds = std::chrono::duration<double>(Clock::now() - step_start).count();
@@ -379,7 +387,8 @@ TrainResult train(const Config& c, MpiRuntime& runtime, int job) {
       }
     }
     const bool last_step = step + 1 == c.train.steps;
-    if (last_step || (c.checkpoint.every > 0 && (step + 1) % c.checkpoint.every == 0)) save(step + 1);
+    if (c.checkpoint.enabled && (last_step || (c.checkpoint.every > 0 && (step + 1) % c.checkpoint.every == 0)))
+      save(step + 1);
     if (progress && !log_now) {
       const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
       const int width = 30, filled = int(width * double(step + 1) / c.train.steps);
@@ -394,8 +403,13 @@ TrainResult train(const Config& c, MpiRuntime& runtime, int job) {
     std::printf("done: %d steps in %s, loss %.4f -> %.4f", result.steps_run, duration_text(total_s).c_str(),
                 result.first_loss, result.final_loss);
     if (result.final_val_loss >= 0) std::printf(", val loss %.4f", result.final_val_loss);
-    std::printf(", %.0f tokens/s; metrics in %s/metrics.jsonl\n",
-                window_seconds > 0 ? double(window_tokens) / window_seconds : 0.0, c.run.out_dir.c_str());
+    std::printf(", %.0f tokens/s", window_seconds > 0 ? double(window_tokens) / window_seconds : 0.0);
+    // Tensors in use at the peak: every persistent allocation plus the arena's high-water mark
+    // (the arena's block is reserved whole, as a caching allocator reserves).
+    if (device == Device::cuda)
+      std::printf(", peak device memory %.2f GiB",
+                  double(device_bytes_allocated() - arena.capacity() + arena.peak()) / double(1 << 30));
+    std::printf("; metrics in %s/metrics.jsonl\n", c.run.out_dir.c_str());
     std::fclose(metrics);
   }
   return result;

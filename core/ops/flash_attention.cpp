@@ -1,0 +1,196 @@
+// Flash attention (causal MHA / GQA / MQA without a saved [T, T] matrix): argument checks,
+// dispatch, and the CPU reference, forward then backward. The reference is plain loops in
+// double; the backward recomputes each row's probabilities from the saved log-sum-exp exactly
+// as the CUDA kernels do.
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+#include <vector>
+
+#include "core/ops.h"
+#include "core/ops/cpu_common.h"
+#include "core/ops/cuda_ops.h"
+
+namespace sy {
+namespace {
+
+struct Dims {
+  std::int64_t batch, heads, kv_heads, seq, head_dim;
+  std::int64_t group() const { return heads / kv_heads; }
+};
+
+// Scores scale * q[t] . k[j] for j <= t of one query row, into `s`; returns their maximum.
+template <class T>
+double row_scores(const T* q_row, const T* k_head, std::int64_t t, std::int64_t dim, double scale,
+                  std::vector<double>& s) {
+  double row_max = -INFINITY;
+  for (std::int64_t j = 0; j <= t; ++j) {
+    double dot = 0;
+    for (std::int64_t c = 0; c < dim; ++c) dot += to_double(q_row[c]) * to_double(k_head[j * dim + c]);
+    s[std::size_t(j)] = dot * scale;
+    row_max = std::max(row_max, s[std::size_t(j)]);
+  }
+  return row_max;
+}
+
+template <class T>
+void forward_cpu(const Dims& d, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                 const Tensor& lse) {
+  const std::int64_t seq = d.seq, dim = d.head_dim;
+  const double scale = 1.0 / std::sqrt(double(dim));
+  std::vector<double> s(static_cast<std::size_t>(seq)), o(static_cast<std::size_t>(dim));
+  for (std::int64_t b = 0; b < d.batch; ++b) {
+    for (std::int64_t h = 0; h < d.heads; ++h) {
+      const std::int64_t row0 = (b * d.heads + h) * seq, kv0 = (b * d.kv_heads + h / d.group()) * seq;
+      const T* k_head = k.ptr<T>() + kv0 * dim;
+      const T* v_head = v.ptr<T>() + kv0 * dim;
+      for (std::int64_t t = 0; t < seq; ++t) {
+        const double row_max = row_scores(q.ptr<T>() + (row0 + t) * dim, k_head, t, dim, scale, s);
+        double sum = 0;
+        for (std::int64_t j = 0; j <= t; ++j) sum += s[std::size_t(j)] = std::exp(s[std::size_t(j)] - row_max);
+        std::fill(o.begin(), o.end(), 0.0);
+        for (std::int64_t j = 0; j <= t; ++j)
+          for (std::int64_t c = 0; c < dim; ++c) o[std::size_t(c)] += s[std::size_t(j)] * to_double(v_head[j * dim + c]);
+        T* out_row = out.ptr<T>() + (row0 + t) * dim;
+        for (std::int64_t c = 0; c < dim; ++c) out_row[c] = from_double<T>(o[std::size_t(c)] / sum);
+        lse.ptr<float>()[row0 + t] = float(row_max + std::log(sum));
+      }
+    }
+  }
+}
+
+// P = exp(S - lse), dP = dO V^T, delta = rowsum(dO * O), dS = P (dP - delta); dq = scale dS K,
+// dk = scale dS^T Q and dv = P^T dO, dk and dv summed over the query heads of their kv head.
+template <class T>
+void backward_cpu(const Dims& d, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                  const Tensor& lse, const Tensor& dout, const Tensor& dq, const Tensor& dk, const Tensor& dv) {
+  const std::int64_t seq = d.seq, dim = d.head_dim;
+  const double scale = 1.0 / std::sqrt(double(dim));
+  std::vector<double> dk_acc(std::size_t(k.numel()), 0.0), dv_acc(std::size_t(v.numel()), 0.0);
+  std::vector<double> s(static_cast<std::size_t>(seq)), dq_row(static_cast<std::size_t>(dim));
+  for (std::int64_t b = 0; b < d.batch; ++b) {
+    for (std::int64_t h = 0; h < d.heads; ++h) {
+      const std::int64_t row0 = (b * d.heads + h) * seq, kv0 = (b * d.kv_heads + h / d.group()) * seq;
+      const T* k_head = k.ptr<T>() + kv0 * dim;
+      const T* v_head = v.ptr<T>() + kv0 * dim;
+      for (std::int64_t t = 0; t < seq; ++t) {
+        const T* q_row = q.ptr<T>() + (row0 + t) * dim;
+        const T* do_row = dout.ptr<T>() + (row0 + t) * dim;
+        const T* o_row = out.ptr<T>() + (row0 + t) * dim;
+        row_scores(q_row, k_head, t, dim, scale, s);
+        const double row_lse = lse.ptr<float>()[row0 + t];
+        double delta = 0;
+        for (std::int64_t c = 0; c < dim; ++c) delta += to_double(do_row[c]) * to_double(o_row[c]);
+        std::fill(dq_row.begin(), dq_row.end(), 0.0);
+        for (std::int64_t j = 0; j <= t; ++j) {
+          const double p = std::exp(s[std::size_t(j)] - row_lse);
+          double dp = 0;
+          for (std::int64_t c = 0; c < dim; ++c) dp += to_double(do_row[c]) * to_double(v_head[j * dim + c]);
+          const double ds = p * (dp - delta) * scale;
+          for (std::int64_t c = 0; c < dim; ++c) {
+            dq_row[std::size_t(c)] += ds * to_double(k_head[j * dim + c]);
+            dk_acc[std::size_t((kv0 + j) * dim + c)] += ds * to_double(q_row[c]);
+            dv_acc[std::size_t((kv0 + j) * dim + c)] += p * to_double(do_row[c]);
+          }
+        }
+        T* dq_out = dq.ptr<T>() + (row0 + t) * dim;
+        for (std::int64_t c = 0; c < dim; ++c) dq_out[c] = from_double<T>(dq_row[std::size_t(c)]);
+      }
+    }
+  }
+  for (std::size_t i = 0; i < dk_acc.size(); ++i) {
+    dk.ptr<T>()[i] = from_double<T>(dk_acc[i]);
+    dv.ptr<T>()[i] = from_double<T>(dv_acc[i]);
+  }
+}
+
+// Checks q, k, v, lse and the q-shaped and k-shaped extras; returns the dims.
+Dims check_args(const char* op, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& lse,
+                std::initializer_list<std::pair<const char*, const Tensor*>> like_q,
+                std::initializer_list<std::pair<const char*, const Tensor*>> like_k) {
+  check_float(op, "q", q);
+  SY_CHECK(q.dim() == 4) << op << ": q must be [B, Hq, T, D], got " << q.describe();
+  SY_CHECK(k.dim() == 4) << op << ": k must be [B, Hkv, T, D], got " << k.describe();
+  const Dims d{q.size(0), q.size(1), k.size(1), q.size(2), q.size(3)};
+  SY_CHECK(d.head_dim > 0) << op << ": q must have a head dimension D > 0, got " << q.describe();
+  SY_CHECK(d.kv_heads > 0 && d.heads % d.kv_heads == 0)
+      << op << ": n_heads " << d.heads << " is not a multiple of n_kv_heads " << d.kv_heads << " (q " << q.describe()
+      << ", k " << k.describe() << ")";
+  check_contiguous(op, "q", q);
+  check_contiguous(op, "k", k);
+  check_contiguous(op, "v", v);
+  check_shape(op, "k", k, {d.batch, d.kv_heads, d.seq, d.head_dim});
+  check_shape(op, "v", v, k.shape());
+  check_dtype(op, "k", k, q.dtype());
+  check_dtype(op, "v", v, q.dtype());
+  for (const auto& [name, t] : like_q) {
+    check_contiguous(op, name, *t);
+    check_shape(op, name, *t, q.shape());
+    check_dtype(op, name, *t, q.dtype());
+  }
+  for (const auto& [name, t] : like_k) {
+    check_contiguous(op, name, *t);
+    check_shape(op, name, *t, k.shape());
+    check_dtype(op, name, *t, q.dtype());
+  }
+  check_contiguous(op, "lse", lse);
+  check_shape(op, "lse", lse, {d.batch, d.heads, d.seq});
+  check_dtype(op, "lse", lse, DType::f32);
+  if (q.is_cuda()) {
+    SY_CHECK(flash_attention_supported(q))
+        << op << ": the CUDA kernels take bf16 with head dim 64 or 128, got q " << q.describe();
+    for (const Tensor* t : {&q, &k, &v})
+      SY_CHECK(reinterpret_cast<std::uintptr_t>(t->data()) % 16 == 0)
+          << op << ": CUDA inputs must be 16-byte aligned, got " << t->describe();
+  }
+  return d;
+}
+
+}  // namespace
+
+bool flash_attention_supported(Device device, DType dtype, std::int64_t head_dim) {
+  const bool float_dtype = dtype == DType::f32 || dtype == DType::f64 || dtype == DType::bf16;
+  if (device == Device::cpu) return float_dtype;
+#ifdef SY_WITH_CUDA
+  return dtype == DType::bf16 && cuda::flash_attention_head_dim_supported(head_dim);
+#else
+  return false;
+#endif
+}
+
+bool flash_attention_supported(const Tensor& q) {
+  return q.dim() == 4 && flash_attention_supported(q.device(), q.dtype(), q.size(3));
+}
+
+void flash_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
+                             StreamRef stream) {
+  const char* op = "flash_attention_forward";
+  const Dims d = check_args(op, q, k, v, lse, {{"out", &out}}, {});
+  check_same_device(op, {&q, &k, &v, &out, &lse});
+  if (q.is_cuda()) {
+    SY_ON_CUDA(cuda::flash_attention_forward(q, k, v, out, lse, stream));
+    return;
+  }
+  cpu::dispatch_float(q, [&](auto* type) { forward_cpu<std::remove_pointer_t<decltype(type)>>(d, q, k, v, out, lse); });
+}
+
+void flash_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                              const Tensor& lse, const Tensor& dout, const Tensor& dq, const Tensor& dk,
+                              const Tensor& dv, const Tensor& delta, StreamRef stream) {
+  const char* op = "flash_attention_backward";
+  const Dims d = check_args(op, q, k, v, lse, {{"out", &out}, {"dout", &dout}, {"dq", &dq}}, {{"dk", &dk}, {"dv", &dv}});
+  check_contiguous(op, "delta", delta);
+  check_shape(op, "delta", delta, lse.shape());
+  check_dtype(op, "delta", delta, DType::f32);
+  check_same_device(op, {&q, &k, &v, &out, &lse, &dout, &dq, &dk, &dv, &delta});
+  if (q.is_cuda()) {
+    SY_ON_CUDA(cuda::flash_attention_backward(q, k, v, out, lse, dout, dq, dk, dv, delta, stream));
+    return;
+  }
+  // The reference computes each row's delta in double where it is used; the scratch stays unused.
+  cpu::dispatch_float(q, [&](auto* type) {
+    backward_cpu<std::remove_pointer_t<decltype(type)>>(d, q, k, v, out, lse, dout, dq, dk, dv);
+  });
+}
+
+}  // namespace sy

@@ -1,0 +1,531 @@
+// Flash attention for causal MHA / GQA / MQA in bf16 on tensor cores (mma.sync m16n8k16, fp32
+// accumulation), forward and backward, for head dims 64 and 128.
+//
+// Nothing of size [T, T] reaches device memory: the forward keeps a running max and sum per
+// query row (online softmax) and saves only the row's log-sum-exp; the backward recomputes the
+// probabilities from it. Tiles are 64 query rows by 64 key rows, one block of 4 warps, each
+// warp owning 16 rows of the block's tile. The backward is two kernels so that every output
+// element has one writer and the result is bitwise deterministic (no atomics): one walks the
+// query tiles of each key tile (dK, dV, summed over the g query heads of a kv head in
+// registers), the other walks the key tiles of each query tile (dQ).
+//
+// Fragment layouts (PTX ISA, mma.m16n8k16 .bf16): lane = 4 * g + t. A (16x16): a0 = (g, 2t..2t+1),
+// a1 = (g+8, 2t..), a2 = (g, 2t+8..), a3 = (g+8, 2t+8..). B (16x8, k x n): b0 = (k 2t..2t+1, n g),
+// b1 = (k 2t+8.., n g). C (16x8): c0, c1 = (g, 2t..2t+1), c2, c3 = (g+8, 2t..). Two adjacent C
+// tiles of a row block are exactly one A fragment of the next product, so P and dS go from
+// accumulators to operands without shared memory.
+#include <cuda_bf16.h>
+
+#include <climits>
+#include <cmath>
+
+#include "core/ops/cuda_common.cuh"
+
+namespace sy::cuda {
+namespace {
+
+using bf16 = __nv_bfloat16;
+constexpr int kTile = 64;             // query rows and key rows per tile
+constexpr int kThreads = 128;         // 4 warps x 16 rows
+constexpr float kLog2e = 1.4426950408889634f;
+
+// ---- PTX wrappers ------------------------------------------------------------------------------
+__device__ __forceinline__ std::uint32_t smem_addr(const void* p) {
+  return static_cast<std::uint32_t>(__cvta_generic_to_shared(p));
+}
+// 16 bytes global -> shared, asynchronously; `valid` false writes zeros and reads nothing.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
+               "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+__device__ __forceinline__ void ldmatrix_x4(std::uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(std::uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+__device__ __forceinline__ void mma(float (&c)[4], const std::uint32_t (&a)[4], std::uint32_t b0, std::uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ std::uint32_t pack_bf16(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const std::uint32_t*>(&v);
+}
+
+// ---- shared-memory tiles -----------------------------------------------------------------------
+// A [64, D] bf16 tile, rows of D/8 16-byte chunks; chunk c of row r is stored at c ^ (r % 8) so
+// that the 8 row addresses of one ldmatrix fall in 8 different bank groups.
+template <int D>
+struct SmemTile {
+  bf16* base;
+  __device__ bf16* at(int row, int chunk) const { return base + row * D + ((chunk ^ (row & 7)) << 3); }
+};
+
+// Tile `index` of the shared-memory buffer: tiles are laid out back to back. A function instead of
+// an array of tiles because a run-time index into an array would put it on the stack.
+template <int D>
+__device__ __forceinline__ SmemTile<D> tile_at(unsigned char* smem, int index) {
+  return {reinterpret_cast<bf16*>(smem) + index * kTile * D};
+}
+
+// Copies rows [row0, row0 + 64) of a [rows, D] matrix into the tile; rows past `rows` become 0.
+template <int D>
+__device__ __forceinline__ void load_tile(SmemTile<D> tile, const bf16* src, int row0, int rows) {
+  constexpr int chunks = D / 8;
+  for (int c = threadIdx.x; c < kTile * chunks; c += kThreads) {
+    const int r = c / chunks, chunk = c % chunks;
+    const bool valid = row0 + r < rows;
+    const bf16* from = src + std::int64_t(valid ? row0 + r : 0) * D + chunk * 8;
+    cp_async16(tile.at(r, chunk), from, valid);
+  }
+}
+
+// A operand (16 x 16) from rows row0.., columns k0.. of a tile (rows are the M dimension).
+template <int D>
+__device__ __forceinline__ void load_a(std::uint32_t (&a)[4], SmemTile<D> tile, int row0, int k0) {
+  const int lane = threadIdx.x % 32;
+  ldmatrix_x4(a, tile.at(row0 + (lane & 15), k0 / 8 + (lane >> 4)));
+}
+// B operands for two n8 tiles (n0.. and n0+8..) over k0..k0+15, from a tile whose rows are the
+// N dimension ([n][k], e.g. K for S = Q K^T): b[0], b[1] for n0; b[2], b[3] for n0 + 8.
+template <int D>
+__device__ __forceinline__ void load_b_rows_n(std::uint32_t (&b)[4], SmemTile<D> tile, int n0, int k0) {
+  const int lane = threadIdx.x % 32;
+  ldmatrix_x4(b, tile.at(n0 + (lane & 7) + ((lane >> 4) << 3), k0 / 8 + ((lane >> 3) & 1)));
+}
+// The same from a tile whose rows are the K dimension ([k][n], e.g. V for O = P V).
+template <int D>
+__device__ __forceinline__ void load_b_rows_k(std::uint32_t (&b)[4], SmemTile<D> tile, int k0, int n0) {
+  const int lane = threadIdx.x % 32;
+  ldmatrix_x4_trans(b, tile.at(k0 + (lane & 7) + (((lane >> 3) & 1) << 3), n0 / 8 + (lane >> 4)));
+}
+
+// acc[8][4] (16 x 64) += A (16 x D, rows row0.. of `a_tile`) * B^T, B rows n = 0..63 of `b_tile`.
+template <int D>
+__device__ __forceinline__ void product_nt(float (&acc)[8][4], SmemTile<D> a_tile, int row0, SmemTile<D> b_tile) {
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    std::uint32_t a[4];
+    load_a(a, a_tile, row0, kk * 16);
+#pragma unroll
+    for (int nn = 0; nn < 4; ++nn) {
+      std::uint32_t b[4];
+      load_b_rows_n(b, b_tile, nn * 16, kk * 16);
+      mma(acc[2 * nn], a, b[0], b[1]);
+      mma(acc[2 * nn + 1], a, b[2], b[3]);
+    }
+  }
+}
+
+// acc[D/8][4] (16 x D) += P (16 x 64, accumulator layout, rounded to bf16) * B (64 x D, rows of `b_tile`).
+template <int D>
+__device__ __forceinline__ void product_pv(float (&acc)[D / 8][4], const float (&p)[8][4], SmemTile<D> b_tile) {
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) {
+    const std::uint32_t a[4] = {pack_bf16(p[2 * kk][0], p[2 * kk][1]), pack_bf16(p[2 * kk][2], p[2 * kk][3]),
+                                pack_bf16(p[2 * kk + 1][0], p[2 * kk + 1][1]),
+                                pack_bf16(p[2 * kk + 1][2], p[2 * kk + 1][3])};
+#pragma unroll
+    for (int dd = 0; dd < D / 16; ++dd) {
+      std::uint32_t b[4];
+      load_b_rows_k(b, b_tile, kk * 16, dd * 16);
+      mma(acc[2 * dd], a, b[0], b[1]);
+      mma(acc[2 * dd + 1], a, b[2], b[3]);
+    }
+  }
+}
+
+template <int N>
+__device__ __forceinline__ void zero(float (&acc)[N][4]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.0f;
+}
+
+// Writes a warp's 16 x D accumulator (rows row0.. of a [rows, D] matrix) as bf16, times `scale`.
+template <int D>
+__device__ __forceinline__ void store_rows(bf16* dst, const float (&acc)[D / 8][4], int row0, int rows, float scale0,
+                                           float scale1) {
+  const int lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int nt = 0; nt < D / 8; ++nt) {
+    const int col = nt * 8 + 2 * t;
+    if (row0 + g < rows)
+      *reinterpret_cast<__nv_bfloat162*>(dst + std::int64_t(row0 + g) * D + col) =
+          __floats2bfloat162_rn(acc[nt][0] * scale0, acc[nt][1] * scale0);
+    if (row0 + g + 8 < rows)
+      *reinterpret_cast<__nv_bfloat162*>(dst + std::int64_t(row0 + g + 8) * D + col) =
+          __floats2bfloat162_rn(acc[nt][2] * scale1, acc[nt][3] * scale1);
+  }
+}
+
+struct Shape {
+  int seq, heads, kv_heads;
+  __host__ __device__ int group() const { return heads / kv_heads; }
+};
+
+// ---- forward -----------------------------------------------------------------------------------
+// Grid (query tiles, Hq, B). out [B, Hq, T, D]; lse [B, Hq, T] natural log-sum-exp of the scaled
+// scores of each row.
+template <int D>
+__global__ void __launch_bounds__(kThreads) flash_forward_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k,
+                                                                 const bf16* __restrict__ v, bf16* __restrict__ out,
+                                                                 float* __restrict__ lse, Shape s, float scale_log2) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int q_tile = gridDim.x - 1 - blockIdx.x;  // the longest rows first: causal tiles grow with the index
+  const int head = blockIdx.y, batch = blockIdx.z, kv_head = head / s.group();
+  const std::int64_t q_off = (std::int64_t(batch) * s.heads + head) * s.seq;
+  const std::int64_t kv_off = (std::int64_t(batch) * s.kv_heads + kv_head) * s.seq;
+  const bf16* q_head = q + q_off * D;
+  const bf16* k_head = k + kv_off * D;
+  const bf16* v_head = v + kv_off * D;
+  // Tiles: Q, then K and V of buffer 0, then of buffer 1.
+  const SmemTile<D> qs = tile_at<D>(smem, 0);
+  auto ks = [&](int buf) { return tile_at<D>(smem, 1 + 2 * buf); };
+  auto vs = [&](int buf) { return tile_at<D>(smem, 2 + 2 * buf); };
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
+  const int row0 = q_tile * kTile + warp * 16;  // this warp's first query row
+
+  load_tile(qs, q_head, q_tile * kTile, s.seq);
+  cp_async_commit();
+  load_tile(ks(0), k_head, 0, s.seq);
+  load_tile(vs(0), v_head, 0, s.seq);
+  cp_async_commit();
+
+  float o[D / 8][4];
+  zero(o);
+  float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
+  const int kv_tiles = q_tile + 1;  // key tiles at or left of the diagonal
+  for (int j = 0; j < kv_tiles; ++j) {
+    if (j + 1 < kv_tiles) {
+      load_tile(ks((j + 1) & 1), k_head, (j + 1) * kTile, s.seq);
+      load_tile(vs((j + 1) & 1), v_head, (j + 1) * kTile, s.seq);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    float sc[8][4];
+    zero(sc);
+    product_nt<D>(sc, qs, warp * 16, ks(j & 1));
+    // Scale into the log2 domain and mask above the diagonal (only the last tile has any).
+    float tile_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int row = row0 + g + (e >= 2 ? 8 : 0), col = j * kTile + nt * 8 + 2 * t + (e & 1);
+        const float x = col <= row ? sc[nt][e] * scale_log2 : -INFINITY;
+        sc[nt][e] = x;
+        tile_max[e >> 1] = fmaxf(tile_max[e >> 1], x);
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      // The 4 lanes of a quad hold one row's 64 columns between them.
+      tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 1));
+      tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 2));
+      const float new_max = fmaxf(row_max[r], tile_max[r]);
+      // A row with nothing visible yet keeps max -inf; use 0 as its reference so exp2 gives 0.
+      const float ref = new_max == -INFINITY ? 0.0f : new_max;
+      const float correction = exp2f(row_max[r] - ref);
+      row_max[r] = new_max;
+      row_sum[r] *= correction;
+#pragma unroll
+      for (int nt = 0; nt < D / 8; ++nt) {
+        o[nt][2 * r] *= correction;
+        o[nt][2 * r + 1] *= correction;
+      }
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+        sc[nt][2 * r] = exp2f(sc[nt][2 * r] - ref);
+        sc[nt][2 * r + 1] = exp2f(sc[nt][2 * r + 1] - ref);
+        row_sum[r] += sc[nt][2 * r] + sc[nt][2 * r + 1];
+      }
+    }
+    product_pv<D>(o, sc, vs(j & 1));
+    __syncthreads();  // every warp is done with buffer j & 1 before it is refilled
+  }
+  float inv[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    row_sum[r] += __shfl_xor_sync(0xffffffffu, row_sum[r], 1);
+    row_sum[r] += __shfl_xor_sync(0xffffffffu, row_sum[r], 2);
+    inv[r] = 1.0f / row_sum[r];
+    const int row = row0 + g + 8 * r;
+    if (t == 0 && row < s.seq) lse[q_off + row] = (row_max[r] + log2f(row_sum[r])) / kLog2e;
+  }
+  store_rows<D>(out + q_off * D, o, row0, s.seq, inv[0], inv[1]);
+}
+
+// ---- backward ----------------------------------------------------------------------------------
+// delta[row] = sum_d dout[row, d] * out[row, d] (fp32): the row term of the softmax backward.
+template <int D>
+__global__ void flash_delta_kernel(const bf16* __restrict__ out, const bf16* __restrict__ dout,
+                                   float* __restrict__ delta, std::int64_t rows) {
+  const std::int64_t row = std::int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (row >= rows) return;
+  float sum = 0.0f;
+  for (int c = lane * 2; c < D; c += 64) {
+    const float2 o = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(out + row * D + c));
+    const float2 d = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(dout + row * D + c));
+    sum += o.x * d.x + o.y * d.y;
+  }
+  sum = warp_sum(sum);
+  if (lane == 0) delta[row] = sum;
+}
+
+// Loads 64 row values (lse or delta) of rows row0.. into shared memory; rows past `rows` read 0.
+__device__ __forceinline__ void load_row_values(float* dst, const float* src, int row0, int rows) {
+  if (threadIdx.x < kTile) dst[threadIdx.x] = row0 + int(threadIdx.x) < rows ? src[row0 + threadIdx.x] : 0.0f;
+}
+
+// dK, dV. Grid (key tiles, Hkv, B). Each warp owns 16 key rows; the block walks the query tiles
+// at or below its key tile for each of the g query heads of its kv head. In the transposed
+// frame (rows = keys, columns = queries): P^T = exp2(K Q^T scale - lse), dV += P^T dO,
+// dP^T = V dO^T, dS^T = P^T (dP^T - delta), dK += dS^T Q (scaled at the end).
+template <int D>
+__global__ void __launch_bounds__(kThreads) flash_backward_dkdv_kernel(
+    const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v, const bf16* __restrict__ dout,
+    const float* __restrict__ lse, const float* __restrict__ delta, bf16* __restrict__ dk, bf16* __restrict__ dv,
+    Shape s, float scale, float scale_log2) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int k_tile = gridDim.x - 1 - blockIdx.x;  // early keys see the most queries: start them first
+  const int kv_head = blockIdx.y, batch = blockIdx.z;
+  const std::int64_t kv_off = (std::int64_t(batch) * s.kv_heads + kv_head) * s.seq;
+  // Tiles: K, V, then Q and dO of buffer 0, then of buffer 1; then the row values.
+  const SmemTile<D> ks = tile_at<D>(smem, 0), vs = tile_at<D>(smem, 1);
+  auto qs = [&](int buf) { return tile_at<D>(smem, 2 + 2 * buf); };
+  auto dos = [&](int buf) { return tile_at<D>(smem, 3 + 2 * buf); };
+  float* row_lse = reinterpret_cast<float*>(tile_at<D>(smem, 6).base);  // [2][64]
+  float* row_delta = row_lse + 2 * kTile;                               // [2][64]
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
+  const int key0 = k_tile * kTile + warp * 16;
+
+  load_tile(ks, k + kv_off * D, k_tile * kTile, s.seq);
+  load_tile(vs, v + kv_off * D, k_tile * kTile, s.seq);
+  const int q_tiles = (s.seq + kTile - 1) / kTile;
+  const int per_head = q_tiles - k_tile, steps = per_head * s.group();
+  // Step i -> (query head of the group, query tile).
+  auto issue = [&](int step) {
+    const int head = kv_head * s.group() + step / per_head, q_tile = k_tile + step % per_head;
+    const std::int64_t q_off = (std::int64_t(batch) * s.heads + head) * s.seq;
+    const int buf = step & 1;
+    load_tile(qs(buf), q + q_off * D, q_tile * kTile, s.seq);
+    load_tile(dos(buf), dout + q_off * D, q_tile * kTile, s.seq);
+    load_row_values(row_lse + buf * kTile, lse + q_off, q_tile * kTile, s.seq);
+    load_row_values(row_delta + buf * kTile, delta + q_off, q_tile * kTile, s.seq);
+    cp_async_commit();
+  };
+  issue(0);
+
+  float dk_acc[D / 8][4], dv_acc[D / 8][4];
+  zero(dk_acc);
+  zero(dv_acc);
+  for (int step = 0; step < steps; ++step) {
+    if (step + 1 < steps) {
+      // Buffer (step + 1) & 1 was last read in step - 1, which ended with a barrier.
+      issue(step + 1);
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    const int buf = step & 1, q_tile = k_tile + step % per_head;
+    const float* tile_lse = row_lse + buf * kTile;
+    const float* tile_delta = row_delta + buf * kTile;
+    float p[8][4];
+    zero(p);
+    product_nt<D>(p, ks, warp * 16, qs(buf));  // S^T: rows keys, columns queries
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int key = key0 + g + (e >= 2 ? 8 : 0), col = nt * 8 + 2 * t + (e & 1), query = q_tile * kTile + col;
+        const bool visible = key <= query && query < s.seq;
+        p[nt][e] = visible ? exp2f(p[nt][e] * scale_log2 - tile_lse[col] * kLog2e) : 0.0f;
+      }
+    }
+    product_pv<D>(dv_acc, p, dos(buf));
+    float ds[8][4];
+    zero(ds);
+    product_nt<D>(ds, vs, warp * 16, dos(buf));  // dP^T
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) ds[nt][e] = p[nt][e] * (ds[nt][e] - tile_delta[nt * 8 + 2 * t + (e & 1)]);
+    }
+    product_pv<D>(dk_acc, ds, qs(buf));
+    __syncthreads();
+  }
+  store_rows<D>(dk + kv_off * D, dk_acc, key0, s.seq, scale, scale);
+  store_rows<D>(dv + kv_off * D, dv_acc, key0, s.seq, 1.0f, 1.0f);
+}
+
+// dQ. Grid (query tiles, Hq, B): dS = P (dO V^T - delta), dQ = scale * dS K over the key tiles at
+// or left of the diagonal.
+template <int D>
+__global__ void __launch_bounds__(kThreads) flash_backward_dq_kernel(
+    const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v, const bf16* __restrict__ dout,
+    const float* __restrict__ lse, const float* __restrict__ delta, bf16* __restrict__ dq, Shape s, float scale,
+    float scale_log2) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int q_tile = gridDim.x - 1 - blockIdx.x;
+  const int head = blockIdx.y, batch = blockIdx.z, kv_head = head / s.group();
+  const std::int64_t q_off = (std::int64_t(batch) * s.heads + head) * s.seq;
+  const std::int64_t kv_off = (std::int64_t(batch) * s.kv_heads + kv_head) * s.seq;
+  const bf16* k_head = k + kv_off * D;
+  const bf16* v_head = v + kv_off * D;
+  // Tiles: Q, dO, then K and V of buffer 0, then of buffer 1.
+  const SmemTile<D> qs = tile_at<D>(smem, 0), dos = tile_at<D>(smem, 1);
+  auto ks = [&](int buf) { return tile_at<D>(smem, 2 + 2 * buf); };
+  auto vs = [&](int buf) { return tile_at<D>(smem, 3 + 2 * buf); };
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
+  const int row0 = q_tile * kTile + warp * 16;
+
+  load_tile(qs, q + q_off * D, q_tile * kTile, s.seq);
+  load_tile(dos, dout + q_off * D, q_tile * kTile, s.seq);
+  cp_async_commit();
+  load_tile(ks(0), k_head, 0, s.seq);
+  load_tile(vs(0), v_head, 0, s.seq);
+  cp_async_commit();
+  float row_lse[2], row_delta[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int row = row0 + g + 8 * r;
+    row_lse[r] = row < s.seq ? lse[q_off + row] * kLog2e : 0.0f;
+    row_delta[r] = row < s.seq ? delta[q_off + row] : 0.0f;
+  }
+
+  float dq_acc[D / 8][4];
+  zero(dq_acc);
+  const int kv_tiles = q_tile + 1;
+  for (int j = 0; j < kv_tiles; ++j) {
+    if (j + 1 < kv_tiles) {
+      load_tile(ks((j + 1) & 1), k_head, (j + 1) * kTile, s.seq);
+      load_tile(vs((j + 1) & 1), v_head, (j + 1) * kTile, s.seq);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    float p[8][4];
+    zero(p);
+    product_nt<D>(p, qs, warp * 16, ks(j & 1));
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int row = row0 + g + (e >= 2 ? 8 : 0), col = j * kTile + nt * 8 + 2 * t + (e & 1);
+        p[nt][e] = col <= row && row < s.seq ? exp2f(p[nt][e] * scale_log2 - row_lse[e >> 1]) : 0.0f;
+      }
+    }
+    float ds[8][4];
+    zero(ds);
+    product_nt<D>(ds, dos, warp * 16, vs(j & 1));  // dP
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) ds[nt][e] = p[nt][e] * (ds[nt][e] - row_delta[e >> 1]);
+    }
+    product_pv<D>(dq_acc, ds, ks(j & 1));
+    __syncthreads();
+  }
+  store_rows<D>(dq + q_off * D, dq_acc, row0, s.seq, scale, scale);
+}
+
+constexpr std::size_t forward_smem_bytes(int d) { return 5 * kTile * d * sizeof(bf16); }
+constexpr std::size_t backward_smem_bytes(int d) { return 6 * kTile * d * sizeof(bf16) + 4 * kTile * sizeof(float); }
+
+// Raises a kernel's dynamic shared-memory limit once (the default is 48 KiB).
+template <class Kernel>
+void allow_smem(Kernel kernel, std::size_t bytes) {
+  SY_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+}
+
+Shape shape_of(const Tensor& q, const Tensor& k) {
+  SY_CHECK(q.size(2) <= INT_MAX / 2) << "flash attention: sequence length " << q.size(2) << " is too long";
+  return {int(q.size(2)), int(q.size(1)), int(k.size(1))};
+}
+
+template <int D>
+void forward_d(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
+               StreamRef stream) {
+  static const bool once = (allow_smem(flash_forward_kernel<D>, forward_smem_bytes(D)), true);
+  (void)once;
+  const Shape s = shape_of(q, k);
+  const dim3 grid(unsigned((s.seq + kTile - 1) / kTile), unsigned(s.heads), unsigned(q.size(0)));
+  const float scale_log2 = kLog2e / std::sqrt(float(D));
+  flash_forward_kernel<D><<<grid, kThreads, forward_smem_bytes(D), to_cuda(stream)>>>(
+      static_cast<bf16*>(q.data()), static_cast<bf16*>(k.data()), static_cast<bf16*>(v.data()), static_cast<bf16*>(out.data()), static_cast<float*>(lse.data()), s, scale_log2);
+  SY_CUDA_LAUNCH();
+}
+
+template <int D>
+void backward_d(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
+                const Tensor& dout, const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& delta,
+                StreamRef stream) {
+  static const bool once = (allow_smem(flash_backward_dkdv_kernel<D>, backward_smem_bytes(D)),
+                            allow_smem(flash_backward_dq_kernel<D>, backward_smem_bytes(D)), true);
+  (void)once;
+  const Shape s = shape_of(q, k);
+  const float scale = 1.0f / std::sqrt(float(D)), scale_log2 = kLog2e * scale;
+  const std::int64_t rows = q.numel() / D;
+  constexpr int kDeltaRowsPerBlock = 8;
+  flash_delta_kernel<D><<<grid_for(rows, kDeltaRowsPerBlock), 32 * kDeltaRowsPerBlock, 0, to_cuda(stream)>>>(
+      static_cast<bf16*>(out.data()), static_cast<bf16*>(dout.data()), static_cast<float*>(delta.data()), rows);
+  SY_CUDA_LAUNCH();
+  const unsigned tiles = unsigned((s.seq + kTile - 1) / kTile);
+  flash_backward_dkdv_kernel<D><<<dim3(tiles, unsigned(s.kv_heads), unsigned(q.size(0))), kThreads,
+                                  backward_smem_bytes(D), to_cuda(stream)>>>(
+      static_cast<bf16*>(q.data()), static_cast<bf16*>(k.data()), static_cast<bf16*>(v.data()), static_cast<bf16*>(dout.data()), static_cast<float*>(lse.data()), static_cast<float*>(delta.data()),
+      static_cast<bf16*>(dk.data()), static_cast<bf16*>(dv.data()), s, scale, scale_log2);
+  SY_CUDA_LAUNCH();
+  flash_backward_dq_kernel<D><<<dim3(tiles, unsigned(s.heads), unsigned(q.size(0))), kThreads, backward_smem_bytes(D),
+                                to_cuda(stream)>>>(static_cast<bf16*>(q.data()), static_cast<bf16*>(k.data()), static_cast<bf16*>(v.data()), static_cast<bf16*>(dout.data()),
+                                                   static_cast<float*>(lse.data()), static_cast<float*>(delta.data()), static_cast<bf16*>(dq.data()), s, scale,
+                                                   scale_log2);
+  SY_CUDA_LAUNCH();
+}
+
+}  // namespace
+
+bool flash_attention_head_dim_supported(std::int64_t head_dim) { return head_dim == 64 || head_dim == 128; }
+
+void flash_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
+                             StreamRef stream) {
+  if (q.numel() == 0) return;
+  if (q.size(3) == 64) {
+    forward_d<64>(q, k, v, out, lse, stream);
+  } else {
+    forward_d<128>(q, k, v, out, lse, stream);
+  }
+}
+
+void flash_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                              const Tensor& lse, const Tensor& dout, const Tensor& dq, const Tensor& dk,
+                              const Tensor& dv, const Tensor& delta, StreamRef stream) {
+  if (q.numel() == 0) return;
+  if (q.size(3) == 64) {
+    backward_d<64>(q, k, v, out, lse, dout, dq, dk, dv, delta, stream);
+  } else {
+    backward_d<128>(q, k, v, out, lse, dout, dq, dk, dv, delta, stream);
+  }
+}
+
+}  // namespace sy::cuda

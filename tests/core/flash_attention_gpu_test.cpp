@@ -1,0 +1,93 @@
+// Flash attention on CUDA (bf16 tensor-core kernels) against the f64 CPU reference on fresh
+// random inputs: out, lse, dq, dk and dv for MHA, GQA and MQA, head dims 64 and 128, sequence
+// lengths that are and are not multiples of the 64-row tile. Also: repeated runs are bitwise
+// equal (the backward has no atomics).
+#include <cstring>
+
+#include "tests/testing.h"
+
+namespace sy::test {
+namespace {
+
+struct Case {
+  std::int64_t batch, heads, kv_heads, seq, dim;
+};
+
+void PrintTo(const Case& s, std::ostream* os) {
+  *os << "B " << s.batch << " Hq " << s.heads << " Hkv " << s.kv_heads << " T " << s.seq << " D " << s.dim;
+}
+
+std::string case_name(const ::testing::TestParamInfo<Case>& info) {
+  const Case& s = info.param;
+  return "B" + std::to_string(s.batch) + "H" + std::to_string(s.heads) + "x" + std::to_string(s.kv_heads) + "T" +
+         std::to_string(s.seq) + "D" + std::to_string(s.dim);
+}
+
+class FlashAttentionGpu : public ::testing::TestWithParam<Case> {};
+
+TEST_P(FlashAttentionGpu, MatchesCpuReference) {
+  SY_REQUIRE_GPU();
+  const Case s = GetParam();
+  const Shape q_shape{s.batch, s.heads, s.seq, s.dim}, kv_shape{s.batch, s.kv_heads, s.seq, s.dim};
+  const Shape row_shape{s.batch, s.heads, s.seq};
+  const std::uint64_t seed = 900 + std::uint64_t(s.seq * 7 + s.dim + s.heads * 3 + s.kv_heads);
+  // Scale 2 makes the softmax peaked enough that the online max matters.
+  OwnedTensor q = random_tensor(q_shape, DType::bf16, Device::cuda, seed, 2.0f);
+  OwnedTensor k = random_tensor(kv_shape, DType::bf16, Device::cuda, seed + 1, 2.0f);
+  OwnedTensor v = random_tensor(kv_shape, DType::bf16, Device::cuda, seed + 2);
+  OwnedTensor dout = random_tensor(q_shape, DType::bf16, Device::cuda, seed + 3);
+  OwnedTensor out(q_shape, DType::bf16, Device::cuda), lse(row_shape, DType::f32, Device::cuda);
+  OwnedTensor delta(row_shape, DType::f32, Device::cuda);
+  OwnedTensor dq(q_shape, DType::bf16, Device::cuda), dk(kv_shape, DType::bf16, Device::cuda);
+  OwnedTensor dv(kv_shape, DType::bf16, Device::cuda);
+  for (OwnedTensor* t : {&out, &lse, &delta, &dq, &dk, &dv}) poison(*t);
+  ASSERT_TRUE(flash_attention_supported(q));
+
+  flash_attention_forward(q, k, v, out, lse);
+  flash_attention_backward(q, k, v, out, lse, dout, dq, dk, dv, delta);
+  device_synchronize();
+
+  // The reference runs in f64 on the same rounded inputs, and its backward on the GPU's out and
+  // lse, so each of dq, dk, dv is checked on its own (not through an error in out).
+  OwnedTensor qc = convert(q, DType::f64, Device::cpu), kc = convert(k, DType::f64, Device::cpu);
+  OwnedTensor vc = convert(v, DType::f64, Device::cpu), doc = convert(dout, DType::f64, Device::cpu);
+  OwnedTensor outc(q_shape, DType::f64, Device::cpu), lsec(row_shape, DType::f32, Device::cpu);
+  OwnedTensor deltac(row_shape, DType::f32, Device::cpu);
+  OwnedTensor dqc(q_shape, DType::f64, Device::cpu), dkc(kv_shape, DType::f64, Device::cpu);
+  OwnedTensor dvc(kv_shape, DType::f64, Device::cpu);
+  flash_attention_forward(qc, kc, vc, outc, lsec);
+  EXPECT_LT(relative_error(out, outc), 1e-2);
+  EXPECT_LT(relative_error(lse, lsec), 1e-4);
+  OwnedTensor gpu_out = convert(out, DType::f64, Device::cpu), gpu_lse = convert(lse, DType::f32, Device::cpu);
+  flash_attention_backward(qc, kc, vc, gpu_out, gpu_lse, doc, dqc, dkc, dvc, deltac);
+  // bf16 P and dS operands (8-bit mantissas) with fp32 accumulation.
+  EXPECT_LT(relative_error(dq, dqc), 2e-2);
+  EXPECT_LT(relative_error(dk, dkc), 2e-2);
+  EXPECT_LT(relative_error(dv, dvc), 2e-2);
+
+  // Bitwise reproducible: a second backward gives identical gradients.
+  OwnedTensor dq2(q_shape, DType::bf16, Device::cuda), dk2(kv_shape, DType::bf16, Device::cuda);
+  OwnedTensor dv2(kv_shape, DType::bf16, Device::cuda);
+  flash_attention_backward(q, k, v, out, lse, dout, dq2, dk2, dv2, delta);
+  device_synchronize();
+  EXPECT_EQ(to_vector(dq), to_vector(dq2));
+  EXPECT_EQ(to_vector(dk), to_vector(dk2));
+  EXPECT_EQ(to_vector(dv), to_vector(dv2));
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, FlashAttentionGpu,
+                         ::testing::Values(Case{2, 4, 4, 128, 64}, Case{2, 6, 2, 100, 64}, Case{1, 3, 1, 1, 64},
+                                           Case{1, 12, 4, 257, 64}, Case{2, 4, 2, 64, 128}, Case{1, 2, 1, 193, 128},
+                                           Case{1, 2, 2, 17, 64}),
+                         case_name);
+
+TEST(FlashAttentionGpuSupport, Bf16WithHeadDim64Or128Only) {
+  SY_REQUIRE_GPU();
+  EXPECT_TRUE(flash_attention_supported(OwnedTensor({1, 2, 8, 64}, DType::bf16, Device::cuda)));
+  EXPECT_TRUE(flash_attention_supported(OwnedTensor({1, 2, 8, 128}, DType::bf16, Device::cuda)));
+  EXPECT_FALSE(flash_attention_supported(OwnedTensor({1, 2, 8, 32}, DType::bf16, Device::cuda)));
+  EXPECT_FALSE(flash_attention_supported(OwnedTensor({1, 2, 8, 64}, DType::f32, Device::cuda)));
+}
+
+}  // namespace
+}  // namespace sy::test

@@ -1,0 +1,122 @@
+// Flash attention CPU reference: the forward equals the probs-based attention op and its lse is
+// each row's log-sum-exp; the backward matches finite differences and the probs-based
+// backward, for MHA, GQA and MQA; and the argument checks.
+#include <cmath>
+
+#include "tests/testing.h"
+
+namespace sy::test {
+namespace {
+
+struct HeadConfig {
+  std::int64_t heads, kv_heads;
+};
+
+void PrintTo(const HeadConfig& h, std::ostream* os) { *os << "Hq " << h.heads << ", Hkv " << h.kv_heads; }
+
+std::string head_config_name(const ::testing::TestParamInfo<HeadConfig>& param_info) {
+  const HeadConfig h = param_info.param;
+  const char* kind = h.kv_heads == h.heads ? "Mha" : h.kv_heads == 1 ? "Mqa" : "Gqa";
+  return std::string(kind) + std::to_string(h.heads) + "x" + std::to_string(h.kv_heads);
+}
+
+class FlashAttentionHeads : public ::testing::TestWithParam<HeadConfig> {};
+
+TEST_P(FlashAttentionHeads, ForwardMatchesProbsAttentionAndLseIsLogSumExp) {
+  const HeadConfig h = GetParam();
+  const std::int64_t batch = 2, seq = 7, dim = 5;
+  const Shape q_shape{batch, h.heads, seq, dim}, kv_shape{batch, h.kv_heads, seq, dim};
+  OwnedTensor q = random_tensor(q_shape, DType::f64, Device::cpu, 131, 2.0f);
+  OwnedTensor k = random_tensor(kv_shape, DType::f64, Device::cpu, 132, 2.0f);
+  OwnedTensor v = random_tensor(kv_shape, DType::f64, Device::cpu, 133);
+  OwnedTensor out(q_shape, DType::f64, Device::cpu), lse({batch, h.heads, seq}, DType::f32, Device::cpu);
+  OwnedTensor ref_out(q_shape, DType::f64, Device::cpu), probs({batch, h.heads, seq, seq}, DType::f64, Device::cpu);
+  poison(out);
+  poison(lse);
+  flash_attention_forward(q, k, v, out, lse);
+  attention_forward(q, k, v, ref_out, probs);
+  EXPECT_LT(relative_error(out, ref_out), 1e-13);
+  // Column 0 is visible from every row: exp(score(t, 0) - lse(t)) is its probability.
+  const std::vector<double> qv = to_vector(q), kv = to_vector(k), l = to_vector(lse), p = to_vector(probs);
+  for (std::int64_t b = 0; b < batch; ++b) {
+    for (std::int64_t head = 0; head < h.heads; ++head) {
+      const std::int64_t kv_head = head / (h.heads / h.kv_heads), row0 = (b * h.heads + head) * seq;
+      for (std::int64_t t = 0; t < seq; ++t) {
+        double score = 0;
+        for (std::int64_t c = 0; c < dim; ++c)
+          score += qv[std::size_t((row0 + t) * dim + c)] * kv[std::size_t((b * h.kv_heads + kv_head) * seq * dim + c)];
+        score /= std::sqrt(double(dim));
+        EXPECT_NEAR(std::exp(score - l[std::size_t(row0 + t)]), p[std::size_t((row0 + t) * seq)], 1e-6)
+            << "row " << row0 + t;
+      }
+    }
+  }
+}
+
+TEST_P(FlashAttentionHeads, BackwardMatchesFiniteDifferencesAndProbsAttention) {
+  const HeadConfig h = GetParam();
+  const std::int64_t batch = 2, seq = 5, dim = 3;
+  const Shape q_shape{batch, h.heads, seq, dim}, kv_shape{batch, h.kv_heads, seq, dim};
+  OwnedTensor q = random_tensor(q_shape, DType::f64, Device::cpu, 134);
+  OwnedTensor k = random_tensor(kv_shape, DType::f64, Device::cpu, 135);
+  OwnedTensor v = random_tensor(kv_shape, DType::f64, Device::cpu, 136);
+  OwnedTensor dout = random_tensor(q_shape, DType::f64, Device::cpu, 137);
+  OwnedTensor out(q_shape, DType::f64, Device::cpu), lse({batch, h.heads, seq}, DType::f32, Device::cpu);
+  OwnedTensor delta({batch, h.heads, seq}, DType::f32, Device::cpu);
+  auto loss = [&] {
+    flash_attention_forward(q, k, v, out, lse);
+    return weighted_sum(out, dout);
+  };
+  loss();
+  OwnedTensor dq(q_shape, DType::f64, Device::cpu), dk(kv_shape, DType::f64, Device::cpu);
+  OwnedTensor dv(kv_shape, DType::f64, Device::cpu);
+  poison(dq);
+  poison(dk);
+  poison(dv);
+  flash_attention_backward(q, k, v, out, lse, dout, dq, dk, dv, delta);
+  // lse is saved in f32, so the recomputed probabilities carry its ~6e-8 relative rounding.
+  EXPECT_LT(relative_error(to_vector(dq), numeric_gradient(q, loss)), 1e-6);
+  EXPECT_LT(relative_error(to_vector(dk), numeric_gradient(k, loss)), 1e-6);
+  EXPECT_LT(relative_error(to_vector(dv), numeric_gradient(v, loss)), 1e-6);
+
+  OwnedTensor probs({batch, h.heads, seq, seq}, DType::f64, Device::cpu), dprobs(probs.view().shape(), DType::f64, Device::cpu);
+  OwnedTensor ref_out(q_shape, DType::f64, Device::cpu), ref_dq(q_shape, DType::f64, Device::cpu);
+  OwnedTensor ref_dk(kv_shape, DType::f64, Device::cpu), ref_dv(kv_shape, DType::f64, Device::cpu);
+  attention_forward(q, k, v, ref_out, probs);
+  attention_backward(q, k, v, probs, dout, ref_dq, ref_dk, ref_dv, dprobs);
+  EXPECT_LT(relative_error(dq, ref_dq), 1e-6);
+  EXPECT_LT(relative_error(dk, ref_dk), 1e-6);
+  EXPECT_LT(relative_error(dv, ref_dv), 1e-6);
+}
+
+INSTANTIATE_TEST_SUITE_P(HeadLayouts, FlashAttentionHeads,
+                         ::testing::Values(HeadConfig{4, 4}, HeadConfig{6, 2}, HeadConfig{3, 1}), head_config_name);
+
+TEST(FlashAttention, SupportsEveryFloatDtypeOnCpu) {
+  for (DType dt : {DType::f32, DType::f64, DType::bf16})
+    EXPECT_TRUE(flash_attention_supported(OwnedTensor({1, 2, 3, 5}, dt, Device::cpu))) << dtype_name(dt);
+  EXPECT_FALSE(flash_attention_supported(OwnedTensor({1, 2, 3, 5}, DType::i32, Device::cpu)));
+}
+
+TEST(FlashAttention, RejectsBadArguments) {
+  OwnedTensor q({1, 6, 4, 8}, DType::f32, Device::cpu), k({1, 2, 4, 8}, DType::f32, Device::cpu);
+  OwnedTensor v({1, 2, 4, 8}, DType::f32, Device::cpu), out({1, 6, 4, 8}, DType::f32, Device::cpu);
+  OwnedTensor lse({1, 6, 4}, DType::f32, Device::cpu);
+  OwnedTensor lse_f64({1, 6, 4}, DType::f64, Device::cpu), lse_short({1, 6, 3}, DType::f32, Device::cpu);
+  OwnedTensor k4({1, 4, 4, 8}, DType::f32, Device::cpu);
+  expect_error([&] { flash_attention_forward(q, k, v, out, lse_f64); },
+               "flash_attention_forward: lse must be f32, got f64[1, 6, 4] cpu");
+  expect_error([&] { flash_attention_forward(q, k, v, out, lse_short); },
+               "flash_attention_forward: lse must have shape [1, 6, 4], got f32[1, 6, 3] cpu");
+  expect_error([&] { flash_attention_forward(q, k4, k4, out, lse); },
+               "flash_attention_forward: n_heads 6 is not a multiple of n_kv_heads 4");
+  OwnedTensor dq({1, 6, 4, 8}, DType::f32, Device::cpu), dk({1, 2, 4, 8}, DType::f32, Device::cpu);
+  OwnedTensor dv_bf16({1, 2, 4, 8}, DType::bf16, Device::cpu), delta({1, 6, 4}, DType::f32, Device::cpu);
+  expect_error([&] { flash_attention_backward(q, k, v, out, lse, out, dq, dk, dv_bf16, delta); },
+               "flash_attention_backward: dv must be f32, got bf16[1, 2, 4, 8] cpu");
+  expect_error([&] { flash_attention_backward(q, k, v, out, lse, out, dq, dk, dk, lse_short); },
+               "flash_attention_backward: delta must have shape [1, 6, 4], got f32[1, 6, 3] cpu");
+}
+
+}  // namespace
+}  // namespace sy::test
