@@ -37,7 +37,8 @@ tail -3 "$out/build.log"
 declare -A summary
 for label in unit mpi gpu; do
   if [ "$status_build" != ok ]; then summary[$label]="not run (build failed)"; continue; fi
-  timeout "$limit" ctest --test-dir "$build_dir" -L "^${label}\$" --output-on-failure --timeout 240 \
+  jobs=$([ "$label" = gpu ] && echo 1 || echo 4)  # GPU tests one at a time: they share the device
+  timeout "$limit" ctest --test-dir "$build_dir" -L "^${label}\$" -j "$jobs" --output-on-failure --timeout 240 \
     >"$out/ctest-$label.log" 2>&1
   line=$(grep -E "tests passed|No tests were found" "$out/ctest-$label.log" | tail -1)
   skipped=$(grep -c "(Skipped)" "$out/ctest-$label.log")
@@ -77,6 +78,9 @@ if [ "$status_build" = ok ] && [ $run_bench = 1 ]; then
     --set train.steps=20 --set log.every=5 --set run.out_dir="$out/bench-switch" --set log.progress=false) \
     >"$out/train-bench-switch.log" 2>&1
   train_status="$train_status; bench-switch: $(grep '^done' "$out/train-bench-switch.log" || echo FAILED)"
+  # Where the step's time goes: device time per kernel of one bench-switch step (Nsight Compute).
+  OUT_DIR="$out/profile" SY_BINARY="$build_dir/switchyard" timeout "$limit" "$root/bench/profile_step.sh" \
+    >"$out/profile-step.log" 2>&1 || echo "profile_step.sh failed (see profile-step.log)" >>"$out/profile-step.log"
   if [ "$gpus" -ge 2 ]; then
     (cd "$root" && SY_BINARY="$build_dir/switchyard" timeout "$limit" launch/train.sh -n 2 configs/switch-base-8.yaml \
       --set train.steps=60 --set run.out_dir="$out/sb8" --set log.progress=false "${data_args[@]}") \
@@ -95,6 +99,7 @@ echo
 [ -f "$out/bench-ops.log" ] && { echo; cat "$out/bench-ops.log"; }
 [ -f "$out/bench-moe.log" ] && { echo; cat "$out/bench-moe.log"; }
 [ -f "$out/train-bench-switch.log" ] && { echo; grep -E "^(model|step|done)" "$out/train-bench-switch.log"; }
+[ -f "$out/profile-step.log" ] && { echo; head -25 "$out/profile-step.log"; tail -1 "$out/profile-step.log"; }
 [ -f "$out/bench-comm.log" ] && { echo; cat "$out/bench-comm.log"; }
 [ -f "$out/scaling.log" ] && { echo; tail -8 "$out/scaling.log"; }
 for label in unit mpi gpu; do
