@@ -5,10 +5,10 @@
 # peak memory side by side. Builds switchyard first when its binary is missing.
 #
 #   bench/compare.sh
-#   STEPS=60 OUT=/tmp/bench bench/compare.sh
+#   STEPS=60 OUT_DIR=/tmp/bench bench/compare.sh
 #
 # Environment: SY_BINARY (default build-device/switchyard, built if missing), STEPS (switchyard
-# steps, default 40), OUT (folder for the logs, default bench-results), PYTHON (default
+# steps, default 40), OUT_DIR (folder for the logs; else $OUT; else bench-results), PYTHON (default
 # python3), TORCH_ARGS (extra arguments for torch_reference.py, e.g. "--steps 50").
 # Exits non-zero when any of the three runs failed; the others still run and are reported.
 set -euo pipefail
@@ -21,7 +21,7 @@ steps=${STEPS:-40}
 python=${PYTHON:-python3}
 config=configs/bench-switch.yaml
 PEAK_FLOPS=989e12  # dense bf16 peak of an H100/H200 SXM, as torch_reference.py uses
-OUT_DIR=${OUT:-bench-results}
+OUT_DIR=${OUT_DIR:-${OUT:-bench-results}}
 mkdir -p "$OUT_DIR"
 OUT_DIR=$(cd "$OUT_DIR" && pwd)
 

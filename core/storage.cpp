@@ -1,6 +1,7 @@
 // Persistent allocations, the per-step arena, and copies between devices.
 #include "core/storage.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -17,6 +18,14 @@ std::atomic<std::size_t> g_device_bytes{0};
 }  // namespace
 
 std::size_t device_bytes_allocated() { return g_device_bytes.load(); }
+
+std::size_t device_bytes_free() {
+#ifdef SY_WITH_CUDA
+  std::size_t free = 0, total = 0;
+  if (cudaMemGetInfo(&free, &total) == cudaSuccess) return free;
+#endif
+  return 0;
+}
 
 Storage::Storage(Device device, std::size_t bytes) : bytes_(bytes), device_(device) {
   if (bytes == 0) return;
@@ -76,17 +85,45 @@ OwnedTensor::OwnedTensor(const Shape& shape, DType dtype, Device device) {
   view_ = Tensor(storage_.data(), shape, dtype, device);
 }
 
-Arena::Arena(Device device, std::size_t capacity_bytes) : storage_(device, capacity_bytes) {}
+Arena::Arena(Device device, std::size_t capacity_bytes, Growth growth) : device_(device), growth_(growth) {
+  blocks_.push_back({Storage(device, capacity_bytes), 0});
+}
+
+std::size_t Arena::capacity() const { return blocks_.empty() ? 0 : blocks_.back().end(); }
 
 Tensor Arena::alloc(const Shape& shape, DType dtype) {
-  Tensor probe(nullptr, shape, dtype, storage_.device());
-  std::size_t start = (used_ + kAlignment - 1) / kAlignment * kAlignment;
-  SY_CHECK(start + probe.bytes() <= storage_.bytes())
-      << "arena out of memory: " << probe.describe() << " needs " << probe.bytes() << " bytes, " << storage_.bytes() - used_
-      << " of " << storage_.bytes() << " left (raise the arena size)";
-  used_ = start + probe.bytes();
-  if (used_ > peak_) peak_ = used_;
-  return Tensor(static_cast<char*>(storage_.data()) + start, shape, dtype, storage_.device());
+  const std::size_t bytes = Tensor(nullptr, shape, dtype, device_).bytes();
+  auto align = [](std::size_t offset) { return (offset + kAlignment - 1) / kAlignment * kAlignment; };
+  std::size_t start = align(used_);
+  // The block holding `start`; a request that does not fit in its rest starts the next block.
+  std::size_t i = 0;
+  while (i < blocks_.size() && blocks_[i].end() <= start) ++i;
+  while (i < blocks_.size() && start + bytes > blocks_[i].end()) {
+    ++i;
+    if (i < blocks_.size()) start = blocks_[i].begin;
+  }
+  if (i == blocks_.size()) {
+    SY_CHECK(growth_ == Growth::growable)
+        << "arena out of memory: " << Tensor(nullptr, shape, dtype, device_).describe() << " needs " << bytes
+        << " bytes, " << capacity() - std::min(capacity(), used_) << " of " << capacity()
+        << " left (raise the arena size)";
+    const std::size_t begin = capacity();
+    blocks_.push_back({Storage(device_, std::max(bytes, begin / 4 + kAlignment)), begin});
+    start = begin;
+  }
+  used_ = start + bytes;
+  peak_ = std::max(peak_, used_);
+  Block& block = blocks_[i];
+  return Tensor(static_cast<char*>(block.storage.data()) + (start - block.begin), shape, dtype, device_);
+}
+
+void Arena::reset() {
+  used_ = 0;
+  if (blocks_.size() > 1) {
+    // Freeing device memory waits for the device, so no kernel still uses the old blocks.
+    blocks_.clear();
+    blocks_.push_back({Storage(device_, peak_), 0});
+  }
 }
 
 void Arena::release_to(std::size_t mark) {

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstddef>
+#include <vector>
 
 #include "core/stream.h"
 #include "core/tensor.h"
@@ -36,6 +37,8 @@ class Storage {
 // Bytes this process holds in device Storage now (every cudaMalloc of the framework's tensors,
 // the arena's whole block included; not the CUDA context or library workspaces).
 std::size_t device_bytes_allocated();
+// Free bytes on the current CUDA device (0 without one).
+std::size_t device_bytes_free();
 
 // Owns one tensor: the usual way to hold a parameter or a test input.
 class OwnedTensor {
@@ -50,23 +53,38 @@ class OwnedTensor {
   Tensor view_;
 };
 
+// A bump allocator for one step's tensors. A fixed arena fails when full; a growable one adds a
+// block (at least a quarter of what it holds) and, at the next reset(), replaces its blocks by
+// one block of the high-water size: the first step sizes the arena, later steps never call the
+// device allocator. Offsets (mark, release_to, used, peak) count across blocks as if they
+// were one.
 class Arena {
  public:
   static constexpr std::size_t kAlignment = 256;  // cuBLAS and 16-byte vector loads want aligned bases
+  enum class Growth { fixed, growable };
 
   Arena() = default;
-  Arena(Device device, std::size_t capacity_bytes);
+  Arena(Device device, std::size_t capacity_bytes, Growth growth = Growth::fixed);
 
   Tensor alloc(const Shape& shape, DType dtype);
-  void reset() { used_ = 0; }
+  // Frees every allocation; tensors handed out before are invalid from here on.
+  void reset();
   std::size_t mark() const { return used_; }
   void release_to(std::size_t mark);
   std::size_t used() const { return used_; }
   std::size_t peak() const { return peak_; }
-  std::size_t capacity() const { return storage_.bytes(); }
+  std::size_t capacity() const;  // bytes held in all blocks
+  std::size_t blocks() const { return blocks_.size(); }
 
  private:
-  Storage storage_;
+  struct Block {
+    Storage storage;
+    std::size_t begin = 0;  // offset of its first byte
+    std::size_t end() const { return begin + storage.bytes(); }
+  };
+  Device device_ = Device::cpu;
+  Growth growth_ = Growth::fixed;
+  std::vector<Block> blocks_;
   std::size_t used_ = 0;
   std::size_t peak_ = 0;
 };

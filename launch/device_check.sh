@@ -3,7 +3,10 @@
 # op self-check and the op benchmark, then print a summary table. Logs go to $OUT when set
 # (else ./device-logs). NVLink multicast stays off (NCCL_NVLS_ENABLE=0).
 #
-#   launch/device_check.sh [--no-bench]
+#   launch/device_check.sh [--no-bench] [--compare]
+#
+# --compare also runs bench/compare.sh (switchyard against the PyTorch reference, eager and
+# compiled) on one GPU.
 set -uo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -13,7 +16,14 @@ dest=${OUT:-$root/device-logs}
 out=$(mktemp -d /tmp/device-check.XXXXXX)
 build_dir=${SY_BUILD_DIR:-$root/build-device}
 run_bench=1
-[ "${1:-}" = "--no-bench" ] && run_bench=0
+run_compare=0
+for arg in "$@"; do
+  case "$arg" in
+    --no-bench) run_bench=0 ;;
+    --compare) run_compare=1 ;;
+    *) echo "device_check.sh: unknown argument $arg" >&2; exit 2 ;;
+  esac
+done
 # Every step has a time limit, so a hang still leaves the logs of the others.
 limit=${SY_STEP_TIMEOUT:-300}
 export NCCL_NVLS_ENABLE=0
@@ -94,6 +104,11 @@ if [ "$status_build" = ok ] && [ $run_bench = 1 ]; then
   fi
 fi
 
+if [ "$status_build" = ok ] && [ $run_compare = 1 ]; then
+  (cd "$root" && OUT_DIR="$out/compare" SY_BINARY="$build_dir/switchyard" timeout 420 bench/compare.sh) \
+    >"$out/compare.log" 2>&1
+fi
+
 echo
 [ -f "$out/selfcheck.log" ] && cat "$out/selfcheck.log"
 [ -f "$out/bench-ops.log" ] && { echo; cat "$out/bench-ops.log"; }
@@ -101,6 +116,7 @@ echo
 [ -f "$out/train-bench-switch.log" ] && { echo; grep -E "^(model|step|done)" "$out/train-bench-switch.log"; }
 [ -f "$out/profile-step.log" ] && { echo; head -25 "$out/profile-step.log"; tail -1 "$out/profile-step.log"; }
 [ -f "$out/bench-comm.log" ] && { echo; cat "$out/bench-comm.log"; }
+[ -f "$out/compare.log" ] && { echo; tail -12 "$out/compare.log"; }
 [ -f "$out/scaling.log" ] && { echo; tail -8 "$out/scaling.log"; }
 for label in unit mpi gpu; do
   grep -E "^\s+[0-9]+ - .*\((Failed|Timeout|SEGFAULT|Subprocess aborted|Exception)" "$out/ctest-$label.log" 2>/dev/null

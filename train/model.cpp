@@ -342,6 +342,9 @@ void Model::backward(float loss_scale, Arena& arena, StreamRef stream,
   Tensor scratch = arena.alloc({n, d_}, dtype_);  // the gradient through a norm, added to the residual
   for (auto it = blocks_.rbegin(); it != blocks_.rend(); ++it) {
     Block& b = **it;
+    // Everything a block's backward allocates is dead once dx has passed through it (all on
+    // this stream), so the next block reuses the memory.
+    const std::size_t block_mark = arena.mark();
     // FFN (dx is d x_out, which is also d x_mid through the residual).
     Tensor dh2 = arena.alloc({n, d_}, dtype_);
     if (b.moe) {
@@ -411,6 +414,7 @@ void Model::backward(float loss_scale, Arena& arena, StreamRef stream,
     rmsnorm_backward(b.x_in, weight(b.attn_norm), b.rstd1, dh1, scratch, b.attn_norm->grad(), stream);
     ready(b.attn_norm);
     sy::add(dx, scratch, dx, stream);  // now d x_in
+    arena.release_to(block_mark);
   }
   embedding_backward(s.tokens, dx, embed_->grad(), stream);
   ready(embed_);

@@ -57,22 +57,39 @@ double peak_flops(Device device) {
   return 0.0;
 }
 
-// Activation bytes of one micro-batch forward + backward, with margin: the arena is sized
-// once from the config so no step allocates.
+// Activation bytes of one micro-batch forward + backward, counted from what the model keeps:
+// per block its saved tensors, plus the largest block's backward scratch (released block by
+// block), the logits and the embedding-side buffers. The arena starts at this size and grows in
+// the first step if the count falls short.
 std::size_t arena_bytes(const Config& c, int tp, int ep, DType dtype, bool flash) {
   const double s = double(dtype_size(dtype));
   const double b = c.train.micro_batch, t = c.train.seq_len, n = b * t, d = c.model.d_model;
-  const double heads = double(c.model.n_heads) / tp, ff = double(c.model.d_ff) / tp * 2, vocab = c.model.vocab_size;
-  // Attention keeps [T, T] probabilities (and their gradient) unless it runs as flash attention.
-  const double attention = flash ? 8 * b * heads * t : 2 * s * b * heads * t * t;
-  double bytes = c.model.n_layers * (s * (48 * n * d + 6 * n * ff) + attention) + s * 2 * n * vocab + 16 * n;
+  const double heads = double(c.model.n_heads) / tp, kv_heads = double(c.model.n_kv_heads) / tp;
+  const double head_dim = d / c.model.n_heads, vocab = c.model.vocab_size;
+  const double qkv = (heads + 2 * kv_heads) * head_dim;
+  const double ff_in_factor = c.model.activation == "swiglu" ? 2 : 1;
+  // Norm outputs, residuals, projections and the q/k/v heads (qkv rows and heads: twice).
+  const double attention_saved = s * n * (9 * d + 2 * qkv) + 8 * n +
+                                 (flash ? 4 * b * heads * t : s * b * heads * t * t);
+  const double attention_scratch = s * n * (4 * d + 2 * qkv) + (flash ? 4 * b * heads * t : s * b * heads * t * t);
+  const double dense_ff = double(c.model.d_ff) / tp;
+  const double dense_saved = s * n * dense_ff * (ff_in_factor + 1);
   const int moe_blocks = c.moe.every > 0 ? c.model.n_layers / c.moe.every : 0;
+  double moe_saved = 0, moe_scratch = 0;
   if (moe_blocks > 0) {
+    // Expert rows per rank: capacity slots, or in dropless mode up to every token's k choices
+    // from each of the ep ranks.
     const double rows = n * c.moe.top_k * (c.moe.dropless ? ep : std::max(1.0, c.moe.capacity_factor)) + 1024;
-    const double f_in = double(c.moe.d_ff > 0 ? c.moe.d_ff : c.model.d_ff) / tp * 2;
-    bytes += moe_blocks * (8 * (10 * n * c.moe.experts + 2 * n * d) + s * (16 * rows * d + 6 * rows * f_in));
+    const double f = double(c.moe.d_ff > 0 ? c.moe.d_ff : c.model.d_ff) / tp;
+    // Router state in fp32 (input copy, logits, probs, noise) and the dispatch/combine buffers.
+    moe_saved = 4 * n * (d + 6 * c.moe.experts) + 16 * n * c.moe.top_k + s * rows * (6 * d + f * (ff_in_factor + 1));
+    moe_scratch = 4 * n * d + s * rows * (6 * d + f * (ff_in_factor + 1));
   }
-  return std::size_t(bytes * 1.25) + (std::size_t(64) << 20);
+  const double blocks = (c.model.n_layers - moe_blocks) * (attention_saved + dense_saved) +
+                        moe_blocks * (attention_saved + moe_saved);
+  const double scratch = std::max(attention_scratch, std::max(moe_scratch, 3 * s * n * dense_ff * ff_in_factor));
+  const double bytes = blocks + scratch + s * n * (vocab + 6 * d) + 16 * n;
+  return std::size_t(bytes * 1.1) + (std::size_t(64) << 20);
 }
 
 std::string duration_text(double seconds) {
@@ -216,7 +233,11 @@ TrainResult train(const Config& c, MpiRuntime& runtime, int job) {
   const std::int64_t b = c.train.micro_batch, t = c.train.seq_len, n = b * t;
   const std::int64_t global_tokens = n * c.train.grad_accum * layout.dp_size();
   const bool flash = flash_attention_supported(device, dtype, c.model.d_model / c.model.n_heads);
-  Arena arena(device, arena_bytes(c, layout.tp_size(), layout.ep_size(), dtype, flash));
+  // The estimate is the first block; the first step grows the arena to what it needs if that is
+  // more, and from the second step on it is one block that is never reallocated.
+  std::size_t first_block = arena_bytes(c, layout.tp_size(), layout.ep_size(), dtype, flash);
+  if (device == Device::cuda) first_block = std::min(first_block, device_bytes_free() / 2);
+  Arena arena(device, first_block, Arena::Growth::growable);
   OwnedTensor inputs_host({b, t}, DType::i32, Device::cpu), targets_host({b, t}, DType::i32, Device::cpu);
   OwnedTensor inputs_dev({b, t}, DType::i32, device), targets_dev({b, t}, DType::i32, device);
   OwnedTensor losses({c.train.grad_accum, n}, DType::f32, device), eval_losses({n}, DType::f32, device);

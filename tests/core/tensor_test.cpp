@@ -81,6 +81,37 @@ TEST(Arena, OverflowNamesTheRequest) {
                "arena out of memory: f32[1000] cpu needs 4000 bytes, 1024 of 1024 left");
 }
 
+TEST(Arena, GrowableArenaAddsBlocksThenConsolidatesAtReset) {
+  Arena arena(Device::cpu, 1024, Arena::Growth::growable);
+  Tensor a = arena.alloc({200}, DType::f32);  // 800 bytes: fits the first block
+  Tensor b = arena.alloc({100}, DType::f32);  // the rest of block 0 is too small: block 1 (512 bytes)
+  Tensor c = arena.alloc({10}, DType::f32);   // block 1's rest is under one alignment: block 2
+  EXPECT_EQ(arena.blocks(), 3u);
+  for (Tensor* t : {&a, &b, &c}) fill_bytes(*t, 0x11);  // every byte handed out is writable
+  EXPECT_EQ(arena.mark(), 1024u + 512u + 40u);  // offsets run on across blocks
+  const std::size_t peak = arena.peak();
+  arena.reset();
+  EXPECT_EQ(arena.blocks(), 1u);
+  EXPECT_EQ(arena.capacity(), peak);
+  // The same step now fits in the one block, with no growth.
+  arena.alloc({200}, DType::f32);
+  arena.alloc({100}, DType::f32);
+  arena.alloc({10}, DType::f32);
+  EXPECT_EQ(arena.blocks(), 1u);
+  EXPECT_EQ(arena.peak(), peak);
+}
+
+TEST(Arena, ReleaseAcrossBlocksReusesTheLaterBlock) {
+  Arena arena(Device::cpu, 512, Arena::Growth::growable);
+  arena.alloc({100}, DType::f32);
+  const std::size_t mark = arena.mark();
+  Tensor b = arena.alloc({200}, DType::f32);
+  arena.release_to(mark);
+  Tensor c = arena.alloc({200}, DType::f32);
+  EXPECT_EQ(c.data(), b.data());
+  EXPECT_EQ(arena.blocks(), 2u);
+}
+
 TEST(Check, MessageNamesRankFileAndLine) {
   set_error_rank(3);
   try {
