@@ -85,6 +85,8 @@ Tensor dispatch_forward(const Tensor& x, const Routing& routing, const DispatchP
   if (plan.capacity > 0) fill_bytes(send, 0, stream);
   moe_scatter_rows(x, routing.expert, routing.slot, plan.offsets, send, stream);
   mark_phase(timer, "permute");
+  // With one rank in the group the exchange is a copy and the regroup the identity: skip both.
+  if (ep.size() == 1) return send;
   Tensor recv = arena.alloc({plan.recv_rows, d}, x.dtype());
   ep.all_to_all(send, plan.send_rows_per_peer, recv, plan.recv_rows_per_peer, stream);
   mark_phase(timer, "all_to_all");
@@ -97,6 +99,11 @@ Tensor dispatch_forward(const Tensor& x, const Routing& routing, const DispatchP
 void dispatch_backward(const Tensor& d_expert_in, const Routing& routing, const DispatchPlan& plan, Communicator& ep,
                        Arena& arena, const Tensor& dx, StreamRef stream, PhaseTimer* timer) {
   const std::int64_t d = dx.size(1);
+  if (ep.size() == 1) {
+    moe_gather_rows_sum(d_expert_in, routing.expert, routing.slot, plan.offsets, dx, stream);
+    mark_phase(timer, "permute");
+    return;
+  }
   Tensor d_recv = arena.alloc({plan.recv_rows, d}, dx.dtype());
   moe_regroup(d_expert_in, plan.recv_counts, d_recv, false, stream);
   mark_phase(timer, "permute");
@@ -110,6 +117,11 @@ void dispatch_backward(const Tensor& d_expert_in, const Routing& routing, const 
 Tensor combine_forward(const Tensor& expert_out, const Routing& routing, const DispatchPlan& plan, Communicator& ep,
                        Arena& arena, const Tensor& out, StreamRef stream, PhaseTimer* timer) {
   const std::int64_t d = out.size(1);
+  if (ep.size() == 1) {
+    moe_combine(expert_out, routing.expert, routing.slot, plan.offsets, routing.gate, out, stream);
+    mark_phase(timer, "combine");
+    return expert_out;
+  }
   Tensor source_major = arena.alloc({plan.recv_rows, d}, out.dtype());
   moe_regroup(expert_out, plan.recv_counts, source_major, false, stream);
   mark_phase(timer, "permute");
@@ -128,6 +140,7 @@ Tensor combine_backward(const Tensor& dout, const Tensor& returned, const Routin
   moe_combine_backward(dout, returned, routing.expert, routing.slot, plan.offsets, routing.gate, d_returned, dgate,
                        stream);
   mark_phase(timer, "combine");
+  if (ep.size() == 1) return d_returned;
   Tensor d_source_major = arena.alloc({plan.recv_rows, d}, dout.dtype());
   ep.all_to_all(d_returned, plan.send_rows_per_peer, d_source_major, plan.recv_rows_per_peer, stream);
   mark_phase(timer, "all_to_all");

@@ -1,7 +1,7 @@
-// Activations on CUDA: grid-stride loops in fp32, each input element read once and each output
-// written once. Bandwidth-bound and kept separate for now; a fused GEMM epilogue would remove
+// Activations on CUDA in fp32, each input element read once and each output written once: GELU
+// and ReLU as vectorized maps (elementwise_map.cuh), SwiGLU as grid-stride loops. Bandwidth-bound and kept separate for now; a fused GEMM epilogue would remove
 // the round trip.
-#include "core/ops/cuda_common.cuh"
+#include "core/ops/elementwise_map.cuh"
 
 namespace sy::cuda {
 namespace {
@@ -23,38 +23,23 @@ constexpr float kGeluK1 = 0.044715f;
 __device__ __forceinline__ float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
 // y = 0.5 x (1 + tanh(k0 (x + k1 x^3))).
-template <class T>
-__global__ void gelu_forward_kernel(const T* x, T* y, std::int64_t n) {
-  SY_GRID_STRIDE(i, n) {
-    const float v = load_f32(x + i);
-    store_f32(y + i, 0.5f * v * (1.0f + tanhf(kGeluK0 * (v + kGeluK1 * v * v * v))));
-  }
-}
-
+struct GeluForward {
+  __device__ float operator()(float x, float) const { return 0.5f * x * (1.0f + tanhf(kGeluK0 * (x + kGeluK1 * x * x * x))); }
+};
 // dx = dy * (0.5 (1 + th) + 0.5 x (1 - th^2) k0 (1 + 3 k1 x^2)), th = tanh(k0 (x + k1 x^3)).
-template <class T>
-__global__ void gelu_backward_kernel(const T* x, const T* dy, T* dx, std::int64_t n) {
-  SY_GRID_STRIDE(i, n) {
-    const float v = load_f32(x + i);
-    const float th = tanhf(kGeluK0 * (v + kGeluK1 * v * v * v));
-    const float grad = 0.5f * (1.0f + th) + 0.5f * v * (1.0f - th * th) * kGeluK0 * (1.0f + 3.0f * kGeluK1 * v * v);
-    store_f32(dx + i, load_f32(dy + i) * grad);
+struct GeluBackward {
+  __device__ float operator()(float x, float dy) const {
+    const float th = tanhf(kGeluK0 * (x + kGeluK1 * x * x * x));
+    return dy * (0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * kGeluK0 * (1.0f + 3.0f * kGeluK1 * x * x));
   }
-}
-
-template <class T>
-__global__ void relu_forward_kernel(const T* x, T* y, std::int64_t n) {
-  SY_GRID_STRIDE(i, n) {
-    const float v = load_f32(x + i);
-    store_f32(y + i, v > 0.0f ? v : 0.0f);
-  }
-}
-
+};
+struct ReluForward {
+  __device__ float operator()(float x, float) const { return x > 0.0f ? x : 0.0f; }
+};
 // The derivative at exactly 0 is 0, as on the CPU.
-template <class T>
-__global__ void relu_backward_kernel(const T* x, const T* dy, T* dx, std::int64_t n) {
-  SY_GRID_STRIDE(i, n) { store_f32(dx + i, load_f32(x + i) > 0.0f ? load_f32(dy + i) : 0.0f); }
-}
+struct ReluBackward {
+  __device__ float operator()(float x, float dy) const { return x > 0.0f ? dy : 0.0f; }
+};
 
 // One thread per output element (n, f): reads gate x[n, f] and up x[n, F + f], writes y[n, f].
 // Consecutive threads touch consecutive f, so the gate half, the up half and y are each
@@ -87,47 +72,35 @@ __global__ void swiglu_backward_kernel(const T* x, const T* dy, T* dx, std::int6
 }  // namespace
 
 void gelu_forward(const Tensor& x, const Tensor& y, StreamRef stream) {
-  const std::int64_t n = x.numel();
-  if (n == 0) return;
   dispatch_float(x, [&](auto* type) {
     using T = std::remove_pointer_t<decltype(type)>;
-    gelu_forward_kernel<T><<<pointwise_grid(n), kBlock, 0, to_cuda(stream)>>>(static_cast<const T*>(x.data()),
-                                                                              static_cast<T*>(y.data()), n);
+    launch_map2(static_cast<const T*>(x.data()), static_cast<const T*>(nullptr), static_cast<T*>(y.data()), x.numel(),
+                GeluForward{}, stream);
   });
-  SY_CUDA_LAUNCH();
 }
 
 void gelu_backward(const Tensor& x, const Tensor& dy, const Tensor& dx, StreamRef stream) {
-  const std::int64_t n = x.numel();
-  if (n == 0) return;
   dispatch_float(x, [&](auto* type) {
     using T = std::remove_pointer_t<decltype(type)>;
-    gelu_backward_kernel<T><<<pointwise_grid(n), kBlock, 0, to_cuda(stream)>>>(
-        static_cast<const T*>(x.data()), static_cast<const T*>(dy.data()), static_cast<T*>(dx.data()), n);
+    launch_map2(static_cast<const T*>(x.data()), static_cast<const T*>(dy.data()), static_cast<T*>(dx.data()),
+                x.numel(), GeluBackward{}, stream);
   });
-  SY_CUDA_LAUNCH();
 }
 
 void relu_forward(const Tensor& x, const Tensor& y, StreamRef stream) {
-  const std::int64_t n = x.numel();
-  if (n == 0) return;
   dispatch_float(x, [&](auto* type) {
     using T = std::remove_pointer_t<decltype(type)>;
-    relu_forward_kernel<T><<<pointwise_grid(n), kBlock, 0, to_cuda(stream)>>>(static_cast<const T*>(x.data()),
-                                                                              static_cast<T*>(y.data()), n);
+    launch_map2(static_cast<const T*>(x.data()), static_cast<const T*>(nullptr), static_cast<T*>(y.data()), x.numel(),
+                ReluForward{}, stream);
   });
-  SY_CUDA_LAUNCH();
 }
 
 void relu_backward(const Tensor& x, const Tensor& dy, const Tensor& dx, StreamRef stream) {
-  const std::int64_t n = x.numel();
-  if (n == 0) return;
   dispatch_float(x, [&](auto* type) {
     using T = std::remove_pointer_t<decltype(type)>;
-    relu_backward_kernel<T><<<pointwise_grid(n), kBlock, 0, to_cuda(stream)>>>(
-        static_cast<const T*>(x.data()), static_cast<const T*>(dy.data()), static_cast<T*>(dx.data()), n);
+    launch_map2(static_cast<const T*>(x.data()), static_cast<const T*>(dy.data()), static_cast<T*>(dx.data()),
+                x.numel(), ReluBackward{}, stream);
   });
-  SY_CUDA_LAUNCH();
 }
 
 void swiglu_forward(const Tensor& x, const Tensor& y, StreamRef stream) {

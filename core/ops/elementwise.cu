@@ -1,6 +1,6 @@
 // Elementwise ops on CUDA: grid-stride loops, one read of each input and one write. These are
 // bandwidth-bound; fused versions (residual + norm) belong to the model's kernels.
-#include "core/ops/cuda_common.cuh"
+#include "core/ops/elementwise_map.cuh"
 
 namespace sy::cuda {
 namespace {
@@ -12,11 +12,9 @@ inline unsigned elementwise_grid(std::int64_t n) {
   return unsigned(blocks < 65535 * 8 ? blocks : 65535 * 8);
 }
 
-template <class T>
-__global__ void add_kernel(const T* a, const T* b, T* out, std::int64_t n) {
-  for (std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; i < n; i += std::int64_t(gridDim.x) * blockDim.x)
-    store_f32(out + i, load_f32(a + i) + load_f32(b + i));
-}
+struct Sum {
+  __device__ float operator()(float a, float b) const { return a + b; }
+};
 
 template <class S, class D>
 __global__ void cast_kernel(const S* src, D* dst, std::int64_t n) {
@@ -27,14 +25,11 @@ __global__ void cast_kernel(const S* src, D* dst, std::int64_t n) {
 }  // namespace
 
 void add(const Tensor& a, const Tensor& b, const Tensor& out, StreamRef stream) {
-  const std::int64_t n = a.numel();
-  if (n == 0) return;
   dispatch_float(a, [&](auto* type) {
     using T = std::remove_pointer_t<decltype(type)>;
-    add_kernel<T><<<elementwise_grid(n), kBlock, 0, to_cuda(stream)>>>(
-        static_cast<const T*>(a.data()), static_cast<const T*>(b.data()), static_cast<T*>(out.data()), n);
+    launch_map2(static_cast<const T*>(a.data()), static_cast<const T*>(b.data()), static_cast<T*>(out.data()),
+                a.numel(), Sum{}, stream);
   });
-  SY_CUDA_LAUNCH();
 }
 
 void cast(const Tensor& src, const Tensor& dst, StreamRef stream) {

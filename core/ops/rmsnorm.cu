@@ -44,17 +44,27 @@ __global__ void rmsnorm_backward_dx_kernel(const T* x, const T* weight, const fl
   }
 }
 
-// dweight[c] += sum_n dy[n,c] * x[n,c] * rstd[n]. Block = 32 columns x kRowLanes row lanes; each
-// lane strides over rows, then the lanes are summed in shared memory in a fixed order.
-constexpr int kRowLanes = 16;
+// dweight[c] += sum_n dy[n,c] * x[n,c] * rstd[n], deterministic and without atomics in two
+// launches: the rows are cut into kChunks fixed chunks, each (32-column tile, chunk) block writes
+// its partial sums to a static device array, and a second launch adds each column's partials in
+// chunk order. The grid then fills the device (columns / 32 x kChunks blocks) where one block per
+// column tile striding over every row left most SMs idle. Like sum_squares, the array is a
+// per-device global: calls on streams that may overlap are not allowed.
+constexpr int kRowLanes = 8;
+constexpr int kChunks = 32;
+constexpr int kMaxChunkedChannels = 16384;
+__device__ float rmsnorm_dweight_partials[kChunks * kMaxChunkedChannels];
+
 template <class T>
-__global__ void rmsnorm_backward_dweight_kernel(const T* x, const float* rstd, const T* dy, float* dweight, int rows,
-                                                int channels) {
+__global__ void rmsnorm_dweight_partial_kernel(const T* x, const float* rstd, const T* dy, float* dweight, int rows,
+                                               int channels, int chunks) {
   __shared__ float partial[kRowLanes][33];
-  const int c = blockIdx.x * 32 + threadIdx.x;
+  const int c = blockIdx.x * 32 + threadIdx.x, chunk = blockIdx.y;
+  const int rows_per_chunk = (rows + chunks - 1) / chunks;
+  const int first = chunk * rows_per_chunk, last = min(rows, first + rows_per_chunk);
   float sum = 0.0f;
   if (c < channels) {
-    for (int n = threadIdx.y; n < rows; n += kRowLanes) {
+    for (int n = first + int(threadIdx.y); n < last; n += kRowLanes) {
       const std::int64_t i = std::int64_t(n) * channels + c;
       sum += load_f32(dy + i) * load_f32(x + i) * rstd[n];
     }
@@ -64,8 +74,18 @@ __global__ void rmsnorm_backward_dweight_kernel(const T* x, const float* rstd, c
   if (threadIdx.y == 0 && c < channels) {
     float total = 0.0f;
     for (int lane = 0; lane < kRowLanes; ++lane) total += partial[lane][threadIdx.x];
-    dweight[c] += total;
+    // One chunk: add straight to dweight (channels too wide for the partials array).
+    if (chunks == 1) dweight[c] += total;
+    else rmsnorm_dweight_partials[chunk * channels + c] = total;
   }
+}
+
+__global__ void rmsnorm_dweight_sum_kernel(float* dweight, int channels) {
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= channels) return;
+  float total = 0.0f;
+  for (int chunk = 0; chunk < kChunks; ++chunk) total += rmsnorm_dweight_partials[chunk * channels + c];
+  dweight[c] += total;
 }
 
 }  // namespace
@@ -95,8 +115,15 @@ void rmsnorm_backward(const Tensor& x, const Tensor& weight, const Tensor& rstd,
         xp, static_cast<const T*>(weight.data()), rstd.ptr<float>(), dyp, static_cast<T*>(dx.data()), rows,
         channels);
     SY_CUDA_LAUNCH();
-    rmsnorm_backward_dweight_kernel<T><<<grid_for(channels, 32), dim3(32, kRowLanes), 0, to_cuda(stream)>>>(
-        xp, rstd.ptr<float>(), dyp, dweight.ptr<float>(), rows, channels);
+    const int chunks = channels <= kMaxChunkedChannels ? kChunks : 1;
+    rmsnorm_dweight_partial_kernel<T><<<dim3(grid_for(channels, 32), unsigned(chunks)), dim3(32, kRowLanes), 0,
+                                        to_cuda(stream)>>>(xp, rstd.ptr<float>(), dyp, dweight.ptr<float>(), rows,
+                                                           channels, chunks);
+    SY_CUDA_LAUNCH();
+    if (chunks > 1) {
+      rmsnorm_dweight_sum_kernel<<<grid_for(channels, 256), 256, 0, to_cuda(stream)>>>(dweight.ptr<float>(),
+                                                                                       channels);
+    }
   });
   SY_CUDA_LAUNCH();
 }
