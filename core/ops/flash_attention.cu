@@ -93,6 +93,22 @@ __device__ __forceinline__ void load_tile(SmemTile<D> tile, const bf16* src, int
   }
 }
 
+// The key-tile loop's double buffering: starts loading key tile j + 1 (if any) into the other
+// buffer, then waits for tile j and makes it visible to every warp.
+template <int D>
+__device__ __forceinline__ void next_kv_tile(SmemTile<D> k_next, SmemTile<D> v_next, const bf16* k_head,
+                                             const bf16* v_head, int j, int kv_tiles, int rows) {
+  if (j + 1 < kv_tiles) {
+    load_tile(k_next, k_head, (j + 1) * kTile, rows);
+    load_tile(v_next, v_head, (j + 1) * kTile, rows);
+    cp_async_commit();
+    cp_async_wait<1>();
+  } else {
+    cp_async_wait<0>();
+  }
+  __syncthreads();
+}
+
 // A operand (16 x 16) from rows row0.., columns k0.. of a tile (rows are the M dimension).
 template <int D>
 __device__ __forceinline__ void load_a(std::uint32_t (&a)[4], SmemTile<D> tile, int row0, int k0) {
@@ -209,15 +225,7 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(const bf16* __r
   float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
   const int kv_tiles = q_tile + 1;  // key tiles at or left of the diagonal
   for (int j = 0; j < kv_tiles; ++j) {
-    if (j + 1 < kv_tiles) {
-      load_tile(ks((j + 1) & 1), k_head, (j + 1) * kTile, s.seq);
-      load_tile(vs((j + 1) & 1), v_head, (j + 1) * kTile, s.seq);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();
+    next_kv_tile<D>(ks((j + 1) & 1), vs((j + 1) & 1), k_head, v_head, j, kv_tiles, s.seq);
     float sc[8][4];
     zero(sc);
     product_nt<D>(sc, qs, warp * 16, ks(j & 1));
@@ -415,15 +423,7 @@ __global__ void __launch_bounds__(kThreads) flash_backward_dq_kernel(
   zero(dq_acc);
   const int kv_tiles = q_tile + 1;
   for (int j = 0; j < kv_tiles; ++j) {
-    if (j + 1 < kv_tiles) {
-      load_tile(ks((j + 1) & 1), k_head, (j + 1) * kTile, s.seq);
-      load_tile(vs((j + 1) & 1), v_head, (j + 1) * kTile, s.seq);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();
+    next_kv_tile<D>(ks((j + 1) & 1), vs((j + 1) & 1), k_head, v_head, j, kv_tiles, s.seq);
     float p[8][4];
     zero(p);
     product_nt<D>(p, qs, warp * 16, ks(j & 1));
