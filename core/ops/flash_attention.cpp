@@ -33,30 +33,35 @@ double row_scores(const T* q_row, const T* k_head, std::int64_t t, std::int64_t 
   return row_max;
 }
 
+// Calls fn(row, kv0, t) for every query row: `row` indexes the rows of q, out, dout and lse,
+// `kv0` is the first row of its kv head in k and v, `t` its position in the sequence.
+template <class Fn>
+void for_each_query_row(const Dims& d, Fn&& fn) {
+  for (std::int64_t b = 0; b < d.batch; ++b)
+    for (std::int64_t h = 0; h < d.heads; ++h)
+      for (std::int64_t t = 0; t < d.seq; ++t)
+        fn((b * d.heads + h) * d.seq + t, (b * d.kv_heads + h / d.group()) * d.seq, t);
+}
+
 template <class T>
 void forward_cpu(const Dims& d, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                  const Tensor& lse) {
   const std::int64_t seq = d.seq, dim = d.head_dim;
   const double scale = 1.0 / std::sqrt(double(dim));
   std::vector<double> s(static_cast<std::size_t>(seq)), o(static_cast<std::size_t>(dim));
-  for (std::int64_t b = 0; b < d.batch; ++b) {
-    for (std::int64_t h = 0; h < d.heads; ++h) {
-      const std::int64_t row0 = (b * d.heads + h) * seq, kv0 = (b * d.kv_heads + h / d.group()) * seq;
-      const T* k_head = k.ptr<T>() + kv0 * dim;
-      const T* v_head = v.ptr<T>() + kv0 * dim;
-      for (std::int64_t t = 0; t < seq; ++t) {
-        const double row_max = row_scores(q.ptr<T>() + (row0 + t) * dim, k_head, t, dim, scale, s);
-        double sum = 0;
-        for (std::int64_t j = 0; j <= t; ++j) sum += s[std::size_t(j)] = std::exp(s[std::size_t(j)] - row_max);
-        std::fill(o.begin(), o.end(), 0.0);
-        for (std::int64_t j = 0; j <= t; ++j)
-          for (std::int64_t c = 0; c < dim; ++c) o[std::size_t(c)] += s[std::size_t(j)] * to_double(v_head[j * dim + c]);
-        T* out_row = out.ptr<T>() + (row0 + t) * dim;
-        for (std::int64_t c = 0; c < dim; ++c) out_row[c] = from_double<T>(o[std::size_t(c)] / sum);
-        lse.ptr<float>()[row0 + t] = float(row_max + std::log(sum));
-      }
-    }
-  }
+  for_each_query_row(d, [&](std::int64_t row, std::int64_t kv0, std::int64_t t) {
+    const T* k_head = k.ptr<T>() + kv0 * dim;
+    const T* v_head = v.ptr<T>() + kv0 * dim;
+    const double row_max = row_scores(q.ptr<T>() + row * dim, k_head, t, dim, scale, s);
+    double sum = 0;
+    for (std::int64_t j = 0; j <= t; ++j) sum += s[std::size_t(j)] = std::exp(s[std::size_t(j)] - row_max);
+    std::fill(o.begin(), o.end(), 0.0);
+    for (std::int64_t j = 0; j <= t; ++j)
+      for (std::int64_t c = 0; c < dim; ++c) o[std::size_t(c)] += s[std::size_t(j)] * to_double(v_head[j * dim + c]);
+    T* out_row = out.ptr<T>() + row * dim;
+    for (std::int64_t c = 0; c < dim; ++c) out_row[c] = from_double<T>(o[std::size_t(c)] / sum);
+    lse.ptr<float>()[row] = float(row_max + std::log(sum));
+  });
 }
 
 // P = exp(S - lse), dP = dO V^T, delta = rowsum(dO * O), dS = P (dP - delta); dq = scale dS K,
@@ -68,36 +73,31 @@ void backward_cpu(const Dims& d, const Tensor& q, const Tensor& k, const Tensor&
   const double scale = 1.0 / std::sqrt(double(dim));
   std::vector<double> dk_acc(std::size_t(k.numel()), 0.0), dv_acc(std::size_t(v.numel()), 0.0);
   std::vector<double> s(static_cast<std::size_t>(seq)), dq_row(static_cast<std::size_t>(dim));
-  for (std::int64_t b = 0; b < d.batch; ++b) {
-    for (std::int64_t h = 0; h < d.heads; ++h) {
-      const std::int64_t row0 = (b * d.heads + h) * seq, kv0 = (b * d.kv_heads + h / d.group()) * seq;
-      const T* k_head = k.ptr<T>() + kv0 * dim;
-      const T* v_head = v.ptr<T>() + kv0 * dim;
-      for (std::int64_t t = 0; t < seq; ++t) {
-        const T* q_row = q.ptr<T>() + (row0 + t) * dim;
-        const T* do_row = dout.ptr<T>() + (row0 + t) * dim;
-        const T* o_row = out.ptr<T>() + (row0 + t) * dim;
-        row_scores(q_row, k_head, t, dim, scale, s);
-        const double row_lse = lse.ptr<float>()[row0 + t];
-        double delta = 0;
-        for (std::int64_t c = 0; c < dim; ++c) delta += to_double(do_row[c]) * to_double(o_row[c]);
-        std::fill(dq_row.begin(), dq_row.end(), 0.0);
-        for (std::int64_t j = 0; j <= t; ++j) {
-          const double p = std::exp(s[std::size_t(j)] - row_lse);
-          double dp = 0;
-          for (std::int64_t c = 0; c < dim; ++c) dp += to_double(do_row[c]) * to_double(v_head[j * dim + c]);
-          const double ds = p * (dp - delta) * scale;
-          for (std::int64_t c = 0; c < dim; ++c) {
-            dq_row[std::size_t(c)] += ds * to_double(k_head[j * dim + c]);
-            dk_acc[std::size_t((kv0 + j) * dim + c)] += ds * to_double(q_row[c]);
-            dv_acc[std::size_t((kv0 + j) * dim + c)] += p * to_double(do_row[c]);
-          }
-        }
-        T* dq_out = dq.ptr<T>() + (row0 + t) * dim;
-        for (std::int64_t c = 0; c < dim; ++c) dq_out[c] = from_double<T>(dq_row[std::size_t(c)]);
+  for_each_query_row(d, [&](std::int64_t row, std::int64_t kv0, std::int64_t t) {
+    const T* k_head = k.ptr<T>() + kv0 * dim;
+    const T* v_head = v.ptr<T>() + kv0 * dim;
+    const T* q_row = q.ptr<T>() + row * dim;
+    const T* do_row = dout.ptr<T>() + row * dim;
+    const T* o_row = out.ptr<T>() + row * dim;
+    row_scores(q_row, k_head, t, dim, scale, s);
+    const double row_lse = lse.ptr<float>()[row];
+    double delta = 0;
+    for (std::int64_t c = 0; c < dim; ++c) delta += to_double(do_row[c]) * to_double(o_row[c]);
+    std::fill(dq_row.begin(), dq_row.end(), 0.0);
+    for (std::int64_t j = 0; j <= t; ++j) {
+      const double p = std::exp(s[std::size_t(j)] - row_lse);
+      double dp = 0;
+      for (std::int64_t c = 0; c < dim; ++c) dp += to_double(do_row[c]) * to_double(v_head[j * dim + c]);
+      const double ds = p * (dp - delta) * scale;
+      for (std::int64_t c = 0; c < dim; ++c) {
+        dq_row[std::size_t(c)] += ds * to_double(k_head[j * dim + c]);
+        dk_acc[std::size_t((kv0 + j) * dim + c)] += ds * to_double(q_row[c]);
+        dv_acc[std::size_t((kv0 + j) * dim + c)] += p * to_double(do_row[c]);
       }
     }
-  }
+    T* dq_out = dq.ptr<T>() + row * dim;
+    for (std::int64_t c = 0; c < dim; ++c) dq_out[c] = from_double<T>(dq_row[std::size_t(c)]);
+  });
   for (std::size_t i = 0; i < dk_acc.size(); ++i) {
     dk.ptr<T>()[i] = from_double<T>(dk_acc[i]);
     dv.ptr<T>()[i] = from_double<T>(dv_acc[i]);
