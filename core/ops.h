@@ -64,10 +64,21 @@ void rmsnorm_forward(const Tensor& x, const Tensor& weight, const Tensor& y, con
 // dx: [N, C] (written); dweight: [C] f32 (accumulates).
 void rmsnorm_backward(const Tensor& x, const Tensor& weight, const Tensor& rstd, const Tensor& dy, const Tensor& dx,
                       const Tensor& dweight, StreamRef stream = {});
+// A pre-norm block's residual add fused into the norm that follows it: sum = a + b (the residual
+// stream, rounded to its dtype), y = rmsnorm(sum). Equal to add then rmsnorm_forward, one pass
+// over [N, C] cheaper. a, b, sum, y: [N, C]; sum must not alias a or b.
+void add_rmsnorm_forward(const Tensor& a, const Tensor& b, const Tensor& sum, const Tensor& weight, const Tensor& y,
+                         const Tensor& rstd, float eps, StreamRef stream = {});
+// rmsnorm_backward whose input gradient is added to the residual stream's gradient instead of
+// written: dresidual += dx. dresidual: [N, C] (accumulates); dweight: [C] f32 (accumulates).
+void rmsnorm_backward_residual(const Tensor& x, const Tensor& weight, const Tensor& rstd, const Tensor& dy,
+                               const Tensor& dresidual, const Tensor& dweight, StreamRef stream = {});
 
 // ---- RoPE ---------------------------------------------------------------------------------
 // Rotary position embedding on x: [B, H, T, D] (D even), position t = index along T.
-// Pairs are (i, i + D/2) ("rotate half"); angle = t * theta^(-2i/D). y may alias x.
+// Pairs are (i, i + D/2) ("rotate half"); angle = t * theta^(-2i/D). x and y are views with a
+// contiguous D and any B, H, T strides (the same for both), so heads can be rotated in place
+// inside a token-major [B*T, H*D] matrix; y may alias x.
 void rope_forward(const Tensor& x, const Tensor& y, float theta, StreamRef stream = {});
 // The transpose: rotation by -angle. dx may alias dy.
 void rope_backward(const Tensor& dy, const Tensor& dx, float theta, StreamRef stream = {});
@@ -87,6 +98,10 @@ void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const
 // Same q, k, v, out as above; lse: [B, Hq, T] f32, each row's natural log-sum-exp of the scaled
 // scores (saved for the backward). CPU: any float dtype; CUDA: bf16 with head dim 64 or 128
 // (flash_attention_supported says), fused tensor-core kernels.
+// q, k, v, out (and dout, dq, dk, dv) are views: D contiguous, any B, H, T strides (on CUDA,
+// 16-byte aligned with strides a multiple of 8). So attention reads q, k, v in place from the
+// token-major qkv projection, [B*T, (Hq + 2 Hkv) * D], and writes out (and dq, dk, dv) straight
+// into token-major rows, with no head-layout copies. lse and delta are contiguous.
 bool flash_attention_supported(Device device, DType dtype, std::int64_t head_dim);
 bool flash_attention_supported(const Tensor& q);
 void flash_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,

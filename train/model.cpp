@@ -113,7 +113,7 @@ struct Model::Block {
 };
 
 struct Model::Saved {
-  Tensor tokens, targets, x0, final_rstd, xf, logits, lse, losses;
+  Tensor tokens, targets, x0, x_last, final_rstd, xf, logits, lse, losses;
   std::int64_t batch = 0, seq = 0;
 };
 
@@ -145,9 +145,11 @@ Model::Model(const Config& config, const ProcessGrid& grid, ParameterRegistry& r
     b->index = i;
     const std::string p = "blocks." + std::to_string(i) + ".";
     b->attn_norm = add(registry, p + "attn_norm.weight", {d_}, -1, false, false, 0.0);
-    b->q = add(registry, p + "attn.q.weight", {heads_ * head_dim_, d_}, 0, false, true, 1.0);
-    b->k = add(registry, p + "attn.k.weight", {kv_heads_ * head_dim_, d_}, 0, false, true, 1.0);
+    // Registered v, k, q: the registry lays a gradient bucket out in reverse registration order,
+    // so q, k, v usually end up as one [(Hq + 2 Hkv) D, d] matrix and take one GEMM (qkv_fused).
     b->v = add(registry, p + "attn.v.weight", {kv_heads_ * head_dim_, d_}, 0, false, true, 1.0);
+    b->k = add(registry, p + "attn.k.weight", {kv_heads_ * head_dim_, d_}, 0, false, true, 1.0);
+    b->q = add(registry, p + "attn.q.weight", {heads_ * head_dim_, d_}, 0, false, true, 1.0);
     b->out = add(registry, p + "attn.out.weight", {d_, heads_ * head_dim_}, 1, false, true, out_scale);
     b->ffn_norm = add(registry, p + "ffn_norm.weight", {d_}, -1, false, false, 0.0);
     if (is_moe_block(config, i)) {
@@ -198,6 +200,29 @@ Parameter* Model::add(ParameterRegistry& registry, const std::string& name, cons
 
 const Tensor& Model::weight(const Parameter* p) const { return p->compute().defined() ? p->compute() : p->master(); }
 
+namespace {
+
+// [rows_a + rows_b + rows_c, cols] over three matrices that sit back to back in memory (each
+// contiguous, same columns and dtype), or an undefined tensor when they do not.
+Tensor stacked_rows(const Tensor& a, const Tensor& b, const Tensor& c) {
+  const auto end_of = [](const Tensor& t) { return static_cast<char*>(t.data()) + t.bytes(); };
+  if (!a.defined() || end_of(a) != b.data() || end_of(b) != c.data()) return Tensor();
+  return Tensor(a.data(), {a.size(0) + b.size(0) + c.size(0), a.size(1)}, a.dtype(), a.device());
+}
+
+// Heads [B, H, T, D] viewed in place inside token-major rows [B*T, cols], starting at column col0.
+Tensor heads_view(const Tensor& rows, std::int64_t batch, std::int64_t heads, std::int64_t seq, std::int64_t dim,
+                  std::int64_t col0) {
+  const std::int64_t cols = rows.size(1);
+  return rows.as_strided({batch, heads, seq, dim}, {seq * cols, dim, cols, 1}, col0);
+}
+
+}  // namespace
+
+// q, k, v projections in one GEMM when their weights (and gradients) are one stacked matrix.
+Tensor Model::qkv_weight(const Block& b) const { return stacked_rows(weight(b.q), weight(b.k), weight(b.v)); }
+Tensor Model::qkv_grad(const Block& b) const { return stacked_rows(b.q->grad(), b.k->grad(), b.v->grad()); }
+
 int Model::moe_blocks() const {
   int n = 0;
   for (const auto& b : blocks_) n += b->moe ? 1 : 0;
@@ -242,48 +267,72 @@ void Model::forward(const Tensor& tokens, const Tensor& targets, std::int64_t fi
 
   s.x0 = arena.alloc({n, d_}, dtype_);
   embedding_forward(s.tokens, weight(embed_), s.x0, stream);
-  Tensor x = s.x0;
+  // The residual stream is `x` plus, after an FFN, `pending` (its output not yet added): the add
+  // is fused into the norm that reads the sum next (add_rmsnorm_forward).
+  Tensor x = s.x0, pending;
+  Block* previous = nullptr;
+  auto norm = [&](const Tensor& w, const Tensor& y, const Tensor& rstd) {
+    if (pending.defined()) {
+      const Tensor sum = arena.alloc({n, d_}, dtype_);
+      add_rmsnorm_forward(x, pending, sum, w, y, rstd, eps, stream);
+      x = sum;
+      pending = Tensor();
+      previous->x_out = x;
+    } else {
+      rmsnorm_forward(x, w, y, rstd, eps, stream);
+    }
+  };
+  const std::int64_t q_cols = local_heads_ * head_dim_, kv_cols = local_kv_heads_ * head_dim_;
   for (auto& bp : blocks_) {
     Block& b = *bp;
-    b.x_in = x;
     // Attention: x_mid = x + out(attention(rope(q), rope(k), v)) of rmsnorm(x).
     b.rstd1 = arena.alloc({n}, DType::f32);
     b.h1 = arena.alloc({n, d_}, dtype_);
-    rmsnorm_forward(x, weight(b.attn_norm), b.h1, b.rstd1, eps, stream);
+    norm(weight(b.attn_norm), b.h1, b.rstd1);
+    b.x_in = x;
+    // qkv columns: [q heads | k heads | v heads].
     b.qkv = arena.alloc({n, qkv_cols}, dtype_);
-    const std::int64_t q_cols = local_heads_ * head_dim_, kv_cols = local_kv_heads_ * head_dim_;
-    gemm(b.h1, weight(b.q), b.qkv.as_strided({n, q_cols}, {qkv_cols, 1}, 0), false, true, 1.0f, 0.0f, stream);
-    gemm(b.h1, weight(b.k), b.qkv.as_strided({n, kv_cols}, {qkv_cols, 1}, q_cols), false, true, 1.0f, 0.0f, stream);
-    gemm(b.h1, weight(b.v), b.qkv.as_strided({n, kv_cols}, {qkv_cols, 1}, q_cols + kv_cols), false, true, 1.0f, 0.0f,
-         stream);
-    b.q_heads = arena.alloc({s.batch, local_heads_, s.seq, head_dim_}, dtype_);
-    b.k_heads = arena.alloc({s.batch, local_kv_heads_, s.seq, head_dim_}, dtype_);
-    b.v_heads = arena.alloc({s.batch, local_kv_heads_, s.seq, head_dim_}, dtype_);
-    split_qkv_heads(b.qkv, b.q_heads, b.k_heads, b.v_heads, stream);
-    rope_forward(b.q_heads, b.q_heads, theta, stream);
-    rope_forward(b.k_heads, b.k_heads, theta, stream);
-    b.attn_heads = arena.alloc(b.q_heads.shape(), dtype_);
-    // Flash attention where the device has kernels for it (it keeps only a log-sum-exp per row);
-    // otherwise the [T, T] probabilities are saved for the backward.
-    if (flash_attention_supported(b.q_heads)) {
-      b.probs = Tensor();
-      b.lse = arena.alloc({s.batch, local_heads_, s.seq}, DType::f32);
-      flash_attention_forward(b.q_heads, b.k_heads, b.v_heads, b.attn_heads, b.lse, stream);
+    if (const Tensor w = qkv_weight(b); w.defined()) {
+      gemm(b.h1, w, b.qkv, false, true, 1.0f, 0.0f, stream);
     } else {
-      b.probs = arena.alloc({s.batch, local_heads_, s.seq, s.seq}, dtype_);
-      attention_forward(b.q_heads, b.k_heads, b.v_heads, b.attn_heads, b.probs, stream);
+      gemm(b.h1, weight(b.q), b.qkv.as_strided({n, q_cols}, {qkv_cols, 1}, 0), false, true, 1.0f, 0.0f, stream);
+      gemm(b.h1, weight(b.k), b.qkv.as_strided({n, kv_cols}, {qkv_cols, 1}, q_cols), false, true, 1.0f, 0.0f, stream);
+      gemm(b.h1, weight(b.v), b.qkv.as_strided({n, kv_cols}, {qkv_cols, 1}, q_cols + kv_cols), false, true, 1.0f,
+           0.0f, stream);
     }
     b.attn_rows = arena.alloc({n, q_cols}, dtype_);
-    merge_heads(b.attn_heads, b.attn_rows, stream);
+    if (flash_attention_supported(heads_view(b.qkv, s.batch, local_heads_, s.seq, head_dim_, 0))) {
+      // Flash attention reads q, k, v in place and writes token-major rows; RoPE rotates the q
+      // and k heads (adjacent columns) in place. Only a log-sum-exp per row is saved.
+      rope_forward(heads_view(b.qkv, s.batch, local_heads_ + local_kv_heads_, s.seq, head_dim_, 0),
+                   heads_view(b.qkv, s.batch, local_heads_ + local_kv_heads_, s.seq, head_dim_, 0), theta, stream);
+      b.probs = Tensor();
+      b.lse = arena.alloc({s.batch, local_heads_, s.seq}, DType::f32);
+      flash_attention_forward(heads_view(b.qkv, s.batch, local_heads_, s.seq, head_dim_, 0),
+                              heads_view(b.qkv, s.batch, local_kv_heads_, s.seq, head_dim_, q_cols),
+                              heads_view(b.qkv, s.batch, local_kv_heads_, s.seq, head_dim_, q_cols + kv_cols),
+                              heads_view(b.attn_rows, s.batch, local_heads_, s.seq, head_dim_, 0), b.lse, stream);
+    } else {
+      // Without flash kernels the [T, T] probabilities are saved, on head-major copies.
+      b.q_heads = arena.alloc({s.batch, local_heads_, s.seq, head_dim_}, dtype_);
+      b.k_heads = arena.alloc({s.batch, local_kv_heads_, s.seq, head_dim_}, dtype_);
+      b.v_heads = arena.alloc({s.batch, local_kv_heads_, s.seq, head_dim_}, dtype_);
+      split_qkv_heads(b.qkv, b.q_heads, b.k_heads, b.v_heads, stream);
+      rope_forward(b.q_heads, b.q_heads, theta, stream);
+      rope_forward(b.k_heads, b.k_heads, theta, stream);
+      b.attn_heads = arena.alloc(b.q_heads.shape(), dtype_);
+      b.probs = arena.alloc({s.batch, local_heads_, s.seq, s.seq}, dtype_);
+      attention_forward(b.q_heads, b.k_heads, b.v_heads, b.attn_heads, b.probs, stream);
+      merge_heads(b.attn_heads, b.attn_rows, stream);
+    }
     Tensor y = arena.alloc({n, d_}, dtype_);
     row_parallel_forward(tp, b.attn_rows, weight(b.out), y, stream);
-    b.x_mid = arena.alloc({n, d_}, dtype_);
-    sy::add(x, y, b.x_mid, stream);
 
-    // FFN: x_out = x_mid + ffn(rmsnorm(x_mid)), dense or MoE.
+    // FFN: x_out = x_mid + ffn(rmsnorm(x_mid)), dense or MoE; x_mid's add is fused into the norm.
     b.rstd2 = arena.alloc({n}, DType::f32);
     b.h2 = arena.alloc({n, d_}, dtype_);
-    rmsnorm_forward(b.x_mid, weight(b.ffn_norm), b.h2, b.rstd2, eps, stream);
+    b.x_mid = arena.alloc({n, d_}, dtype_);
+    add_rmsnorm_forward(x, y, b.x_mid, weight(b.ffn_norm), b.h2, b.rstd2, eps, stream);
     Tensor y2 = arena.alloc({n, d_}, dtype_);
     if (b.moe) {
       MoeWeights w{b.router->master(), b.noise ? b.noise->master() : Tensor(), {weight(b.w_in), weight(b.w_out)}};
@@ -304,13 +353,14 @@ void Model::forward(const Tensor& tokens, const Tensor& targets, std::int64_t fi
       }
       row_parallel_forward(tp, b.a, weight(b.down), y2, stream);
     }
-    b.x_out = arena.alloc({n, d_}, dtype_);
-    sy::add(b.x_mid, y2, b.x_out, stream);
-    x = b.x_out;
+    x = b.x_mid;
+    pending = y2;
+    previous = &b;
   }
   s.final_rstd = arena.alloc({n}, DType::f32);
   s.xf = arena.alloc({n, d_}, dtype_);
-  rmsnorm_forward(x, weight(final_norm_), s.xf, s.final_rstd, eps, stream);
+  norm(weight(final_norm_), s.xf, s.final_rstd);
+  s.x_last = x;
   s.logits = arena.alloc({n, vocab_}, dtype_);
   gemm(s.xf, weight(lm_head_), s.logits, false, true, 1.0f, 0.0f, stream);
   s.lse = arena.alloc({n}, DType::f32);
@@ -334,12 +384,12 @@ void Model::backward(float loss_scale, Arena& arena, StreamRef stream,
   if (lm_head_ != embed_) ready(lm_head_);
   Tensor dxf = arena.alloc({n, d_}, dtype_);
   gemm(s.logits, weight(lm_head_), dxf, false, false, 1.0f, 0.0f, stream);
+  // dx: the residual stream's gradient; each norm's input gradient is added into it.
   Tensor dx = arena.alloc({n, d_}, dtype_);
-  const Tensor x_last = blocks_.empty() ? s.x0 : blocks_.back()->x_out;
-  rmsnorm_backward(x_last, weight(final_norm_), s.final_rstd, dxf, dx, final_norm_->grad(), stream);
+  rmsnorm_backward(s.x_last, weight(final_norm_), s.final_rstd, dxf, dx, final_norm_->grad(), stream);
   ready(final_norm_);
 
-  Tensor scratch = arena.alloc({n, d_}, dtype_);  // the gradient through a norm, added to the residual
+  const std::int64_t q_cols = local_heads_ * head_dim_, kv_cols = local_kv_heads_ * head_dim_;
   for (auto it = blocks_.rbegin(); it != blocks_.rend(); ++it) {
     Block& b = **it;
     // Everything a block's backward allocates is dead once dx has passed through it (all on
@@ -371,49 +421,65 @@ void Model::backward(float loss_scale, Arena& arena, StreamRef stream,
       column_parallel_backward(tp, b.h2, weight(b.up), du, dh2, b.up->grad(), stream);
       ready(b.up);
     }
-    rmsnorm_backward(b.x_mid, weight(b.ffn_norm), b.rstd2, dh2, scratch, b.ffn_norm->grad(), stream);
-    ready(b.ffn_norm);
-    sy::add(dx, scratch, dx, stream);  // now d x_mid
+    rmsnorm_backward_residual(b.x_mid, weight(b.ffn_norm), b.rstd2, dh2, dx, b.ffn_norm->grad(), stream);
+    ready(b.ffn_norm);  // dx is now d x_mid
 
     // Attention.
-    const std::int64_t q_cols = local_heads_ * head_dim_, kv_cols = local_kv_heads_ * head_dim_;
     Tensor d_rows = arena.alloc({n, q_cols}, dtype_);
     row_parallel_backward(tp, b.attn_rows, weight(b.out), dx, d_rows, b.out->grad(), stream);
     ready(b.out);
-    Tensor d_heads = arena.alloc(b.attn_heads.shape(), dtype_);
-    split_heads(d_rows, d_heads, stream);
-    Tensor dq = arena.alloc(b.q_heads.shape(), dtype_), dk = arena.alloc(b.k_heads.shape(), dtype_);
-    Tensor dv = arena.alloc(b.v_heads.shape(), dtype_);
-    if (b.probs.defined()) {
+    Tensor dqkv = arena.alloc({n, qkv_cols}, dtype_);
+    if (!b.probs.defined()) {
+      // dq, dk, dv land in place in dqkv's columns; RoPE's transpose then rotates dq and dk back.
+      Tensor delta = arena.alloc(b.lse.shape(), DType::f32);
+      flash_attention_backward(heads_view(b.qkv, s.batch, local_heads_, s.seq, head_dim_, 0),
+                               heads_view(b.qkv, s.batch, local_kv_heads_, s.seq, head_dim_, q_cols),
+                               heads_view(b.qkv, s.batch, local_kv_heads_, s.seq, head_dim_, q_cols + kv_cols),
+                               heads_view(b.attn_rows, s.batch, local_heads_, s.seq, head_dim_, 0), b.lse,
+                               heads_view(d_rows, s.batch, local_heads_, s.seq, head_dim_, 0),
+                               heads_view(dqkv, s.batch, local_heads_, s.seq, head_dim_, 0),
+                               heads_view(dqkv, s.batch, local_kv_heads_, s.seq, head_dim_, q_cols),
+                               heads_view(dqkv, s.batch, local_kv_heads_, s.seq, head_dim_, q_cols + kv_cols), delta,
+                               stream);
+      const Tensor dqk = heads_view(dqkv, s.batch, local_heads_ + local_kv_heads_, s.seq, head_dim_, 0);
+      rope_backward(dqk, dqk, theta, stream);
+    } else {
+      Tensor d_heads = arena.alloc(b.attn_heads.shape(), dtype_);
+      split_heads(d_rows, d_heads, stream);
+      Tensor dq = arena.alloc(b.q_heads.shape(), dtype_), dk = arena.alloc(b.k_heads.shape(), dtype_);
+      Tensor dv = arena.alloc(b.v_heads.shape(), dtype_);
       Tensor dprobs = arena.alloc(b.probs.shape(), dtype_);
       attention_backward(b.q_heads, b.k_heads, b.v_heads, b.probs, d_heads, dq, dk, dv, dprobs, stream);
-    } else {
-      Tensor delta = arena.alloc(b.lse.shape(), DType::f32);
-      flash_attention_backward(b.q_heads, b.k_heads, b.v_heads, b.attn_heads, b.lse, d_heads, dq, dk, dv, delta,
-                               stream);
+      rope_backward(dq, dq, theta, stream);
+      rope_backward(dk, dk, theta, stream);
+      merge_qkv_heads(dq, dk, dv, dqkv, stream);
     }
-    rope_backward(dq, dq, theta, stream);
-    rope_backward(dk, dk, theta, stream);
-    Tensor dqkv = arena.alloc({n, qkv_cols}, dtype_);
-    merge_qkv_heads(dq, dk, dv, dqkv, stream);
-    const Tensor dq_rows = dqkv.as_strided({n, q_cols}, {qkv_cols, 1}, 0);
-    const Tensor dk_rows = dqkv.as_strided({n, kv_cols}, {qkv_cols, 1}, q_cols);
-    const Tensor dv_rows = dqkv.as_strided({n, kv_cols}, {qkv_cols, 1}, q_cols + kv_cols);
     // Column-parallel q, k, v: weight gradients locally, the input gradient summed over tp.
-    gemm(dv_rows, b.h1, b.v->grad(), true, false, 1.0f, 1.0f, stream);
-    ready(b.v);
-    gemm(dk_rows, b.h1, b.k->grad(), true, false, 1.0f, 1.0f, stream);
-    ready(b.k);
-    gemm(dq_rows, b.h1, b.q->grad(), true, false, 1.0f, 1.0f, stream);
-    ready(b.q);
     Tensor dh1 = arena.alloc({n, d_}, dtype_);
-    gemm(dq_rows, weight(b.q), dh1, false, false, 1.0f, 0.0f, stream);
-    gemm(dk_rows, weight(b.k), dh1, false, false, 1.0f, 1.0f, stream);
-    gemm(dv_rows, weight(b.v), dh1, false, false, 1.0f, 1.0f, stream);
+    const Tensor w_qkv = qkv_weight(b), dw_qkv = qkv_grad(b);
+    if (w_qkv.defined() && dw_qkv.defined()) {
+      gemm(dqkv, b.h1, dw_qkv, true, false, 1.0f, 1.0f, stream);
+      ready(b.v);
+      ready(b.k);
+      ready(b.q);
+      gemm(dqkv, w_qkv, dh1, false, false, 1.0f, 0.0f, stream);
+    } else {
+      const Tensor dq_rows = dqkv.as_strided({n, q_cols}, {qkv_cols, 1}, 0);
+      const Tensor dk_rows = dqkv.as_strided({n, kv_cols}, {qkv_cols, 1}, q_cols);
+      const Tensor dv_rows = dqkv.as_strided({n, kv_cols}, {qkv_cols, 1}, q_cols + kv_cols);
+      gemm(dv_rows, b.h1, b.v->grad(), true, false, 1.0f, 1.0f, stream);
+      ready(b.v);
+      gemm(dk_rows, b.h1, b.k->grad(), true, false, 1.0f, 1.0f, stream);
+      ready(b.k);
+      gemm(dq_rows, b.h1, b.q->grad(), true, false, 1.0f, 1.0f, stream);
+      ready(b.q);
+      gemm(dq_rows, weight(b.q), dh1, false, false, 1.0f, 0.0f, stream);
+      gemm(dk_rows, weight(b.k), dh1, false, false, 1.0f, 1.0f, stream);
+      gemm(dv_rows, weight(b.v), dh1, false, false, 1.0f, 1.0f, stream);
+    }
     if (tp.size() > 1) tp.all_reduce(dh1, ReduceOp::sum, stream);
-    rmsnorm_backward(b.x_in, weight(b.attn_norm), b.rstd1, dh1, scratch, b.attn_norm->grad(), stream);
-    ready(b.attn_norm);
-    sy::add(dx, scratch, dx, stream);  // now d x_in
+    rmsnorm_backward_residual(b.x_in, weight(b.attn_norm), b.rstd1, dh1, dx, b.attn_norm->grad(), stream);
+    ready(b.attn_norm);  // dx is now d x_in
     arena.release_to(block_mark);
   }
   embedding_backward(s.tokens, dx, embed_->grad(), stream);

@@ -70,6 +70,10 @@ class Model {
   struct Saved;
 
   const Tensor& weight(const Parameter* p) const;  // the compute copy, or the fp32 master
+  // A block's q, k, v weights (gradients) as one [(Hq + 2 Hkv) D, d] matrix when they are stored
+  // back to back, else undefined (then the projections run as three GEMMs).
+  Tensor qkv_weight(const Block& b) const;
+  Tensor qkv_grad(const Block& b) const;
   Parameter* add(ParameterRegistry& registry, const std::string& name, const Shape& global, int tp_axis,
                  bool expert, bool decay, double init_scale);
 

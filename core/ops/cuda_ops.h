@@ -34,6 +34,10 @@ void rmsnorm_forward(const Tensor& x, const Tensor& weight, const Tensor& y, con
                      StreamRef stream);
 void rmsnorm_backward(const Tensor& x, const Tensor& weight, const Tensor& rstd, const Tensor& dy, const Tensor& dx,
                       const Tensor& dweight, StreamRef stream);
+void add_rmsnorm_forward(const Tensor& a, const Tensor& b, const Tensor& sum, const Tensor& weight, const Tensor& y,
+                         const Tensor& rstd, float eps, StreamRef stream);
+void rmsnorm_backward_residual(const Tensor& x, const Tensor& weight, const Tensor& rstd, const Tensor& dy,
+                               const Tensor& dresidual, const Tensor& dweight, StreamRef stream);
 
 void rope_forward(const Tensor& x, const Tensor& y, float theta, StreamRef stream);
 void rope_backward(const Tensor& dy, const Tensor& dx, float theta, StreamRef stream);

@@ -19,28 +19,35 @@ struct Dims {
   std::int64_t group() const { return heads / kv_heads; }
 };
 
-// Scores scale * q[t] . k[j] for j <= t of one query row, into `s`; returns their maximum.
+// Row (b, h, t) of a [B, H, T, D] view whose last axis is contiguous; the other axes may have
+// any strides (e.g. heads viewed in place inside a token-major [B*T, H*D] matrix).
 template <class T>
-double row_scores(const T* q_row, const T* k_head, std::int64_t t, std::int64_t dim, double scale,
-                  std::vector<double>& s) {
+T* row_of(const Tensor& x, std::int64_t b, std::int64_t h, std::int64_t t) {
+  return x.ptr<T>() + b * x.stride(0) + h * x.stride(1) + t * x.stride(2);
+}
+
+// Scores scale * q_row . k[j] for j <= t of one query row, into `s`; returns their maximum.
+template <class T>
+double row_scores(const T* q_row, const Tensor& k, std::int64_t b, std::int64_t kv_head, std::int64_t t,
+                  std::int64_t dim, double scale, std::vector<double>& s) {
   double row_max = -INFINITY;
   for (std::int64_t j = 0; j <= t; ++j) {
+    const T* k_row = row_of<T>(k, b, kv_head, j);
     double dot = 0;
-    for (std::int64_t c = 0; c < dim; ++c) dot += to_double(q_row[c]) * to_double(k_head[j * dim + c]);
+    for (std::int64_t c = 0; c < dim; ++c) dot += to_double(q_row[c]) * to_double(k_row[c]);
     s[std::size_t(j)] = dot * scale;
     row_max = std::max(row_max, s[std::size_t(j)]);
   }
   return row_max;
 }
 
-// Calls fn(row, kv0, t) for every query row: `row` indexes the rows of q, out, dout and lse,
-// `kv0` is the first row of its kv head in k and v, `t` its position in the sequence.
+// Calls fn(b, h, kv_head, t, row) for every query row; `row` indexes the contiguous [B, Hq, T]
+// row statistics (lse).
 template <class Fn>
 void for_each_query_row(const Dims& d, Fn&& fn) {
   for (std::int64_t b = 0; b < d.batch; ++b)
     for (std::int64_t h = 0; h < d.heads; ++h)
-      for (std::int64_t t = 0; t < d.seq; ++t)
-        fn((b * d.heads + h) * d.seq + t, (b * d.kv_heads + h / d.group()) * d.seq, t);
+      for (std::int64_t t = 0; t < d.seq; ++t) fn(b, h, h / d.group(), t, (b * d.heads + h) * d.seq + t);
 }
 
 template <class T>
@@ -49,16 +56,16 @@ void forward_cpu(const Dims& d, const Tensor& q, const Tensor& k, const Tensor& 
   const std::int64_t seq = d.seq, dim = d.head_dim;
   const double scale = 1.0 / std::sqrt(double(dim));
   std::vector<double> s(static_cast<std::size_t>(seq)), o(static_cast<std::size_t>(dim));
-  for_each_query_row(d, [&](std::int64_t row, std::int64_t kv0, std::int64_t t) {
-    const T* k_head = k.ptr<T>() + kv0 * dim;
-    const T* v_head = v.ptr<T>() + kv0 * dim;
-    const double row_max = row_scores(q.ptr<T>() + row * dim, k_head, t, dim, scale, s);
+  for_each_query_row(d, [&](std::int64_t b, std::int64_t h, std::int64_t kvh, std::int64_t t, std::int64_t row) {
+    const double row_max = row_scores(row_of<T>(q, b, h, t), k, b, kvh, t, dim, scale, s);
     double sum = 0;
     for (std::int64_t j = 0; j <= t; ++j) sum += s[std::size_t(j)] = std::exp(s[std::size_t(j)] - row_max);
     std::fill(o.begin(), o.end(), 0.0);
-    for (std::int64_t j = 0; j <= t; ++j)
-      for (std::int64_t c = 0; c < dim; ++c) o[std::size_t(c)] += s[std::size_t(j)] * to_double(v_head[j * dim + c]);
-    T* out_row = out.ptr<T>() + row * dim;
+    for (std::int64_t j = 0; j <= t; ++j) {
+      const T* v_row = row_of<T>(v, b, kvh, j);
+      for (std::int64_t c = 0; c < dim; ++c) o[std::size_t(c)] += s[std::size_t(j)] * to_double(v_row[c]);
+    }
+    T* out_row = row_of<T>(out, b, h, t);
     for (std::int64_t c = 0; c < dim; ++c) out_row[c] = from_double<T>(o[std::size_t(c)] / sum);
     lse.ptr<float>()[row] = float(row_max + std::log(sum));
   });
@@ -71,36 +78,65 @@ void backward_cpu(const Dims& d, const Tensor& q, const Tensor& k, const Tensor&
                   const Tensor& lse, const Tensor& dout, const Tensor& dq, const Tensor& dk, const Tensor& dv) {
   const std::int64_t seq = d.seq, dim = d.head_dim;
   const double scale = 1.0 / std::sqrt(double(dim));
-  std::vector<double> dk_acc(std::size_t(k.numel()), 0.0), dv_acc(std::size_t(v.numel()), 0.0);
+  // dk, dv accumulate in double over [B, Hkv, T, D], contiguous, and are written at the end.
+  const std::size_t kv_elements = std::size_t(d.batch * d.kv_heads * seq * dim);
+  std::vector<double> dk_acc(kv_elements, 0.0), dv_acc(kv_elements, 0.0);
+  auto acc_row = [&](std::int64_t b, std::int64_t kvh, std::int64_t j) {
+    return std::size_t(((b * d.kv_heads + kvh) * seq + j) * dim);
+  };
   std::vector<double> s(static_cast<std::size_t>(seq)), dq_row(static_cast<std::size_t>(dim));
-  for_each_query_row(d, [&](std::int64_t row, std::int64_t kv0, std::int64_t t) {
-    const T* k_head = k.ptr<T>() + kv0 * dim;
-    const T* v_head = v.ptr<T>() + kv0 * dim;
-    const T* q_row = q.ptr<T>() + row * dim;
-    const T* do_row = dout.ptr<T>() + row * dim;
-    const T* o_row = out.ptr<T>() + row * dim;
-    row_scores(q_row, k_head, t, dim, scale, s);
+  for_each_query_row(d, [&](std::int64_t b, std::int64_t h, std::int64_t kvh, std::int64_t t, std::int64_t row) {
+    const T* q_row = row_of<T>(q, b, h, t);
+    const T* do_row = row_of<T>(dout, b, h, t);
+    const T* o_row = row_of<T>(out, b, h, t);
+    row_scores(q_row, k, b, kvh, t, dim, scale, s);
     const double row_lse = lse.ptr<float>()[row];
     double delta = 0;
     for (std::int64_t c = 0; c < dim; ++c) delta += to_double(do_row[c]) * to_double(o_row[c]);
     std::fill(dq_row.begin(), dq_row.end(), 0.0);
     for (std::int64_t j = 0; j <= t; ++j) {
+      const T* k_row = row_of<T>(k, b, kvh, j);
+      const T* v_row = row_of<T>(v, b, kvh, j);
       const double p = std::exp(s[std::size_t(j)] - row_lse);
       double dp = 0;
-      for (std::int64_t c = 0; c < dim; ++c) dp += to_double(do_row[c]) * to_double(v_head[j * dim + c]);
+      for (std::int64_t c = 0; c < dim; ++c) dp += to_double(do_row[c]) * to_double(v_row[c]);
       const double ds = p * (dp - delta) * scale;
+      const std::size_t acc = acc_row(b, kvh, j);
       for (std::int64_t c = 0; c < dim; ++c) {
-        dq_row[std::size_t(c)] += ds * to_double(k_head[j * dim + c]);
-        dk_acc[std::size_t((kv0 + j) * dim + c)] += ds * to_double(q_row[c]);
-        dv_acc[std::size_t((kv0 + j) * dim + c)] += p * to_double(do_row[c]);
+        dq_row[std::size_t(c)] += ds * to_double(k_row[c]);
+        dk_acc[acc + std::size_t(c)] += ds * to_double(q_row[c]);
+        dv_acc[acc + std::size_t(c)] += p * to_double(do_row[c]);
       }
     }
-    T* dq_out = dq.ptr<T>() + row * dim;
+    T* dq_out = row_of<T>(dq, b, h, t);
     for (std::int64_t c = 0; c < dim; ++c) dq_out[c] = from_double<T>(dq_row[std::size_t(c)]);
   });
-  for (std::size_t i = 0; i < dk_acc.size(); ++i) {
-    dk.ptr<T>()[i] = from_double<T>(dk_acc[i]);
-    dv.ptr<T>()[i] = from_double<T>(dv_acc[i]);
+  for (std::int64_t b = 0; b < d.batch; ++b)
+    for (std::int64_t kvh = 0; kvh < d.kv_heads; ++kvh)
+      for (std::int64_t j = 0; j < seq; ++j) {
+        T* dk_out = row_of<T>(dk, b, kvh, j);
+        T* dv_out = row_of<T>(dv, b, kvh, j);
+        const std::size_t acc = acc_row(b, kvh, j);
+        for (std::int64_t c = 0; c < dim; ++c) {
+          dk_out[c] = from_double<T>(dk_acc[acc + std::size_t(c)]);
+          dv_out[c] = from_double<T>(dv_acc[acc + std::size_t(c)]);
+        }
+      }
+}
+
+// q, k, v, out, dout, dq, dk, dv are [B, H, T, D] views: the last axis contiguous, the others
+// any stride (checked here). lse and delta are contiguous.
+void check_head_view(const char* op, const char* name, const Tensor& t) {
+  SY_CHECK(t.dim() == 4) << op << ": " << name << " must be [B, H, T, D], got " << t.describe();
+  SY_CHECK(t.stride(3) == 1) << op << ": " << name << " must have a contiguous last axis (head dim), got "
+                             << t.describe() << " with stride " << t.stride(3);
+  if (t.is_cuda()) {
+    // 16-byte rows: cp.async and the 4-byte stores of the kernels need aligned row starts.
+    const bool aligned = reinterpret_cast<std::uintptr_t>(t.data()) % 16 == 0 && t.stride(0) % 8 == 0 &&
+                         t.stride(1) % 8 == 0 && t.stride(2) % 8 == 0;
+    SY_CHECK(aligned) << op << ": CUDA " << name << " must start 16-byte aligned with strides that are multiples of 8 "
+                      << "elements, got " << t.describe() << " with strides (" << t.stride(0) << ", " << t.stride(1)
+                      << ", " << t.stride(2) << ", 1)";
   }
 }
 
@@ -116,20 +152,20 @@ Dims check_args(const char* op, const Tensor& q, const Tensor& k, const Tensor& 
   SY_CHECK(d.kv_heads > 0 && d.heads % d.kv_heads == 0)
       << op << ": n_heads " << d.heads << " is not a multiple of n_kv_heads " << d.kv_heads << " (q " << q.describe()
       << ", k " << k.describe() << ")";
-  check_contiguous(op, "q", q);
-  check_contiguous(op, "k", k);
-  check_contiguous(op, "v", v);
+  check_head_view(op, "q", q);
+  check_head_view(op, "k", k);
+  check_head_view(op, "v", v);
   check_shape(op, "k", k, {d.batch, d.kv_heads, d.seq, d.head_dim});
   check_shape(op, "v", v, k.shape());
   check_dtype(op, "k", k, q.dtype());
   check_dtype(op, "v", v, q.dtype());
   for (const auto& [name, t] : like_q) {
-    check_contiguous(op, name, *t);
+    check_head_view(op, name, *t);
     check_shape(op, name, *t, q.shape());
     check_dtype(op, name, *t, q.dtype());
   }
   for (const auto& [name, t] : like_k) {
-    check_contiguous(op, name, *t);
+    check_head_view(op, name, *t);
     check_shape(op, name, *t, k.shape());
     check_dtype(op, name, *t, q.dtype());
   }
@@ -139,9 +175,6 @@ Dims check_args(const char* op, const Tensor& q, const Tensor& k, const Tensor& 
   if (q.is_cuda()) {
     SY_CHECK(flash_attention_supported(q))
         << op << ": the CUDA kernels take bf16 with head dim 64 or 128, got q " << q.describe();
-    for (const Tensor* t : {&q, &k, &v})
-      SY_CHECK(reinterpret_cast<std::uintptr_t>(t->data()) % 16 == 0)
-          << op << ": CUDA inputs must be 16-byte aligned, got " << t->describe();
   }
   return d;
 }

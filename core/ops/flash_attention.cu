@@ -9,6 +9,10 @@
 // query tiles of each key tile (dK, dV, summed over the g query heads of a kv head in
 // registers), the other walks the key tiles of each query tile (dQ).
 //
+// Every [B, H, T, D] operand is a view with its own B, H and T strides (HeadView), so q, k and v
+// are read in place from the token-major qkv projection and out, dq, dk, dv are written straight
+// into token-major rows: the attention block needs no head-layout copies.
+//
 // Fragment layouts (PTX ISA, mma.m16n8k16 .bf16): lane = 4 * g + t. A (16x16): a0 = (g, 2t..2t+1),
 // a1 = (g+8, 2t..), a2 = (g, 2t+8..), a3 = (g+8, 2t+8..). B (16x8, k x n): b0 = (k 2t..2t+1, n g),
 // b1 = (k 2t+8.., n g). C (16x8): c0, c1 = (g, 2t..2t+1), c2, c3 = (g+8, 2t..). Two adjacent C
@@ -81,14 +85,16 @@ __device__ __forceinline__ SmemTile<D> tile_at(unsigned char* smem, int index) {
   return {reinterpret_cast<bf16*>(smem) + index * kTile * D};
 }
 
-// Copies rows [row0, row0 + 64) of a [rows, D] matrix into the tile; rows past `rows` become 0.
+// Copies rows [row0, row0 + 64) of a [rows, D] matrix whose rows are `row_stride` elements apart
+// into the tile; rows past `rows` become 0.
 template <int D>
-__device__ __forceinline__ void load_tile(SmemTile<D> tile, const bf16* src, int row0, int rows) {
+__device__ __forceinline__ void load_tile(SmemTile<D> tile, const bf16* src, std::int64_t row_stride, int row0,
+                                          int rows) {
   constexpr int chunks = D / 8;
   for (int c = threadIdx.x; c < kTile * chunks; c += kThreads) {
     const int r = c / chunks, chunk = c % chunks;
     const bool valid = row0 + r < rows;
-    const bf16* from = src + std::int64_t(valid ? row0 + r : 0) * D + chunk * 8;
+    const bf16* from = src + std::int64_t(valid ? row0 + r : 0) * row_stride + chunk * 8;
     cp_async16(tile.at(r, chunk), from, valid);
   }
 }
@@ -97,10 +103,11 @@ __device__ __forceinline__ void load_tile(SmemTile<D> tile, const bf16* src, int
 // buffer, then waits for tile j and makes it visible to every warp.
 template <int D>
 __device__ __forceinline__ void next_kv_tile(SmemTile<D> k_next, SmemTile<D> v_next, const bf16* k_head,
-                                             const bf16* v_head, int j, int kv_tiles, int rows) {
+                                             std::int64_t k_stride, const bf16* v_head, std::int64_t v_stride, int j,
+                                             int kv_tiles, int rows) {
   if (j + 1 < kv_tiles) {
-    load_tile(k_next, k_head, (j + 1) * kTile, rows);
-    load_tile(v_next, v_head, (j + 1) * kTile, rows);
+    load_tile(k_next, k_head, k_stride, (j + 1) * kTile, rows);
+    load_tile(v_next, v_head, v_stride, (j + 1) * kTile, rows);
     cp_async_commit();
     cp_async_wait<1>();
   } else {
@@ -170,19 +177,20 @@ __device__ __forceinline__ void zero(float (&acc)[N][4]) {
   for (int i = 0; i < N; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.0f;
 }
 
-// Writes a warp's 16 x D accumulator (rows row0.. of a [rows, D] matrix) as bf16, times `scale`.
+// Writes a warp's 16 x D accumulator (rows row0.. of a [rows, D] matrix with rows `row_stride`
+// elements apart) as bf16, times `scale`.
 template <int D>
-__device__ __forceinline__ void store_rows(bf16* dst, const float (&acc)[D / 8][4], int row0, int rows, float scale0,
-                                           float scale1) {
+__device__ __forceinline__ void store_rows(bf16* dst, std::int64_t row_stride, const float (&acc)[D / 8][4], int row0,
+                                           int rows, float scale0, float scale1) {
   const int lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
 #pragma unroll
   for (int nt = 0; nt < D / 8; ++nt) {
     const int col = nt * 8 + 2 * t;
     if (row0 + g < rows)
-      *reinterpret_cast<__nv_bfloat162*>(dst + std::int64_t(row0 + g) * D + col) =
+      *reinterpret_cast<__nv_bfloat162*>(dst + std::int64_t(row0 + g) * row_stride + col) =
           __floats2bfloat162_rn(acc[nt][0] * scale0, acc[nt][1] * scale0);
     if (row0 + g + 8 < rows)
-      *reinterpret_cast<__nv_bfloat162*>(dst + std::int64_t(row0 + g + 8) * D + col) =
+      *reinterpret_cast<__nv_bfloat162*>(dst + std::int64_t(row0 + g + 8) * row_stride + col) =
           __floats2bfloat162_rn(acc[nt][2] * scale1, acc[nt][3] * scale1);
   }
 }
@@ -192,21 +200,29 @@ struct Shape {
   __host__ __device__ int group() const { return heads / kv_heads; }
 };
 
+// A [B, H, T, D] operand: its base and element strides of the B, H and T axes (D is contiguous).
+// Head-major tensors have strides (H T D, T D, D); heads viewed inside a token-major
+// [B T, H D] matrix have (T H D, D, H D).
+struct HeadView {
+  bf16* data;
+  std::int64_t batch, head, row;
+  __device__ bf16* head_at(int b, int h) const { return data + b * batch + h * head; }
+};
+
 // ---- forward -----------------------------------------------------------------------------------
 // Grid (query tiles, Hq, B). out [B, Hq, T, D]; lse [B, Hq, T] natural log-sum-exp of the scaled
 // scores of each row.
 template <int D>
-__global__ void __launch_bounds__(kThreads) flash_forward_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k,
-                                                                 const bf16* __restrict__ v, bf16* __restrict__ out,
-                                                                 float* __restrict__ lse, Shape s, float scale_log2) {
+__global__ void __launch_bounds__(kThreads) flash_forward_kernel(const HeadView q, const HeadView k, const HeadView v,
+                                                                 const HeadView out, float* __restrict__ lse, Shape s,
+                                                                 float scale_log2) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int q_tile = gridDim.x - 1 - blockIdx.x;  // the longest rows first: causal tiles grow with the index
   const int head = blockIdx.y, batch = blockIdx.z, kv_head = head / s.group();
-  const std::int64_t q_off = (std::int64_t(batch) * s.heads + head) * s.seq;
-  const std::int64_t kv_off = (std::int64_t(batch) * s.kv_heads + kv_head) * s.seq;
-  const bf16* q_head = q + q_off * D;
-  const bf16* k_head = k + kv_off * D;
-  const bf16* v_head = v + kv_off * D;
+  const std::int64_t q_off = (std::int64_t(batch) * s.heads + head) * s.seq;  // into lse
+  const bf16* q_head = q.head_at(batch, head);
+  const bf16* k_head = k.head_at(batch, kv_head);
+  const bf16* v_head = v.head_at(batch, kv_head);
   // Tiles: Q, then K and V of buffer 0, then of buffer 1.
   const SmemTile<D> qs = tile_at<D>(smem, 0);
   auto ks = [&](int buf) { return tile_at<D>(smem, 1 + 2 * buf); };
@@ -214,10 +230,10 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(const bf16* __r
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
   const int row0 = q_tile * kTile + warp * 16;  // this warp's first query row
 
-  load_tile(qs, q_head, q_tile * kTile, s.seq);
+  load_tile(qs, q_head, q.row, q_tile * kTile, s.seq);
   cp_async_commit();
-  load_tile(ks(0), k_head, 0, s.seq);
-  load_tile(vs(0), v_head, 0, s.seq);
+  load_tile(ks(0), k_head, k.row, 0, s.seq);
+  load_tile(vs(0), v_head, v.row, 0, s.seq);
   cp_async_commit();
 
   float o[D / 8][4];
@@ -225,7 +241,7 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(const bf16* __r
   float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
   const int kv_tiles = q_tile + 1;  // key tiles at or left of the diagonal
   for (int j = 0; j < kv_tiles; ++j) {
-    next_kv_tile<D>(ks((j + 1) & 1), vs((j + 1) & 1), k_head, v_head, j, kv_tiles, s.seq);
+    next_kv_tile<D>(ks((j + 1) & 1), vs((j + 1) & 1), k_head, k.row, v_head, v.row, j, kv_tiles, s.seq);
     float sc[8][4];
     zero(sc);
     product_nt<D>(sc, qs, warp * 16, ks(j & 1));
@@ -276,21 +292,27 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(const bf16* __r
     const int row = row0 + g + 8 * r;
     if (t == 0 && row < s.seq) lse[q_off + row] = (row_max[r] + log2f(row_sum[r])) / kLog2e;
   }
-  store_rows<D>(out + q_off * D, o, row0, s.seq, inv[0], inv[1]);
+  store_rows<D>(out.head_at(batch, head), out.row, o, row0, s.seq, inv[0], inv[1]);
 }
 
 // ---- backward ----------------------------------------------------------------------------------
 // delta[row] = sum_d dout[row, d] * out[row, d] (fp32): the row term of the softmax backward.
+// Rows are numbered as delta's [B, Hq, T].
 template <int D>
-__global__ void flash_delta_kernel(const bf16* __restrict__ out, const bf16* __restrict__ dout,
-                                   float* __restrict__ delta, std::int64_t rows) {
+__global__ void flash_delta_kernel(const HeadView out, const HeadView dout, float* __restrict__ delta, Shape s,
+                                   std::int64_t rows) {
   const std::int64_t row = std::int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (row >= rows) return;
+  const int t = int(row % s.seq);
+  const std::int64_t bh = row / s.seq;
+  const int head = int(bh % s.heads), batch = int(bh / s.heads);
+  const bf16* o_row = out.head_at(batch, head) + t * out.row;
+  const bf16* do_row = dout.head_at(batch, head) + t * dout.row;
   float sum = 0.0f;
   for (int c = lane * 2; c < D; c += 64) {
-    const float2 o = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(out + row * D + c));
-    const float2 d = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(dout + row * D + c));
+    const float2 o = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(o_row + c));
+    const float2 d = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(do_row + c));
     sum += o.x * d.x + o.y * d.y;
   }
   sum = warp_sum(sum);
@@ -308,13 +330,11 @@ __device__ __forceinline__ void load_row_values(float* dst, const float* src, in
 // dP^T = V dO^T, dS^T = P^T (dP^T - delta), dK += dS^T Q (scaled at the end).
 template <int D>
 __global__ void __launch_bounds__(kThreads) flash_backward_dkdv_kernel(
-    const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v, const bf16* __restrict__ dout,
-    const float* __restrict__ lse, const float* __restrict__ delta, bf16* __restrict__ dk, bf16* __restrict__ dv,
-    Shape s, float scale, float scale_log2) {
+    const HeadView q, const HeadView k, const HeadView v, const HeadView dout, const float* __restrict__ lse,
+    const float* __restrict__ delta, const HeadView dk, const HeadView dv, Shape s, float scale, float scale_log2) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int k_tile = gridDim.x - 1 - blockIdx.x;  // early keys see the most queries: start them first
   const int kv_head = blockIdx.y, batch = blockIdx.z;
-  const std::int64_t kv_off = (std::int64_t(batch) * s.kv_heads + kv_head) * s.seq;
   // Tiles: K, V, then Q and dO of buffer 0, then of buffer 1; then the row values.
   const SmemTile<D> ks = tile_at<D>(smem, 0), vs = tile_at<D>(smem, 1);
   auto qs = [&](int buf) { return tile_at<D>(smem, 2 + 2 * buf); };
@@ -324,17 +344,17 @@ __global__ void __launch_bounds__(kThreads) flash_backward_dkdv_kernel(
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
   const int key0 = k_tile * kTile + warp * 16;
 
-  load_tile(ks, k + kv_off * D, k_tile * kTile, s.seq);
-  load_tile(vs, v + kv_off * D, k_tile * kTile, s.seq);
+  load_tile(ks, k.head_at(batch, kv_head), k.row, k_tile * kTile, s.seq);
+  load_tile(vs, v.head_at(batch, kv_head), v.row, k_tile * kTile, s.seq);
   const int q_tiles = (s.seq + kTile - 1) / kTile;
   const int per_head = q_tiles - k_tile, steps = per_head * s.group();
   // Step i -> (query head of the group, query tile).
   auto issue = [&](int step) {
     const int head = kv_head * s.group() + step / per_head, q_tile = k_tile + step % per_head;
-    const std::int64_t q_off = (std::int64_t(batch) * s.heads + head) * s.seq;
+    const std::int64_t q_off = (std::int64_t(batch) * s.heads + head) * s.seq;  // into lse, delta
     const int buf = step & 1;
-    load_tile(qs(buf), q + q_off * D, q_tile * kTile, s.seq);
-    load_tile(dos(buf), dout + q_off * D, q_tile * kTile, s.seq);
+    load_tile(qs(buf), q.head_at(batch, head), q.row, q_tile * kTile, s.seq);
+    load_tile(dos(buf), dout.head_at(batch, head), dout.row, q_tile * kTile, s.seq);
     load_row_values(row_lse + buf * kTile, lse + q_off, q_tile * kTile, s.seq);
     load_row_values(row_delta + buf * kTile, delta + q_off, q_tile * kTile, s.seq);
     cp_async_commit();
@@ -380,24 +400,22 @@ __global__ void __launch_bounds__(kThreads) flash_backward_dkdv_kernel(
     product_pv<D>(dk_acc, ds, qs(buf));
     __syncthreads();
   }
-  store_rows<D>(dk + kv_off * D, dk_acc, key0, s.seq, scale, scale);
-  store_rows<D>(dv + kv_off * D, dv_acc, key0, s.seq, 1.0f, 1.0f);
+  store_rows<D>(dk.head_at(batch, kv_head), dk.row, dk_acc, key0, s.seq, scale, scale);
+  store_rows<D>(dv.head_at(batch, kv_head), dv.row, dv_acc, key0, s.seq, 1.0f, 1.0f);
 }
 
 // dQ. Grid (query tiles, Hq, B): dS = P (dO V^T - delta), dQ = scale * dS K over the key tiles at
 // or left of the diagonal.
 template <int D>
 __global__ void __launch_bounds__(kThreads) flash_backward_dq_kernel(
-    const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v, const bf16* __restrict__ dout,
-    const float* __restrict__ lse, const float* __restrict__ delta, bf16* __restrict__ dq, Shape s, float scale,
-    float scale_log2) {
+    const HeadView q, const HeadView k, const HeadView v, const HeadView dout, const float* __restrict__ lse,
+    const float* __restrict__ delta, const HeadView dq, Shape s, float scale, float scale_log2) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int q_tile = gridDim.x - 1 - blockIdx.x;
   const int head = blockIdx.y, batch = blockIdx.z, kv_head = head / s.group();
-  const std::int64_t q_off = (std::int64_t(batch) * s.heads + head) * s.seq;
-  const std::int64_t kv_off = (std::int64_t(batch) * s.kv_heads + kv_head) * s.seq;
-  const bf16* k_head = k + kv_off * D;
-  const bf16* v_head = v + kv_off * D;
+  const std::int64_t q_off = (std::int64_t(batch) * s.heads + head) * s.seq;  // into lse, delta
+  const bf16* k_head = k.head_at(batch, kv_head);
+  const bf16* v_head = v.head_at(batch, kv_head);
   // Tiles: Q, dO, then K and V of buffer 0, then of buffer 1.
   const SmemTile<D> qs = tile_at<D>(smem, 0), dos = tile_at<D>(smem, 1);
   auto ks = [&](int buf) { return tile_at<D>(smem, 2 + 2 * buf); };
@@ -405,11 +423,11 @@ __global__ void __launch_bounds__(kThreads) flash_backward_dq_kernel(
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
   const int row0 = q_tile * kTile + warp * 16;
 
-  load_tile(qs, q + q_off * D, q_tile * kTile, s.seq);
-  load_tile(dos, dout + q_off * D, q_tile * kTile, s.seq);
+  load_tile(qs, q.head_at(batch, head), q.row, q_tile * kTile, s.seq);
+  load_tile(dos, dout.head_at(batch, head), dout.row, q_tile * kTile, s.seq);
   cp_async_commit();
-  load_tile(ks(0), k_head, 0, s.seq);
-  load_tile(vs(0), v_head, 0, s.seq);
+  load_tile(ks(0), k_head, k.row, 0, s.seq);
+  load_tile(vs(0), v_head, v.row, 0, s.seq);
   cp_async_commit();
   float row_lse[2], row_delta[2];
 #pragma unroll
@@ -423,7 +441,7 @@ __global__ void __launch_bounds__(kThreads) flash_backward_dq_kernel(
   zero(dq_acc);
   const int kv_tiles = q_tile + 1;
   for (int j = 0; j < kv_tiles; ++j) {
-    next_kv_tile<D>(ks((j + 1) & 1), vs((j + 1) & 1), k_head, v_head, j, kv_tiles, s.seq);
+    next_kv_tile<D>(ks((j + 1) & 1), vs((j + 1) & 1), k_head, k.row, v_head, v.row, j, kv_tiles, s.seq);
     float p[8][4];
     zero(p);
     product_nt<D>(p, qs, warp * 16, ks(j & 1));
@@ -446,7 +464,7 @@ __global__ void __launch_bounds__(kThreads) flash_backward_dq_kernel(
     product_pv<D>(dq_acc, ds, ks(j & 1));
     __syncthreads();
   }
-  store_rows<D>(dq + q_off * D, dq_acc, row0, s.seq, scale, scale);
+  store_rows<D>(dq.head_at(batch, head), dq.row, dq_acc, row0, s.seq, scale, scale);
 }
 
 constexpr std::size_t forward_smem_bytes(int d) { return 5 * kTile * d * sizeof(bf16); }
@@ -456,6 +474,10 @@ constexpr std::size_t backward_smem_bytes(int d) { return 6 * kTile * d * sizeof
 template <class Kernel>
 void allow_smem(Kernel kernel, std::size_t bytes) {
   SY_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+}
+
+HeadView view_of(const Tensor& t) {
+  return {static_cast<bf16*>(t.data()), t.stride(0), t.stride(1), t.stride(2)};
 }
 
 Shape shape_of(const Tensor& q, const Tensor& k) {
@@ -472,7 +494,7 @@ void forward_d(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& 
   const dim3 grid(unsigned((s.seq + kTile - 1) / kTile), unsigned(s.heads), unsigned(q.size(0)));
   const float scale_log2 = kLog2e / std::sqrt(float(D));
   flash_forward_kernel<D><<<grid, kThreads, forward_smem_bytes(D), to_cuda(stream)>>>(
-      static_cast<bf16*>(q.data()), static_cast<bf16*>(k.data()), static_cast<bf16*>(v.data()), static_cast<bf16*>(out.data()), static_cast<float*>(lse.data()), s, scale_log2);
+      view_of(q), view_of(k), view_of(v), view_of(out), static_cast<float*>(lse.data()), s, scale_log2);
   SY_CUDA_LAUNCH();
 }
 
@@ -485,21 +507,22 @@ void backward_d(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor&
   (void)once;
   const Shape s = shape_of(q, k);
   const float scale = 1.0f / std::sqrt(float(D)), scale_log2 = kLog2e * scale;
-  const std::int64_t rows = q.numel() / D;
+  const std::int64_t rows = lse.numel();
   constexpr int kDeltaRowsPerBlock = 8;
   flash_delta_kernel<D><<<grid_for(rows, kDeltaRowsPerBlock), 32 * kDeltaRowsPerBlock, 0, to_cuda(stream)>>>(
-      static_cast<bf16*>(out.data()), static_cast<bf16*>(dout.data()), static_cast<float*>(delta.data()), rows);
+      view_of(out), view_of(dout), static_cast<float*>(delta.data()), s, rows);
   SY_CUDA_LAUNCH();
   const unsigned tiles = unsigned((s.seq + kTile - 1) / kTile);
+  const float* lse_p = static_cast<const float*>(lse.data());
+  const float* delta_p = static_cast<const float*>(delta.data());
   flash_backward_dkdv_kernel<D><<<dim3(tiles, unsigned(s.kv_heads), unsigned(q.size(0))), kThreads,
                                   backward_smem_bytes(D), to_cuda(stream)>>>(
-      static_cast<bf16*>(q.data()), static_cast<bf16*>(k.data()), static_cast<bf16*>(v.data()), static_cast<bf16*>(dout.data()), static_cast<float*>(lse.data()), static_cast<float*>(delta.data()),
-      static_cast<bf16*>(dk.data()), static_cast<bf16*>(dv.data()), s, scale, scale_log2);
+      view_of(q), view_of(k), view_of(v), view_of(dout), lse_p, delta_p, view_of(dk), view_of(dv), s, scale,
+      scale_log2);
   SY_CUDA_LAUNCH();
   flash_backward_dq_kernel<D><<<dim3(tiles, unsigned(s.heads), unsigned(q.size(0))), kThreads, backward_smem_bytes(D),
-                                to_cuda(stream)>>>(static_cast<bf16*>(q.data()), static_cast<bf16*>(k.data()), static_cast<bf16*>(v.data()), static_cast<bf16*>(dout.data()),
-                                                   static_cast<float*>(lse.data()), static_cast<float*>(delta.data()), static_cast<bf16*>(dq.data()), s, scale,
-                                                   scale_log2);
+                                to_cuda(stream)>>>(view_of(q), view_of(k), view_of(v), view_of(dout), lse_p, delta_p,
+                                                   view_of(dq), s, scale, scale_log2);
   SY_CUDA_LAUNCH();
 }
 

@@ -1,6 +1,7 @@
 // RMSNorm: argument checks, dispatch, and the CPU reference (forward then backward).
 #include <cmath>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "core/ops.h"
@@ -30,9 +31,10 @@ void rmsnorm_forward_cpu(const Tensor& x, const Tensor& weight, const Tensor& y,
 // With xhat = x * rstd: dx = rstd * (dy*w - xhat * mean(dy*w*xhat)); dweight += sum_n dy*xhat.
 // Uses the saved f32 rstd, as the CUDA kernel does (relative error ~1e-7, far below the
 // tolerances of the fp64 gradient check).
+// With `accumulate`, dx += the input gradient (the residual stream's gradient).
 template <class T>
 void rmsnorm_backward_cpu(const Tensor& x, const Tensor& weight, const Tensor& rstd, const Tensor& dy,
-                          const Tensor& dx, const Tensor& dweight) {
+                          const Tensor& dx, const Tensor& dweight, bool accumulate) {
   const std::int64_t rows = x.size(0), channels = x.size(1);
   const T* xp = x.ptr<T>();
   const T* wp = weight.ptr<T>();
@@ -50,7 +52,8 @@ void rmsnorm_backward_cpu(const Tensor& x, const Tensor& weight, const Tensor& r
     dot /= double(channels);
     for (std::int64_t c = 0; c < channels; ++c) {
       const double xhat = to_double(xr[c]) * r;
-      dxp[n * channels + c] = from_double<T>(r * (to_double(dyr[c]) * to_double(wp[c]) - xhat * dot));
+      const double g = r * (to_double(dyr[c]) * to_double(wp[c]) - xhat * dot);
+      dxp[n * channels + c] = from_double<T>(accumulate ? to_double(dxp[n * channels + c]) + g : g);
       dw[std::size_t(c)] += to_double(dyr[c]) * xhat;
     }
   }
@@ -65,6 +68,26 @@ void check_rmsnorm_args(const char* op, const Tensor& x, const Tensor& weight, c
   check_dtype(op, "weight", weight, x.dtype());
   check_shape(op, "rstd", rstd, {x.size(0)});
   check_dtype(op, "rstd", rstd, DType::f32);
+}
+
+// The argument checks of both backward forms; `dx_name` is what the gradient output is called.
+void check_rmsnorm_backward_args(const char* op, const Tensor& x, const Tensor& weight, const Tensor& rstd,
+                                 const Tensor& dy, const char* dx_name, const Tensor& dx, const Tensor& dweight) {
+  check_rmsnorm_args(op, x, weight, rstd);
+  check_shape(op, "dy", dy, x.shape());
+  check_dtype(op, "dy", dy, x.dtype());
+  check_shape(op, dx_name, dx, x.shape());
+  check_dtype(op, dx_name, dx, x.dtype());
+  check_shape(op, "dweight", dweight, {x.size(1)});
+  check_dtype(op, "dweight", dweight, DType::f32);
+  check_same_device(op, {&x, &weight, &rstd, &dy, &dx, &dweight});
+}
+
+void rmsnorm_backward_any(const Tensor& x, const Tensor& weight, const Tensor& rstd, const Tensor& dy,
+                          const Tensor& dx, const Tensor& dweight, bool accumulate) {
+  cpu::dispatch_float(x, [&](auto* type) {
+    rmsnorm_backward_cpu<std::remove_pointer_t<decltype(type)>>(x, weight, rstd, dy, dx, dweight, accumulate);
+  });
 }
 
 }  // namespace
@@ -83,24 +106,46 @@ void rmsnorm_forward(const Tensor& x, const Tensor& weight, const Tensor& y, con
   cpu::dispatch_float(x, [&](auto* type) { rmsnorm_forward_cpu<std::remove_pointer_t<decltype(type)>>(x, weight, y, rstd, eps); });
 }
 
+void add_rmsnorm_forward(const Tensor& a, const Tensor& b, const Tensor& sum, const Tensor& weight, const Tensor& y,
+                         const Tensor& rstd, float eps, StreamRef stream) {
+  const char* op = "add_rmsnorm_forward";
+  check_rmsnorm_args(op, a, weight, rstd);
+  for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"b", &b}, {"sum", &sum}, {"y", &y}}) {
+    check_contiguous(op, name, *t);
+    check_shape(op, name, *t, a.shape());
+    check_dtype(op, name, *t, a.dtype());
+  }
+  SY_CHECK(sum.data() != a.data() && sum.data() != b.data()) << op << ": sum must not alias a or b";
+  check_same_device(op, {&a, &b, &sum, &weight, &y, &rstd});
+  if (a.is_cuda()) {
+    SY_ON_CUDA(cuda::add_rmsnorm_forward(a, b, sum, weight, y, rstd, eps, stream));
+    return;
+  }
+  // The reference is the composition it replaces.
+  add(a, b, sum, stream);
+  rmsnorm_forward(sum, weight, y, rstd, eps, stream);
+}
+
 void rmsnorm_backward(const Tensor& x, const Tensor& weight, const Tensor& rstd, const Tensor& dy, const Tensor& dx,
                       const Tensor& dweight, StreamRef stream) {
   const char* op = "rmsnorm_backward";
-  check_rmsnorm_args(op, x, weight, rstd);
-  check_shape(op, "dy", dy, x.shape());
-  check_dtype(op, "dy", dy, x.dtype());
-  check_shape(op, "dx", dx, x.shape());
-  check_dtype(op, "dx", dx, x.dtype());
-  check_shape(op, "dweight", dweight, {x.size(1)});
-  check_dtype(op, "dweight", dweight, DType::f32);
-  check_same_device(op, {&x, &weight, &rstd, &dy, &dx, &dweight});
+  check_rmsnorm_backward_args(op, x, weight, rstd, dy, "dx", dx, dweight);
   if (x.is_cuda()) {
     SY_ON_CUDA(cuda::rmsnorm_backward(x, weight, rstd, dy, dx, dweight, stream));
     return;
   }
-  cpu::dispatch_float(x, [&](auto* type) {
-    rmsnorm_backward_cpu<std::remove_pointer_t<decltype(type)>>(x, weight, rstd, dy, dx, dweight);
-  });
+  rmsnorm_backward_any(x, weight, rstd, dy, dx, dweight, false);
+}
+
+void rmsnorm_backward_residual(const Tensor& x, const Tensor& weight, const Tensor& rstd, const Tensor& dy,
+                               const Tensor& dresidual, const Tensor& dweight, StreamRef stream) {
+  const char* op = "rmsnorm_backward_residual";
+  check_rmsnorm_backward_args(op, x, weight, rstd, dy, "dresidual", dresidual, dweight);
+  if (x.is_cuda()) {
+    SY_ON_CUDA(cuda::rmsnorm_backward_residual(x, weight, rstd, dy, dresidual, dweight, stream));
+    return;
+  }
+  rmsnorm_backward_any(x, weight, rstd, dy, dresidual, dweight, true);
 }
 
 }  // namespace sy

@@ -1,33 +1,89 @@
-// RMSNorm on CUDA. Forward and dx: one warp per row, fp32 statistics; x is read twice per row
-// (the second read hits L1), y written once. dweight: a separate deterministic column
-// reduction (fixed summation order, no atomics) so runs are bit-reproducible.
-#include "core/ops/cuda_common.cuh"
+// RMSNorm on CUDA. Forward and dx: one warp per row, fp32 statistics, 16-byte accesses when the
+// rows allow; x is read twice per row (the second read hits L1/L2), y written once. Fused
+// variants take the residual add into the forward (sum = a + b, then the norm of sum) and add
+// dx into the residual stream's gradient in the backward, each saving a pass over [N, C].
+// dweight: a separate deterministic column reduction (fixed summation order, no atomics) so
+// runs are bit-reproducible.
+#include <type_traits>
+
+#include "core/ops/elementwise_map.cuh"
 
 namespace sy::cuda {
 namespace {
 
 constexpr int kRowsPerBlock = 8;  // 8 warps, one row each
 
+// v as stored in T and read back: the fused residual add keeps the rounding of a separate add.
 template <class T>
-__global__ void rmsnorm_forward_kernel(const T* x, const T* weight, T* y, float* rstd, int rows, int channels,
-                                       float eps) {
+__device__ __forceinline__ float round_to(float v) {
+  if constexpr (std::is_same_v<T, float>) {
+    return v;
+  } else {
+    return __bfloat162float(__float2bfloat16(v));
+  }
+}
+
+// VEC consecutive channels starting at c: one 16-byte access for VEC = 8 (bf16) or two (f32).
+template <int VEC, class T>
+__device__ __forceinline__ void load_channels(const T* p, float (&v)[VEC]) {
+  if constexpr (VEC == 8) {
+    load_vec8(p, v);
+  } else {
+    v[0] = load_f32(p);
+  }
+}
+template <int VEC, class T>
+__device__ __forceinline__ void store_channels(T* p, const float (&v)[VEC]) {
+  if constexpr (VEC == 8) {
+    store_vec8(p, v);
+  } else {
+    store_f32(p, v[0]);
+  }
+}
+
+// y = rmsnorm(x) * w, rstd saved; with ADD, x = a + b is formed here and written to `sum` (the
+// residual stream), rounded to T first so the statistics are those of the stored values,
+// exactly as add then rmsnorm_forward would give. The second pass re-reads x (or a, b) from L1/L2.
+template <class T, int VEC, bool ADD>
+__global__ void rmsnorm_forward_kernel(const T* a, const T* b, T* sum, const T* weight, T* y, float* rstd, int rows,
+                                       int channels, float eps) {
   const int row = blockIdx.x * kRowsPerBlock + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (row >= rows) return;
-  const T* xr = x + std::int64_t(row) * channels;
+  const std::int64_t base = std::int64_t(row) * channels;
+  // The row's input as the norm sees it (a + b rounded to T with ADD).
+  auto input = [&](int c, float (&v)[VEC]) {
+    load_channels<VEC>(a + base + c, v);
+    if constexpr (ADD) {
+      float vb[VEC];
+      load_channels<VEC>(b + base + c, vb);
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) v[k] = round_to<T>(v[k] + vb[k]);
+    }
+  };
   float sum_sq = 0.0f;
-  for (int c = lane; c < channels; c += 32) {
-    const float v = load_f32(xr + c);
-    sum_sq += v * v;
+  for (int c = lane * VEC; c < channels; c += 32 * VEC) {
+    float v[VEC];
+    input(c, v);
+    if constexpr (ADD) store_channels<VEC>(sum + base + c, v);
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) sum_sq += v[k] * v[k];
   }
   const float r = rsqrtf(warp_sum(sum_sq) / float(channels) + eps);
   if (lane == 0) rstd[row] = r;
-  T* yr = y + std::int64_t(row) * channels;
-  for (int c = lane; c < channels; c += 32) store_f32(yr + c, load_f32(xr + c) * r * load_f32(weight + c));
+  for (int c = lane * VEC; c < channels; c += 32 * VEC) {
+    float v[VEC], w[VEC];
+    input(c, v);
+    load_channels<VEC>(weight + c, w);
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) v[k] = v[k] * r * w[k];
+    store_channels<VEC>(y + base + c, v);
+  }
 }
 
-// dx = rstd * (dy*w - xhat * mean(dy*w*xhat)), xhat = x*rstd.
-template <class T>
+// dx = rstd * (dy*w - xhat * mean(dy*w*xhat)), xhat = x*rstd; with ACCUMULATE, dx += that (the
+// residual stream's gradient), saving a scratch buffer and an add pass.
+template <class T, int VEC, bool ACCUMULATE>
 __global__ void rmsnorm_backward_dx_kernel(const T* x, const T* weight, const float* rstd, const T* dy, T* dx,
                                            int rows, int channels) {
   const int row = blockIdx.x * kRowsPerBlock + threadIdx.x / 32;
@@ -36,13 +92,31 @@ __global__ void rmsnorm_backward_dx_kernel(const T* x, const T* weight, const fl
   const std::int64_t base = std::int64_t(row) * channels;
   const float r = rstd[row];
   float dot = 0.0f;
-  for (int c = lane; c < channels; c += 32) dot += load_f32(dy + base + c) * load_f32(weight + c) * load_f32(x + base + c);
+  for (int c = lane * VEC; c < channels; c += 32 * VEC) {
+    float vx[VEC], vdy[VEC], w[VEC];
+    load_channels<VEC>(x + base + c, vx);
+    load_channels<VEC>(dy + base + c, vdy);
+    load_channels<VEC>(weight + c, w);
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) dot += vdy[k] * w[k] * vx[k];
+  }
   dot = warp_sum(dot) * r / float(channels);
-  for (int c = lane; c < channels; c += 32) {
-    const float xhat = load_f32(x + base + c) * r;
-    store_f32(dx + base + c, r * (load_f32(dy + base + c) * load_f32(weight + c) - xhat * dot));
+  for (int c = lane * VEC; c < channels; c += 32 * VEC) {
+    float vx[VEC], vdy[VEC], w[VEC], out[VEC];
+    load_channels<VEC>(x + base + c, vx);
+    load_channels<VEC>(dy + base + c, vdy);
+    load_channels<VEC>(weight + c, w);
+    if constexpr (ACCUMULATE) load_channels<VEC>(dx + base + c, out);
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) {
+      const float g = r * (vdy[k] * w[k] - vx[k] * r * dot);
+      out[k] = ACCUMULATE ? out[k] + g : g;
+    }
+    store_channels<VEC>(dx + base + c, out);
   }
 }
+
+bool aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
 
 // dweight[c] += sum_n dy[n,c] * x[n,c] * rstd[n], deterministic and without atomics in two
 // launches: the rows are cut into kChunks fixed chunks, each (32-column tile, chunk) block writes
@@ -88,44 +162,93 @@ __global__ void rmsnorm_dweight_sum_kernel(float* dweight, int channels) {
   dweight[c] += total;
 }
 
-}  // namespace
-
-void rmsnorm_forward(const Tensor& x, const Tensor& weight, const Tensor& y, const Tensor& rstd, float eps,
-                     StreamRef stream) {
-  const int rows = int(x.size(0)), channels = int(x.size(1));
+// Launches the forward; with a and b both given, the residual add is fused in (sum = a + b).
+void launch_rmsnorm_forward(const Tensor& a, const Tensor& b, const Tensor& sum, const Tensor& weight, const Tensor& y,
+                            const Tensor& rstd, float eps, StreamRef stream) {
+  const int rows = int(a.size(0)), channels = int(a.size(1));
   if (rows == 0) return;
-  dispatch_float(x, [&](auto* type) {
+  const bool add = b.defined();
+  const bool vec = channels % 8 == 0 && aligned16(a.data()) && aligned16(weight.data()) && aligned16(y.data()) &&
+                   (!add || (aligned16(b.data()) && aligned16(sum.data())));
+  dispatch_float(a, [&](auto* type) {
     using T = std::remove_pointer_t<decltype(type)>;
-    rmsnorm_forward_kernel<T><<<grid_for(rows, kRowsPerBlock), 32 * kRowsPerBlock, 0, to_cuda(stream)>>>(
-        static_cast<const T*>(x.data()), static_cast<const T*>(weight.data()), static_cast<T*>(y.data()),
-        rstd.ptr<float>(), rows, channels, eps);
+    const T* ap = static_cast<const T*>(a.data());
+    const T* bp = add ? static_cast<const T*>(b.data()) : nullptr;
+    T* sp = add ? static_cast<T*>(sum.data()) : nullptr;
+    const T* wp = static_cast<const T*>(weight.data());
+    T* yp = static_cast<T*>(y.data());
+    const dim3 grid = grid_for(rows, kRowsPerBlock), block = 32 * kRowsPerBlock;
+    const cudaStream_t s = to_cuda(stream);
+    if (vec && add) {
+      rmsnorm_forward_kernel<T, 8, true><<<grid, block, 0, s>>>(ap, bp, sp, wp, yp, rstd.ptr<float>(), rows, channels, eps);
+    } else if (vec) {
+      rmsnorm_forward_kernel<T, 8, false><<<grid, block, 0, s>>>(ap, bp, sp, wp, yp, rstd.ptr<float>(), rows, channels, eps);
+    } else if (add) {
+      rmsnorm_forward_kernel<T, 1, true><<<grid, block, 0, s>>>(ap, bp, sp, wp, yp, rstd.ptr<float>(), rows, channels, eps);
+    } else {
+      rmsnorm_forward_kernel<T, 1, false><<<grid, block, 0, s>>>(ap, bp, sp, wp, yp, rstd.ptr<float>(), rows, channels, eps);
+    }
   });
   SY_CUDA_LAUNCH();
 }
 
-void rmsnorm_backward(const Tensor& x, const Tensor& weight, const Tensor& rstd, const Tensor& dy, const Tensor& dx,
-                      const Tensor& dweight, StreamRef stream) {
+// dx (written, or accumulated into) then the deterministic dweight reduction.
+void launch_rmsnorm_backward(const Tensor& x, const Tensor& weight, const Tensor& rstd, const Tensor& dy,
+                             const Tensor& dx, const Tensor& dweight, bool accumulate, StreamRef stream) {
   const int rows = int(x.size(0)), channels = int(x.size(1));
   if (rows == 0) return;
+  const bool vec = channels % 8 == 0 && aligned16(x.data()) && aligned16(weight.data()) && aligned16(dy.data()) &&
+                   aligned16(dx.data());
   dispatch_float(x, [&](auto* type) {
     using T = std::remove_pointer_t<decltype(type)>;
     const T* xp = static_cast<const T*>(x.data());
+    const T* wp = static_cast<const T*>(weight.data());
     const T* dyp = static_cast<const T*>(dy.data());
-    rmsnorm_backward_dx_kernel<T><<<grid_for(rows, kRowsPerBlock), 32 * kRowsPerBlock, 0, to_cuda(stream)>>>(
-        xp, static_cast<const T*>(weight.data()), rstd.ptr<float>(), dyp, static_cast<T*>(dx.data()), rows,
-        channels);
+    T* dxp = static_cast<T*>(dx.data());
+    const float* rp = rstd.ptr<float>();
+    const dim3 grid = grid_for(rows, kRowsPerBlock), block = 32 * kRowsPerBlock;
+    const cudaStream_t s = to_cuda(stream);
+    if (vec && accumulate) {
+      rmsnorm_backward_dx_kernel<T, 8, true><<<grid, block, 0, s>>>(xp, wp, rp, dyp, dxp, rows, channels);
+    } else if (vec) {
+      rmsnorm_backward_dx_kernel<T, 8, false><<<grid, block, 0, s>>>(xp, wp, rp, dyp, dxp, rows, channels);
+    } else if (accumulate) {
+      rmsnorm_backward_dx_kernel<T, 1, true><<<grid, block, 0, s>>>(xp, wp, rp, dyp, dxp, rows, channels);
+    } else {
+      rmsnorm_backward_dx_kernel<T, 1, false><<<grid, block, 0, s>>>(xp, wp, rp, dyp, dxp, rows, channels);
+    }
     SY_CUDA_LAUNCH();
     const int chunks = channels <= kMaxChunkedChannels ? kChunks : 1;
-    rmsnorm_dweight_partial_kernel<T><<<dim3(grid_for(channels, 32), unsigned(chunks)), dim3(32, kRowLanes), 0,
-                                        to_cuda(stream)>>>(xp, rstd.ptr<float>(), dyp, dweight.ptr<float>(), rows,
-                                                           channels, chunks);
+    rmsnorm_dweight_partial_kernel<T><<<dim3(grid_for(channels, 32), unsigned(chunks)), dim3(32, kRowLanes), 0, s>>>(
+        xp, rp, dyp, dweight.ptr<float>(), rows, channels, chunks);
     SY_CUDA_LAUNCH();
     if (chunks > 1) {
-      rmsnorm_dweight_sum_kernel<<<grid_for(channels, 256), 256, 0, to_cuda(stream)>>>(dweight.ptr<float>(),
-                                                                                       channels);
+      rmsnorm_dweight_sum_kernel<<<grid_for(channels, 256), 256, 0, s>>>(dweight.ptr<float>(), channels);
     }
   });
   SY_CUDA_LAUNCH();
+}
+
+}  // namespace
+
+void rmsnorm_forward(const Tensor& x, const Tensor& weight, const Tensor& y, const Tensor& rstd, float eps,
+                     StreamRef stream) {
+  launch_rmsnorm_forward(x, Tensor(), Tensor(), weight, y, rstd, eps, stream);
+}
+
+void add_rmsnorm_forward(const Tensor& a, const Tensor& b, const Tensor& sum, const Tensor& weight, const Tensor& y,
+                         const Tensor& rstd, float eps, StreamRef stream) {
+  launch_rmsnorm_forward(a, b, sum, weight, y, rstd, eps, stream);
+}
+
+void rmsnorm_backward(const Tensor& x, const Tensor& weight, const Tensor& rstd, const Tensor& dy, const Tensor& dx,
+                      const Tensor& dweight, StreamRef stream) {
+  launch_rmsnorm_backward(x, weight, rstd, dy, dx, dweight, false, stream);
+}
+
+void rmsnorm_backward_residual(const Tensor& x, const Tensor& weight, const Tensor& rstd, const Tensor& dy,
+                               const Tensor& dresidual, const Tensor& dweight, StreamRef stream) {
+  launch_rmsnorm_backward(x, weight, rstd, dy, dresidual, dweight, true, stream);
 }
 
 }  // namespace sy::cuda

@@ -92,6 +92,59 @@ TEST_P(FlashAttentionHeads, BackwardMatchesFiniteDifferencesAndProbsAttention) {
 INSTANTIATE_TEST_SUITE_P(HeadLayouts, FlashAttentionHeads,
                          ::testing::Values(HeadConfig{4, 4}, HeadConfig{6, 2}, HeadConfig{3, 1}), head_config_name);
 
+// Heads viewed in place inside token-major rows [B*T, cols], starting at column col0.
+Tensor heads_in_rows(const Tensor& rows, std::int64_t batch, std::int64_t heads, std::int64_t seq, std::int64_t dim,
+                     std::int64_t col0) {
+  const std::int64_t cols = rows.size(1);
+  return rows.as_strided({batch, heads, seq, dim}, {seq * cols, dim, cols, 1}, col0);
+}
+
+// The model's layout: q, k, v read in place from the qkv projection's rows and out, dq, dk, dv
+// written in place into rows. Equal to running on head-major copies, exactly (same loops).
+TEST(FlashAttention, TokenMajorViewsMatchHeadMajorCopies) {
+  const std::int64_t batch = 2, heads = 4, kv_heads = 2, seq = 6, dim = 3;
+  const std::int64_t cols = (heads + 2 * kv_heads) * dim, n = batch * seq;
+  OwnedTensor qkv = random_tensor({n, cols}, DType::f64, Device::cpu, 140, 2.0f);
+  OwnedTensor drows = random_tensor({n, heads * dim}, DType::f64, Device::cpu, 141);
+  OwnedTensor rows({n, heads * dim}, DType::f64, Device::cpu), dqkv({n, cols}, DType::f64, Device::cpu);
+  OwnedTensor lse({batch, heads, seq}, DType::f32, Device::cpu), delta({batch, heads, seq}, DType::f32, Device::cpu);
+  poison(rows);
+  poison(dqkv);
+  auto q_of = [&](const Tensor& t) { return heads_in_rows(t, batch, heads, seq, dim, 0); };
+  auto k_of = [&](const Tensor& t) { return heads_in_rows(t, batch, kv_heads, seq, dim, heads * dim); };
+  auto v_of = [&](const Tensor& t) { return heads_in_rows(t, batch, kv_heads, seq, dim, (heads + kv_heads) * dim); };
+  const Tensor out_view = heads_in_rows(rows, batch, heads, seq, dim, 0);
+  flash_attention_forward(q_of(qkv), k_of(qkv), v_of(qkv), out_view, lse);
+  flash_attention_backward(q_of(qkv), k_of(qkv), v_of(qkv), out_view, lse, heads_in_rows(drows, batch, heads, seq, dim, 0),
+                           q_of(dqkv), k_of(dqkv), v_of(dqkv), delta);
+
+  const Shape q_shape{batch, heads, seq, dim}, kv_shape{batch, kv_heads, seq, dim};
+  OwnedTensor q(q_shape, DType::f64, Device::cpu), k(kv_shape, DType::f64, Device::cpu);
+  OwnedTensor v(kv_shape, DType::f64, Device::cpu), dout(q_shape, DType::f64, Device::cpu);
+  OwnedTensor out(q_shape, DType::f64, Device::cpu), lse_ref({batch, heads, seq}, DType::f32, Device::cpu);
+  OwnedTensor dq(q_shape, DType::f64, Device::cpu), dk(kv_shape, DType::f64, Device::cpu);
+  OwnedTensor dv(kv_shape, DType::f64, Device::cpu);
+  OwnedTensor rows_ref({n, heads * dim}, DType::f64, Device::cpu), dqkv_ref({n, cols}, DType::f64, Device::cpu);
+  split_qkv_heads(qkv, q, k, v);
+  split_heads(drows, dout);
+  flash_attention_forward(q, k, v, out, lse_ref);
+  flash_attention_backward(q, k, v, out, lse_ref, dout, dq, dk, dv, delta);
+  merge_heads(out, rows_ref);
+  merge_qkv_heads(dq, dk, dv, dqkv_ref);
+  EXPECT_EQ(to_vector(rows), to_vector(rows_ref));
+  EXPECT_EQ(to_vector(lse), to_vector(lse_ref));
+  EXPECT_EQ(to_vector(dqkv), to_vector(dqkv_ref));
+}
+
+TEST(FlashAttention, RejectsAStridedHeadDim) {
+  OwnedTensor buffer({1, 2, 4, 16}, DType::f64, Device::cpu);
+  const Tensor q = buffer.view().as_strided({1, 2, 4, 8}, {128, 64, 16, 2});
+  OwnedTensor lse({1, 2, 4}, DType::f32, Device::cpu), out({1, 2, 4, 8}, DType::f64, Device::cpu);
+  expect_error([&] { flash_attention_forward(q, out, out, out, lse); },
+               "flash_attention_forward: q must have a contiguous last axis (head dim), got f64[1, 2, 4, 8] cpu with "
+               "stride 2");
+}
+
 TEST(FlashAttention, SupportsEveryFloatDtypeOnCpu) {
   for (DType dt : {DType::f32, DType::f64, DType::bf16})
     EXPECT_TRUE(flash_attention_supported(OwnedTensor({1, 2, 3, 5}, dt, Device::cpu))) << dtype_name(dt);

@@ -41,6 +41,47 @@ TEST_P(RmsNormGpu, MatchesCpuReference) {
   }
 }
 
+// The fused residual forms (add + norm forward, backward adding into the residual gradient)
+// against the CPU reference, with 16-byte accesses (768) and without (33, 129).
+TEST_P(RmsNormGpu, ResidualFormsMatchCpuReference) {
+  SY_REQUIRE_GPU();
+  const DType dt = GetParam();
+  const double tol = dt == DType::f32 ? 1e-5 : 1e-2;  // as above
+  for (auto [rows, channels] : {std::pair{37, 768}, std::pair{5, 33}, std::pair{1000, 129}}) {
+    SCOPED_TRACE(::testing::Message() << rows << "x" << channels);
+    const std::uint64_t seed = 300 + rows;
+    OwnedTensor a = random_tensor({rows, channels}, dt, Device::cuda, seed);
+    OwnedTensor b = random_tensor({rows, channels}, dt, Device::cuda, seed + 1);
+    OwnedTensor w = random_tensor({channels}, dt, Device::cuda, seed + 2);
+    OwnedTensor dy = random_tensor({rows, channels}, dt, Device::cuda, seed + 3);
+    OwnedTensor dres = random_tensor({rows, channels}, dt, Device::cuda, seed + 4);  // accumulates onto this
+    OwnedTensor sum({rows, channels}, dt, Device::cuda), y({rows, channels}, dt, Device::cuda);
+    OwnedTensor rstd({rows}, DType::f32, Device::cuda);
+    OwnedTensor dw = random_tensor({channels}, DType::f32, Device::cuda, seed + 5);
+    poison(sum); poison(y); poison(rstd);
+
+    // The reference adds in T (as the kernel rounds the sum to T), then runs in f64.
+    OwnedTensor sum_t({rows, channels}, dt, Device::cpu);
+    add(convert(a, dt, Device::cpu), convert(b, dt, Device::cpu), sum_t);
+    OwnedTensor sumc = convert(sum_t, DType::f64, Device::cpu), wc = convert(w, DType::f64, Device::cpu);
+    OwnedTensor dyc = convert(dy, DType::f64, Device::cpu), dresc = convert(dres, DType::f64, Device::cpu);
+    OwnedTensor dwc = convert(dw, DType::f32, Device::cpu);
+    OwnedTensor yc({rows, channels}, DType::f64, Device::cpu), rc({rows}, DType::f32, Device::cpu);
+
+    add_rmsnorm_forward(a, b, sum, w, y, rstd, 1e-5f);
+    rmsnorm_backward_residual(sum, w, rstd, dy, dres, dw);
+    device_synchronize();
+    rmsnorm_forward(sumc, wc, yc, rc, 1e-5f);
+    rmsnorm_backward_residual(sumc, wc, rc, dyc, dresc, dwc);
+
+    EXPECT_EQ(to_vector(sum), to_vector(sum_t));
+    EXPECT_LT(relative_error(y, yc), tol);
+    EXPECT_LT(relative_error(rstd, rc), 1e-5);
+    EXPECT_LT(relative_error(dres, dresc), tol);
+    EXPECT_LT(relative_error(dw, dwc), tol);
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Dtypes, RmsNormGpu, ::testing::Values(DType::f32, DType::bf16), dtype_param_name);
 
 }  // namespace

@@ -56,6 +56,46 @@ TEST(RmsNorm, WeightGradientAccumulates) {
   for (std::size_t i = 0; i < once.size(); ++i) EXPECT_NEAR(twice[i], 2 * once[i], 1e-5 * std::abs(once[i]) + 1e-7);
 }
 
+// The fused residual forms are exactly the compositions they replace.
+TEST(RmsNorm, AddRmsNormEqualsAddThenNorm) {
+  for (DType dt : {DType::f64, DType::bf16}) {
+    SCOPED_TRACE(dtype_name(dt));
+    OwnedTensor a = random_tensor({6, 11}, dt, Device::cpu, 20), b = random_tensor({6, 11}, dt, Device::cpu, 21);
+    OwnedTensor w = random_tensor({11}, dt, Device::cpu, 22);
+    OwnedTensor sum({6, 11}, dt, Device::cpu), y({6, 11}, dt, Device::cpu), rstd({6}, DType::f32, Device::cpu);
+    OwnedTensor sum_ref({6, 11}, dt, Device::cpu), y_ref({6, 11}, dt, Device::cpu);
+    OwnedTensor rstd_ref({6}, DType::f32, Device::cpu);
+    add_rmsnorm_forward(a, b, sum, w, y, rstd, kEps);
+    add(a, b, sum_ref);
+    rmsnorm_forward(sum_ref, w, y_ref, rstd_ref, kEps);
+    EXPECT_EQ(to_vector(sum), to_vector(sum_ref));
+    EXPECT_EQ(to_vector(y), to_vector(y_ref));
+    EXPECT_EQ(to_vector(rstd), to_vector(rstd_ref));
+  }
+}
+
+TEST(RmsNorm, BackwardResidualAddsTheInputGradient) {
+  OwnedTensor x = random_tensor({5, 9}, DType::f64, Device::cpu, 23), w = random_tensor({9}, DType::f64, Device::cpu, 24);
+  OwnedTensor dy = random_tensor({5, 9}, DType::f64, Device::cpu, 25);
+  OwnedTensor y({5, 9}, DType::f64, Device::cpu), rstd({5}, DType::f32, Device::cpu);
+  rmsnorm_forward(x, w, y, rstd, kEps);
+  OwnedTensor dres = random_tensor({5, 9}, DType::f64, Device::cpu, 26);
+  const std::vector<double> before = to_vector(dres);
+  OwnedTensor dw = zeros({9}, DType::f32, Device::cpu), dw_ref = zeros({9}, DType::f32, Device::cpu);
+  OwnedTensor dx({5, 9}, DType::f64, Device::cpu);
+  rmsnorm_backward_residual(x, w, rstd, dy, dres, dw);
+  rmsnorm_backward(x, w, rstd, dy, dx, dw_ref);
+  const std::vector<double> after = to_vector(dres), dxv = to_vector(dx);
+  for (std::size_t i = 0; i < after.size(); ++i) EXPECT_NEAR(after[i], before[i] + dxv[i], 1e-14) << i;
+  EXPECT_EQ(to_vector(dw), to_vector(dw_ref));
+}
+
+TEST(RmsNorm, AddRmsNormRejectsAliasedSum) {
+  OwnedTensor a({2, 4}, DType::f32, Device::cpu), b({2, 4}, DType::f32, Device::cpu), w({4}, DType::f32, Device::cpu);
+  OwnedTensor y({2, 4}, DType::f32, Device::cpu), rstd({2}, DType::f32, Device::cpu);
+  expect_error([&] { add_rmsnorm_forward(a, b, a, w, y, rstd, kEps); }, "add_rmsnorm_forward: sum must not alias a or b");
+}
+
 TEST(RmsNorm, RejectsMismatchedWeight) {
   OwnedTensor x({4, 6}, DType::f32, Device::cpu), w({5}, DType::f32, Device::cpu);
   OwnedTensor y({4, 6}, DType::f32, Device::cpu), rstd({4}, DType::f32, Device::cpu);

@@ -82,6 +82,35 @@ TEST(Rope, InPlaceEqualsOutOfPlace) {
   }
 }
 
+// RoPE in place on the q and k heads inside token-major qkv rows (the model's layout) equals
+// RoPE on head-major copies; the v columns are untouched.
+TEST(Rope, InPlaceOnTokenMajorHeadsMatchesHeadMajorCopies) {
+  const std::int64_t batch = 2, heads = 3, kv_heads = 1, seq = 5, dim = 4;
+  const std::int64_t cols = (heads + 2 * kv_heads) * dim;
+  OwnedTensor qkv = random_tensor({batch * seq, cols}, DType::f64, Device::cpu, 70);
+  OwnedTensor q({batch, heads, seq, dim}, DType::f64, Device::cpu), k({batch, kv_heads, seq, dim}, DType::f64, Device::cpu);
+  OwnedTensor v({batch, kv_heads, seq, dim}, DType::f64, Device::cpu);
+  split_qkv_heads(qkv, q, k, v);
+  rope_forward(q, q, kTheta);
+  rope_forward(k, k, kTheta);
+  OwnedTensor expected({batch * seq, cols}, DType::f64, Device::cpu);
+  merge_qkv_heads(q, k, v, expected);
+
+  const Tensor qk = qkv.view().as_strided({batch, heads + kv_heads, seq, dim}, {seq * cols, dim, cols, 1});
+  rope_forward(qk, qk, kTheta);
+  EXPECT_EQ(to_vector(qkv), to_vector(expected));
+  rope_backward(qk, qk, kTheta);  // and back, to rounding
+  OwnedTensor original = random_tensor({batch * seq, cols}, DType::f64, Device::cpu, 70);
+  EXPECT_LT(relative_error(qkv, original), 1e-14);
+}
+
+TEST(Rope, RejectsOutputWithOtherStrides) {
+  OwnedTensor x({1, 2, 3, 4}, DType::f64, Device::cpu), buffer({1, 3, 2, 4}, DType::f64, Device::cpu);
+  const Tensor y = buffer.view().as_strided({1, 2, 3, 4}, {24, 4, 8, 1});
+  expect_error([&] { rope_forward(x, y, kTheta); },
+               "rope_forward: y must have the strides of x, they differ on axis 1 (4 vs 12)");
+}
+
 TEST(Rope, RejectsOddHeadDim) {
   OwnedTensor x({1, 2, 3, 5}, DType::f32, Device::cpu), y({1, 2, 3, 5}, DType::f32, Device::cpu);
   try {
