@@ -42,7 +42,9 @@ class MoePermuteGpu : public ::testing::TestWithParam<DType> {};
 TEST_P(MoePermuteGpu, EveryMovementMatchesCpuReference) {
   SY_REQUIRE_GPU();
   const DType dt = GetParam();
-  for (std::int64_t width : {64, 67}) {  // 67 bf16 rows are not 4-byte multiples: the 2-byte regroup path
+  // 64 and 1040 move as 16-byte vectors (1040 takes two passes of a block); 67 bf16 rows are not
+  // 4-byte multiples: the element-wise paths and the 2-byte regroup path.
+  for (std::int64_t width : {64, 67, 1040}) {
     for (std::int64_t capacity : {0, 70}) {
       SCOPED_TRACE(::testing::Message() << "d=" << width << " capacity=" << capacity);
       const std::int64_t tokens = 300, experts = 8;
