@@ -34,6 +34,29 @@ void gemm(const Tensor& a, const Tensor& b, const Tensor& c, bool trans_a, bool 
 // stride and may be 0 for a operand shared by every batch item (e.g. one weight).
 void gemm_batched(const Tensor& a, const Tensor& b, const Tensor& c, bool trans_a, bool trans_b, float alpha = 1.0f,
                   float beta = 0.0f, StreamRef stream = {});
+// GEMM with GELU (tanh approximation, exactly the function of gelu_forward) in its epilogue: an
+// FFN's first linear layer and the input gradient through it, without a separate elementwise
+// pass over the [M, N] activations. Plain when a is 2-D, batched when it is 3-D (the expert
+// FFNs: batch = local experts, M = capacity, K = d_model, N = d_ff):
+//   a: [M, K] or [batch, M, K]; b: [K, N], or [N, K] with trans_b, with the batch axis when a
+//   has it; pre, act, dpre: [M, N] or [batch, M, N], contiguous and distinct.
+// a and b may be laid out as for gemm / gemm_batched (strided rows, batch stride 0 for a shared
+// operand); every tensor has a's dtype. CPU: any float dtype, as gemm then the GELU op. CUDA: bf16
+// is one cuBLASLt matmul (fp32 accumulation) with GELU in its epilogue; f32, and bf16 shapes the
+// epilogue cannot take (named once on stderr), run as gemm then the GELU kernel.
+// Forward: pre = a @ op(b) (the pre-activation, saved for the backward), act = gelu(pre).
+void gemm_gelu(const Tensor& a, const Tensor& b, const Tensor& pre, const Tensor& act, bool trans_b,
+               StreamRef stream = {});
+// Backward: dpre = (a @ op(b)) * gelu'(pre), a @ op(b) being the gradient of act (in an FFN,
+// dy [M, d] @ w_out^T with w_out [F, d] and trans_b). pre is read, dpre written.
+void gemm_dgelu(const Tensor& a, const Tensor& b, const Tensor& pre, const Tensor& dpre, bool trans_b,
+                StreamRef stream = {});
+enum class GeluEpilogue { forward, backward };  // gemm_gelu, gemm_dgelu
+// Whether that op, with these arguments (out: act or dpre), runs as one fused cuBLASLt matmul on
+// this device: false on the CPU, for f32, and for shapes that take the unfused route. Plans the
+// call (and caches the plan) as the op does. For tests and benchmarks that must know the path.
+bool gemm_gelu_fused(GeluEpilogue epilogue, const Tensor& a, const Tensor& b, const Tensor& pre, const Tensor& out,
+                     bool trans_b);
 #if __cplusplus >= 202002L  // the CUDA sources are C++17; they reach these through core/ops/cuda_ops.h
 // Grouped GEMM over row blocks, for experts that own different numbers of rows (dropless MoE).
 // Group g owns the rows [r_g, r_g + group_rows[g]) of a and c, r_g = group_rows[0] + ... +
@@ -125,7 +148,8 @@ void merge_heads(const Tensor& x, const Tensor& y, StreamRef stream = {});
 void split_heads(const Tensor& dy, const Tensor& dx, StreamRef stream = {});
 
 // ---- activations --------------------------------------------------------------------------
-// GELU, tanh approximation. x, y: same shape.
+// GELU, tanh approximation. x, y: same shape. In the backward, dx may alias dy (gemm_dgelu's
+// unfused routes apply gelu' in place).
 void gelu_forward(const Tensor& x, const Tensor& y, StreamRef stream = {});
 void gelu_backward(const Tensor& x, const Tensor& dy, const Tensor& dx, StreamRef stream = {});
 void relu_forward(const Tensor& x, const Tensor& y, StreamRef stream = {});

@@ -1,5 +1,6 @@
 // Expert FFNs: forward then backward, both built from the core batched/grouped GEMMs and
-// activation ops, so the same code runs on CPU (the reference) and CUDA.
+// activation ops (GELU in the capacity layout fused into the GEMMs), so the same code runs on
+// CPU (the reference) and CUDA.
 #include "moe/experts.h"
 
 #include "core/ops.h"
@@ -54,7 +55,9 @@ ExpertFFN::ExpertFFN(const ExpertFFNConfig& config) : config_(config) {
 
 ExpertBufferShapes ExpertFFN::buffer_shapes(const Shape& x_shape) const {
   const std::int64_t f = config_.d_ff, f_in = config_.d_in();
-  return {with_width(x_shape, f_in), with_width(x_shape, f), with_width(x_shape, f), with_width(x_shape, f_in)};
+  const bool dropless = x_shape.size() == 2;
+  const Shape dact = gelu_in_epilogue(dropless) ? Shape{} : with_width(x_shape, f);
+  return {with_width(x_shape, f_in), with_width(x_shape, f), dact, with_width(x_shape, f_in)};
 }
 
 ExpertActivations ExpertFFN::alloc_activations(Arena& arena, const Shape& x_shape, DType dtype) const {
@@ -64,7 +67,7 @@ ExpertActivations ExpertFFN::alloc_activations(Arena& arena, const Shape& x_shap
 
 ExpertScratch ExpertFFN::alloc_scratch(Arena& arena, const Shape& x_shape, DType dtype) const {
   const ExpertBufferShapes shapes = buffer_shapes(x_shape);
-  return {arena.alloc(shapes.dact, dtype), arena.alloc(shapes.dh, dtype)};
+  return {shapes.dact.empty() ? Tensor() : arena.alloc(shapes.dact, dtype), arena.alloc(shapes.dh, dtype)};
 }
 
 bool ExpertFFN::check_layout(const char* op, const Tensor& x, std::span<const std::int64_t> expert_rows) const {
@@ -106,11 +109,15 @@ void ExpertFFN::forward(const Tensor& x, std::span<const std::int64_t> expert_ro
   const bool dropless = check_inputs(op, x, expert_rows, weights, saved);
   check_tensor(op, "y", y, x.shape(), x.dtype());
 
-  expert_matmul(dropless, x, weights.w_in, saved.h, expert_rows, false, stream);
-  switch (config_.activation) {
-    case ExpertActivation::gelu: gelu_forward(saved.h, saved.act, stream); break;
-    case ExpertActivation::relu: relu_forward(saved.h, saved.act, stream); break;
-    case ExpertActivation::swiglu: swiglu_forward(as_rows(saved.h), as_rows(saved.act), stream); break;
+  if (gelu_in_epilogue(dropless)) {
+    gemm_gelu(x, weights.w_in, saved.h, saved.act, false, stream);  // h = x @ w_in and act = gelu(h), one pass
+  } else {
+    expert_matmul(dropless, x, weights.w_in, saved.h, expert_rows, false, stream);
+    switch (config_.activation) {
+      case ExpertActivation::gelu: gelu_forward(saved.h, saved.act, stream); break;
+      case ExpertActivation::relu: relu_forward(saved.h, saved.act, stream); break;
+      case ExpertActivation::swiglu: swiglu_forward(as_rows(saved.h), as_rows(saved.act), stream); break;
+    }
   }
   expert_matmul(dropless, saved.act, weights.w_out, y, expert_rows, false, stream);
 }
@@ -118,6 +125,8 @@ void ExpertFFN::forward(const Tensor& x, std::span<const std::int64_t> expert_ro
 // Reverse order of forward, each weight's gradient next to the input gradient of its GEMM:
 //   dact = dy @ w_out^T;  dw_out += act^T @ dy;  dh = act'(h) * dact;
 //   dw_in += x^T @ dh;    dx = dh @ w_in^T.
+// GELU in the capacity layout computes dh = gelu'(h) * (dy @ w_out^T) in one GEMM (gemm_dgelu),
+// so dact is never stored.
 void ExpertFFN::backward(const Tensor& x, std::span<const std::int64_t> expert_rows, const ExpertWeights& weights,
                          const ExpertActivations& saved, const Tensor& dy, const Tensor& dx,
                          const ExpertWeights& grads, const ExpertScratch& scratch, StreamRef stream) const {
@@ -129,17 +138,22 @@ void ExpertFFN::backward(const Tensor& x, std::span<const std::int64_t> expert_r
   check_tensor(op, "dx", dx, x.shape(), x.dtype());
   check_tensor(op, "dw_in", grads.w_in, {experts, d, f_in}, DType::f32);
   check_tensor(op, "dw_out", grads.w_out, {experts, f, d}, DType::f32);
-  check_tensor(op, "dact", scratch.dact, shapes.dact, x.dtype());
+  if (!shapes.dact.empty()) check_tensor(op, "dact", scratch.dact, shapes.dact, x.dtype());
   check_tensor(op, "dh", scratch.dh, shapes.dh, x.dtype());
 
-  expert_matmul(dropless, dy, weights.w_out, scratch.dact, expert_rows, true, stream);
-  expert_weight_grad(dropless, saved.act, dy, grads.w_out, expert_rows, stream);
-  switch (config_.activation) {
-    case ExpertActivation::gelu: gelu_backward(saved.h, scratch.dact, scratch.dh, stream); break;
-    case ExpertActivation::relu: relu_backward(saved.h, scratch.dact, scratch.dh, stream); break;
-    case ExpertActivation::swiglu:
-      swiglu_backward(as_rows(saved.h), as_rows(scratch.dact), as_rows(scratch.dh), stream);
-      break;
+  if (gelu_in_epilogue(dropless)) {
+    gemm_dgelu(dy, weights.w_out, saved.h, scratch.dh, true, stream);  // dh = gelu'(h) * (dy @ w_out^T)
+    expert_weight_grad(dropless, saved.act, dy, grads.w_out, expert_rows, stream);
+  } else {
+    expert_matmul(dropless, dy, weights.w_out, scratch.dact, expert_rows, true, stream);
+    expert_weight_grad(dropless, saved.act, dy, grads.w_out, expert_rows, stream);
+    switch (config_.activation) {
+      case ExpertActivation::gelu: gelu_backward(saved.h, scratch.dact, scratch.dh, stream); break;
+      case ExpertActivation::relu: relu_backward(saved.h, scratch.dact, scratch.dh, stream); break;
+      case ExpertActivation::swiglu:
+        swiglu_backward(as_rows(saved.h), as_rows(scratch.dact), as_rows(scratch.dh), stream);
+        break;
+    }
   }
   expert_weight_grad(dropless, x, scratch.dh, grads.w_in, expert_rows, stream);
   expert_matmul(dropless, scratch.dh, weights.w_in, dx, expert_rows, true, stream);

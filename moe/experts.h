@@ -1,6 +1,8 @@
 // The expert FFNs of one MoE layer on one rank: y = act(x @ w_in[e]) @ w_out[e] for each of the
 // E_l local experts, computed with one batched (capacity) or grouped (dropless) GEMM per weight
-// matrix and per pass, never a loop over experts.
+// matrix and per pass, never a loop over experts. GELU in the capacity layout runs in the
+// epilogues of the batched GEMMs (gemm_gelu, gemm_dgelu), without a separate activation pass;
+// the dropless layout's grouped GEMMs have no such epilogue and keep the separate pass.
 //
 // Layouts of x (rows already permuted into expert order by dispatch):
 // - capacity: x [E_l, C, d]; every expert owns C rows, padding rows are zero (and give zero).
@@ -49,11 +51,12 @@ struct ExpertActivations {
 
 // Backward's temporaries, in x's dtype; free again once backward returns.
 struct ExpertScratch {
-  Tensor dact;  // [rows..., F]
+  Tensor dact;  // [rows..., F]; not set for gelu in the capacity layout (gemm_dgelu writes dh)
   Tensor dh;    // [rows..., F_in]
 };
 
-// What the caller plans for x of a given shape ([E_l, C, d] or [R, d]).
+// What the caller plans for x of a given shape ([E_l, C, d] or [R, d]). dact is empty when
+// backward needs no dact buffer.
 struct ExpertBufferShapes {
   Shape h, act, dact, dh;
 };
@@ -82,6 +85,8 @@ class ExpertFFN {
   // check_layout plus the weights and saved activations both directions read; returns dropless.
   bool check_inputs(const char* op, const Tensor& x, std::span<const std::int64_t> expert_rows,
                     const ExpertWeights& weights, const ExpertActivations& saved) const;
+  // GELU in the capacity layout: the activation and its gradient live in the GEMM epilogues.
+  bool gelu_in_epilogue(bool dropless) const { return config_.activation == ExpertActivation::gelu && !dropless; }
 
   ExpertFFNConfig config_;
 };

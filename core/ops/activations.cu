@@ -1,6 +1,7 @@
 // Activations on CUDA in fp32, each input element read once and each output written once: GELU
-// and ReLU as vectorized maps (elementwise_map.cuh), SwiGLU as grid-stride loops. Bandwidth-bound and kept separate for now; a fused GEMM epilogue would remove
-// the round trip.
+// and ReLU as vectorized maps (elementwise_map.cuh), SwiGLU as grid-stride loops. Bandwidth-bound;
+// where GELU follows a bf16 GEMM, gemm_gelu / gemm_dgelu (gemm_gelu.cu) apply it in the GEMM's
+// epilogue instead and remove this round trip.
 #include "core/ops/elementwise_map.cuh"
 
 namespace sy::cuda {

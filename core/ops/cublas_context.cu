@@ -1,4 +1,5 @@
-// The per-thread cuBLAS context: handle, workspace, and the grouped-GEMM pointer-array ring.
+// The per-thread cuBLAS context: the cuBLAS and cuBLASLt handles, their workspace, and the
+// grouped-GEMM pointer-array ring.
 #include "core/ops/cublas_context.cuh"
 
 #include <memory>
@@ -67,10 +68,13 @@ CublasContext::CublasContext() : workspace_(Device::cuda, kWorkspaceBytes) {
   // fp32 accumulation throughout: no TF32, and no split-K reductions in bf16 output precision.
   SY_CUBLAS(cublasSetMathMode(handle_,
                               cublasMath_t(CUBLAS_DEFAULT_MATH | CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION)));
+  SY_CUBLAS(cublasLtCreate(&lt_handle_));
 }
 
 CublasContext::~CublasContext() {
-  if (handle_) cublasDestroy(handle_);  // no check: this may run at thread exit, after an error
+  // No checks: this may run at thread exit, after an error.
+  if (lt_handle_) cublasLtDestroy(lt_handle_);
+  if (handle_) cublasDestroy(handle_);
 }
 
 // cublasSetStream resets the workspace to cuBLAS's default pool, so ours is set after it. The

@@ -1,8 +1,9 @@
-// The per-thread, per-device cuBLAS handle shared by the GEMM ops, its workspace, and the device
-// pointer arrays that cuBLAS's grouped GEMM reads. Everything here is allocated once and reused,
-// so a training step never calls the allocator.
+// The per-thread, per-device cuBLAS and cuBLASLt handles shared by the GEMM ops, their workspace,
+// and the device pointer arrays that cuBLAS's grouped GEMM reads. Everything here is allocated
+// once and reused, so a training step never calls the allocator.
 #pragma once
 
+#include <cublasLt.h>
 #include <cuda_runtime.h>
 
 #include <array>
@@ -53,7 +54,8 @@ class GroupedPointerArrays {
   int next_ = 0;
 };
 
-// A cuBLAS handle, its workspace and its grouped-GEMM pointer arrays on one device.
+// A cuBLAS handle, a cuBLASLt handle, the workspace both use and the grouped-GEMM pointer arrays
+// on one device.
 class CublasContext {
  public:
   CublasContext();
@@ -63,12 +65,19 @@ class CublasContext {
 
   // The handle with `stream` and our workspace set.
   cublasHandle_t bind(cudaStream_t stream);
+  // cuBLASLt takes the stream and the workspace with every cublasLtMatmul, so its handle needs no
+  // binding. It shares the one workspace with the cuBLAS handle: calls from this thread on one
+  // stream run in order, as for cuBLAS alone.
+  cublasLtHandle_t lt_handle() const { return lt_handle_; }
+  void* workspace() const { return workspace_.data(); }
+  std::size_t workspace_bytes() const { return workspace_.bytes(); }
   GroupedPointerArrays& pointer_arrays() { return pointer_arrays_; }
 
  private:
-  Storage workspace_;  // declared first, so it is freed after the handle is destroyed
+  Storage workspace_;  // declared first, so it is freed after the handles are destroyed
   GroupedPointerArrays pointer_arrays_;
   cublasHandle_t handle_ = nullptr;
+  cublasLtHandle_t lt_handle_ = nullptr;
 };
 
 // The calling thread's context for the current device. One per thread because a handle must not
@@ -80,6 +89,13 @@ inline cudaDataType_t cuda_data_type(DType dtype) { return dtype == DType::f32 ?
 
 inline void check_fits_int(const char* op, const char* what, std::int64_t value) {
   SY_CHECK(value <= INT_MAX) << op << ": " << what << " " << value << " exceeds cuBLAS's 32-bit limit";
+}
+
+// The leading dimension cuBLAS is given for a row-major matrix t ([..., rows, row length]): its
+// row stride, but at least the row length even for a single row, whose stride is arbitrary.
+inline std::int64_t leading_dimension(const Tensor& t) {
+  const std::int64_t row_length = t.size(-1) > 1 ? t.size(-1) : 1;
+  return t.size(-2) > 1 && t.stride(-2) > row_length ? t.stride(-2) : row_length;
 }
 
 }  // namespace sy::cuda

@@ -21,6 +21,11 @@ void gemm(const Tensor& a, const Tensor& b, const Tensor& c, bool trans_a, bool 
           StreamRef stream);
 void gemm_batched(const Tensor& a, const Tensor& b, const Tensor& c, bool trans_a, bool trans_b, float alpha,
                   float beta, StreamRef stream);
+void gemm_gelu(const Tensor& a, const Tensor& b, const Tensor& pre, const Tensor& act, bool trans_b, StreamRef stream);
+void gemm_dgelu(const Tensor& a, const Tensor& b, const Tensor& pre, const Tensor& dpre, bool trans_b,
+                StreamRef stream);
+bool gemm_gelu_fused(GeluEpilogue epilogue, const Tensor& a, const Tensor& b, const Tensor& pre, const Tensor& out,
+                     bool trans_b);
 // group_rows: `groups` host counts (a pointer and a count: std::span is C++20, these sources C++17).
 void gemm_grouped(const Tensor& a, const Tensor& b, const Tensor& c, const std::int64_t* group_rows, std::size_t groups,
                   bool trans_b, float alpha, float beta, StreamRef stream);

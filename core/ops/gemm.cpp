@@ -7,6 +7,7 @@
 #include "core/ops.h"
 #include "core/ops/cpu_common.h"
 #include "core/ops/cuda_ops.h"
+#include "core/ops/gemm_checks.h"
 
 namespace sy {
 namespace {
@@ -16,15 +17,6 @@ namespace {
 constexpr std::int64_t kBlockM = 32;
 constexpr std::int64_t kBlockN = 128;
 constexpr std::int64_t kBlockK = 128;
-
-// One batch of matrix products; items are `batch_stride` elements apart (0: shared operand).
-struct GemmProblem {
-  std::int64_t batch = 1, m = 0, n = 0, k = 0;
-  std::int64_t lda = 0, ldb = 0, ldc = 0;
-  std::int64_t stride_a = 0, stride_b = 0, stride_c = 0;
-  bool trans_a = false, trans_b = false;
-  double alpha = 1.0, beta = 0.0;
-};
 
 // Both operands are packed into contiguous double panels, op(a) as [mb, kb] and op(b) as
 // [kb, nb], so the inner loop (over j, i-k-j order) runs along contiguous memory and vectorises
@@ -80,6 +72,22 @@ void gemm_cpu(const TA* a, const TA* b, TC* c, const GemmProblem& p) {
   }
 }
 
+void gemm_cpu_dispatch(const Tensor& a, const Tensor& b, const Tensor& c, GemmProblem p, float alpha, float beta) {
+  p.alpha = alpha;
+  p.beta = beta;
+  if (p.batch == 0 || p.m == 0 || p.n == 0) return;
+  cpu::dispatch_float(a, [&](auto* type) {
+    using TA = std::remove_pointer_t<decltype(type)>;
+    const TA* ap = static_cast<const TA*>(a.data());
+    const TA* bp = static_cast<const TA*>(b.data());
+    if (c.dtype() == a.dtype()) {
+      gemm_cpu<TA, TA>(ap, bp, static_cast<TA*>(c.data()), p);
+    } else {
+      gemm_cpu<TA, float>(ap, bp, static_cast<float*>(c.data()), p);
+    }
+  });
+}
+
 std::string strides_string(const Tensor& t) {
   Shape strides;
   for (int i = 0; i < t.dim(); ++i) strides.push_back(t.stride(i));
@@ -102,15 +110,16 @@ void check_matrix_layout(const char* op, const char* arg, const Tensor& t, int d
       << "), got " << t.describe() << " with strides " << strides_string(t);
 }
 
-// Checks a, b, c of a plain (dims = 2) or batched (dims = 3) GEMM and returns the problem.
+}  // namespace
+
 GemmProblem check_gemm_args(const char* op, const Tensor& a, const Tensor& b, const Tensor& c, bool trans_a,
-                            bool trans_b, int dims) {
+                            bool trans_b, int dims, const char* c_name) {
   check_matrix_layout(op, "a", a, dims);
   check_matrix_layout(op, "b", b, dims);
-  check_matrix_layout(op, "c", c, dims);
+  check_matrix_layout(op, c_name, c, dims);
   check_dtype(op, "b", b, a.dtype());
   SY_CHECK(c.dtype() == a.dtype() || c.dtype() == DType::f32)
-      << op << ": c must be " << dtype_name(a.dtype()) << " (a's dtype) or f32, got " << c.describe();
+      << op << ": " << c_name << " must be " << dtype_name(a.dtype()) << " (a's dtype) or f32, got " << c.describe();
   check_same_device(op, {&a, &b, &c});
 
   GemmProblem p;
@@ -124,15 +133,16 @@ GemmProblem check_gemm_args(const char* op, const Tensor& a, const Tensor& b, co
   if (dims == 3) {
     p.batch = c.size(0);
     SY_CHECK(a.size(0) == p.batch && b.size(0) == p.batch)
-        << op << ": batch sizes differ: a has " << a.size(0) << ", b has " << b.size(0) << ", c has " << c.size(0);
-    check_shape(op, "c", c, {p.batch, m, n});
+        << op << ": batch sizes differ: a has " << a.size(0) << ", b has " << b.size(0) << ", " << c_name << " has "
+        << c.size(0);
+    check_shape(op, c_name, c, {p.batch, m, n});
     SY_CHECK(c.stride(0) != 0 || p.batch <= 1)
-        << op << ": c has batch stride 0, so all " << p.batch << " items would write the same matrix";
+        << op << ": " << c_name << " has batch stride 0, so all " << p.batch << " items would write the same matrix";
     p.stride_a = a.stride(0);
     p.stride_b = b.stride(0);
     p.stride_c = c.stride(0);
   } else {
-    check_shape(op, "c", c, {m, n});
+    check_shape(op, c_name, c, {m, n});
   }
   p.m = m;
   p.n = n;
@@ -142,24 +152,6 @@ GemmProblem check_gemm_args(const char* op, const Tensor& a, const Tensor& b, co
   p.ldc = c.stride(-2);
   return p;
 }
-
-void gemm_cpu_dispatch(const Tensor& a, const Tensor& b, const Tensor& c, GemmProblem p, float alpha, float beta) {
-  p.alpha = alpha;
-  p.beta = beta;
-  if (p.batch == 0 || p.m == 0 || p.n == 0) return;
-  cpu::dispatch_float(a, [&](auto* type) {
-    using TA = std::remove_pointer_t<decltype(type)>;
-    const TA* ap = static_cast<const TA*>(a.data());
-    const TA* bp = static_cast<const TA*>(b.data());
-    if (c.dtype() == a.dtype()) {
-      gemm_cpu<TA, TA>(ap, bp, static_cast<TA*>(c.data()), p);
-    } else {
-      gemm_cpu<TA, float>(ap, bp, static_cast<float*>(c.data()), p);
-    }
-  });
-}
-
-}  // namespace
 
 void gemm(const Tensor& a, const Tensor& b, const Tensor& c, bool trans_a, bool trans_b, float alpha, float beta,
           StreamRef stream) {

@@ -9,12 +9,6 @@
 namespace sy::cuda {
 namespace {
 
-// cuBLAS wants ld >= the stored row length even for a single row, whose stride is arbitrary.
-std::int64_t leading_dimension(const Tensor& t) {
-  const std::int64_t row_length = t.size(-1) > 1 ? t.size(-1) : 1;
-  return t.size(-2) > 1 && t.stride(-2) > row_length ? t.stride(-2) : row_length;
-}
-
 // Runs the (batched) product; `batched` selects stride(0) as the batch stride.
 void gemm_cublas(const char* op, const Tensor& a, const Tensor& b, const Tensor& c, bool trans_a, bool trans_b,
                  float alpha, float beta, StreamRef stream, bool batched) {

@@ -42,6 +42,17 @@ TEST(Gelu, BackwardMatchesFiniteDifferences) {
       [](const Tensor& x, const Tensor& dy, const Tensor& dx) { gelu_backward(x, dy, dx); }, 20);
 }
 
+TEST(Gelu, BackwardMayWriteOverItsGradientInput) {
+  // dx aliasing dy gives what a separate dx gets (gemm_dgelu's unfused routes rely on it).
+  OwnedTensor x = random_tensor({5, 9}, DType::bf16, Device::cpu, 40, 2.0f);
+  OwnedTensor dy = random_tensor({5, 9}, DType::bf16, Device::cpu, 41);
+  OwnedTensor dx({5, 9}, DType::bf16, Device::cpu);
+  OwnedTensor in_place = convert(dy, DType::bf16, Device::cpu);
+  gelu_backward(x, dy, dx);
+  gelu_backward(x, in_place, in_place);
+  EXPECT_EQ(to_vector(in_place), to_vector(dx));
+}
+
 TEST(Relu, BackwardMatchesFiniteDifferencesAwayFromZero) {
   // Normal draws land within the 1e-6 step of 0 with negligible probability.
   expect_backward_matches_finite_differences(

@@ -139,7 +139,7 @@ TEST_P(ExpertFFNCpu, BackwardMatchesFiniteDifferences) {
   };
   loss();
   poison(p.dx);
-  poison(p.scratch.dact);
+  if (p.scratch.dact.defined()) poison(p.scratch.dact);  // not allocated for gelu in the capacity layout
   poison(p.scratch.dh);
   p.backward();
   EXPECT_LT(relative_error(to_vector(p.dx), numeric_gradient(p.x, loss)), 1e-7);
@@ -248,9 +248,24 @@ TEST(ExpertFFN, BufferShapesFollowTheLayoutAndActivation) {
   EXPECT_EQ(capacity.act, (Shape{kExperts, 7, kHidden}));
   EXPECT_EQ(capacity.dact, (Shape{kExperts, 7, kHidden}));
   EXPECT_EQ(capacity.dh, (Shape{kExperts, 7, 2 * kHidden}));
-  const ExpertBufferShapes dropless = ExpertFFN(config_for(ExpertActivation::gelu)).buffer_shapes({11, kModel});
+  const ExpertFFN gelu(config_for(ExpertActivation::gelu));
+  const ExpertBufferShapes dropless = gelu.buffer_shapes({11, kModel});
   EXPECT_EQ(dropless.h, (Shape{11, kHidden}));
+  EXPECT_EQ(dropless.dact, (Shape{11, kHidden}));
   EXPECT_EQ(dropless.dh, (Shape{11, kHidden}));
+  // GELU in the capacity layout: gemm_dgelu writes dh directly, so there is no dact buffer.
+  const ExpertBufferShapes gelu_capacity = gelu.buffer_shapes({kExperts, 7, kModel});
+  EXPECT_EQ(gelu_capacity.h, (Shape{kExperts, 7, kHidden}));
+  EXPECT_TRUE(gelu_capacity.dact.empty());
+  EXPECT_EQ(gelu_capacity.dh, (Shape{kExperts, 7, kHidden}));
+}
+
+TEST(ExpertFFN, GeluCapacityScratchHasNoDactBuffer) {
+  Arena arena(Device::cpu, 1 << 16);
+  const ExpertScratch scratch =
+      ExpertFFN(config_for(ExpertActivation::gelu)).alloc_scratch(arena, {kExperts, kCapacity, kModel}, DType::f32);
+  EXPECT_FALSE(scratch.dact.defined());
+  EXPECT_EQ(scratch.dh.shape(), (Shape{kExperts, kCapacity, kHidden}));
 }
 
 TEST(ExpertFFN, RejectsRowCountsForTheWrongNumberOfExperts) {
