@@ -2,8 +2,6 @@
 // dispatch.h and experts.h.
 #include "moe/moe_layer.h"
 
-#include "core/ops.h"
-
 namespace sy {
 namespace {
 
@@ -75,12 +73,10 @@ void MoeLayer::backward(const Tensor& dout, const MoeWeights& weights, Arena& ar
   if (groups_.tp && groups_.tp->size() > 1) groups_.tp->all_reduce(d_expert_in, ReduceOp::sum, stream);
   mark_phase(timer_, "experts");
 
-  // dx = (gradient through the experts' inputs) + (gradient through the router's input).
+  // dx = (gradient through the experts' inputs) + (gradient through the router's input):
+  // dispatch writes the first, the router adds the second.
   dispatch_backward(d_expert_in, routing, plan_, *groups_.ep, arena, dx, stream, timer_);
-  Tensor dx_router = arena.alloc(dx.shape(), dx.dtype());
-  router_backward(router_, weights.w_router, weights.w_noise, dgate, dx_router, grads.w_router, grads.w_noise, arena,
-                  stream);
-  add(dx, dx_router, dx, stream);
+  router_backward(router_, weights.w_router, weights.w_noise, dgate, dx, grads.w_router, grads.w_noise, arena, stream);
   mark_phase(timer_, "router");
 }
 

@@ -47,7 +47,8 @@ class MoeLayer {
   std::int64_t local_experts() const { return local_experts_; }
 
   // x: [N, d] -> out: [N, d] (written). Saves what backward needs in `arena` (which must live
-  // until backward). `first_token`: global index of local token 0, so router noise is the same
+  // until backward), and keeps a view of x, which must too: the router's backward recomputes
+  // its input from it. `first_token`: global index of local token 0, so router noise is the same
   // at every layout.
   void forward(const Tensor& x, const MoeWeights& weights, bool training, RngKey key, std::int64_t first_token,
                Arena& arena, const Tensor& out, StreamRef stream = {});

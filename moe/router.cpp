@@ -130,6 +130,19 @@ void router_losses_cpu(const RouterSettings& s, const Tensor& local_sums, const 
   put(state.dropped_fraction, 0, choices > 0 ? global[std::size_t(2 * E + 1)] / choices : 0.0);
 }
 
+// Row n of the router input: factor = its jitter factors (1 without jitter), input = x[n, :] *
+// factor. Forward and backward both compute it from x, so nothing [N, d] is saved.
+void router_input_row(const RouterState& state, bool jitter, std::int64_t n, std::vector<double>& factor,
+                      std::vector<double>& input) {
+  const std::int64_t d = state.x.size(1);
+  const std::uint64_t counter = (std::uint64_t(state.first_token) + std::uint64_t(n)) * std::uint64_t(d);
+  for (std::int64_t c = 0; c < d; ++c) {
+    factor[std::size_t(c)] =
+        jitter ? router_jitter_factor(state.key, counter + std::uint64_t(c), state.settings.jitter_eps) : 1.0;
+    input[std::size_t(c)] = get(state.x, n * d + c) * factor[std::size_t(c)];
+  }
+}
+
 void router_forward_cpu(const RouterSettings& s, const Tensor& x, const Tensor& w_router, const Tensor& w_noise,
                         bool gaussian, bool jitter, std::int64_t capacity, RouterState& state, const Tensor& local) {
   const std::int64_t N = x.size(0), d = x.size(1);
@@ -137,19 +150,16 @@ void router_forward_cpu(const RouterSettings& s, const Tensor& x, const Tensor& 
   Routing& r = state.routing;
   const std::uint64_t first = std::uint64_t(state.first_token);
 
-  for (std::int64_t i = 0; i < N * d; ++i) {
-    const double factor = jitter ? router_jitter_factor(state.key, first * std::uint64_t(d) + std::uint64_t(i), s.jitter_eps) : 1.0;
-    if (state.router_input.data() != x.data()) put(state.router_input, i, get(x, i) * factor);
-  }
   std::vector<double> sums(std::size_t(router_stats_size(E)), 0.0);
   std::vector<double> logits(static_cast<std::size_t>(E));
+  std::vector<double> factor(static_cast<std::size_t>(d)), input(static_cast<std::size_t>(d));
   for (std::int64_t n = 0; n < N; ++n) {
+    router_input_row(state, jitter, n, factor, input);
     for (int e = 0; e < E; ++e) {
       double acc = 0, noise_acc = 0;
       for (std::int64_t c = 0; c < d; ++c) {
-        const double v = get(state.router_input, n * d + c);
-        acc += v * get(w_router, c * E + e);
-        if (gaussian) noise_acc += v * get(w_noise, c * E + e);
+        acc += input[std::size_t(c)] * get(w_router, c * E + e);
+        if (gaussian) noise_acc += input[std::size_t(c)] * get(w_noise, c * E + e);
       }
       if (gaussian) {
         const double z = router_noise_draw(state.key, (first + std::uint64_t(n)) * std::uint64_t(E) + std::uint64_t(e));
@@ -211,7 +221,7 @@ void router_backward_cpu(const RouterState& state, const Tensor& w_router, const
                          const Tensor& dx, const Tensor& dw_router, const Tensor& dw_noise) {
   const RouterSettings& s = state.settings;
   const Routing& r = state.routing;
-  const std::int64_t N = r.tokens, d = state.router_input.size(1);
+  const std::int64_t N = r.tokens, d = state.x.size(1);
   const int E = s.experts, k = s.top_k;
   const bool gaussian = state.noise.defined();
   const bool jitter = state.training && s.noise == RouterNoise::jitter;
@@ -243,30 +253,28 @@ void router_backward_cpu(const RouterState& state, const Tensor& w_router, const
       if (gaussian) dnoise[std::size_t(n * E + e)] = dl * get(state.noise, n * E + e) * sigmoid(get(state.noise_logits, n * E + e));
     }
   }
-  for (std::int64_t c = 0; c < d; ++c) {
-    for (int e = 0; e < E; ++e) {
-      double acc = 0, noise_acc = 0;
-      for (std::int64_t n = 0; n < N; ++n) {
-        const double v = get(state.router_input, n * d + c);
-        acc += v * dlogits[std::size_t(n * E + e)];
-        if (gaussian) noise_acc += v * dnoise[std::size_t(n * E + e)];
-      }
-      put(dw_router, c * E + e, get(dw_router, c * E + e) + acc);
-      if (gaussian) put(dw_noise, c * E + e, get(dw_noise, c * E + e) + noise_acc);
-    }
-  }
-  const std::uint64_t first = std::uint64_t(state.first_token);
+  // dW += input^T dlogits (summed in double, added once); dx += factor * (dlogits W^T + dnoise Wn^T).
+  std::vector<double> dw_sum(std::size_t(d * E), 0.0), dwn_sum(gaussian ? std::size_t(d * E) : 0, 0.0);
+  std::vector<double> factor(static_cast<std::size_t>(d)), input(static_cast<std::size_t>(d));
   for (std::int64_t n = 0; n < N; ++n) {
+    router_input_row(state, jitter, n, factor, input);
     for (std::int64_t c = 0; c < d; ++c) {
       double acc = 0;
       for (int e = 0; e < E; ++e) {
-        acc += dlogits[std::size_t(n * E + e)] * get(w_router, c * E + e);
-        if (gaussian) acc += dnoise[std::size_t(n * E + e)] * get(w_noise, c * E + e);
+        const std::size_t ne = std::size_t(n * E + e), ce = std::size_t(c * E + e);
+        dw_sum[ce] += input[std::size_t(c)] * dlogits[ne];
+        acc += dlogits[ne] * get(w_router, c * E + e);
+        if (gaussian) {
+          dwn_sum[ce] += input[std::size_t(c)] * dnoise[ne];
+          acc += dnoise[ne] * get(w_noise, c * E + e);
+        }
       }
-      const std::uint64_t i = std::uint64_t(n * d + c);
-      if (jitter) acc *= router_jitter_factor(state.key, first * std::uint64_t(d) + i, s.jitter_eps);
-      put(dx, n * d + c, acc);
+      put(dx, n * d + c, get(dx, n * d + c) + acc * factor[std::size_t(c)]);
     }
+  }
+  for (std::int64_t i = 0; i < d * E; ++i) {
+    put(dw_router, i, get(dw_router, i) + dw_sum[std::size_t(i)]);
+    if (gaussian) put(dw_noise, i, get(dw_noise, i) + dwn_sum[std::size_t(i)]);
   }
 }
 
@@ -313,7 +321,7 @@ void router_forward(const RouterSettings& settings, const Tensor& x, const Tenso
   state.training = training;
   state.key = key;
   state.first_token = first_token;
-  state.x_dtype = x.dtype();
+  state.x = x;
   const std::int64_t capacity = router_capacity(settings, N, training);
   Routing& r = state.routing;
   r.tokens = N;
@@ -324,7 +332,6 @@ void router_forward(const RouterSettings& settings, const Tensor& x, const Tenso
   r.gate = arena.alloc({N, k}, cdt);
   r.slot = arena.alloc({N, k}, DType::i32);
   r.expert_counts = arena.alloc({E}, DType::i32);
-  state.router_input = x.dtype() == cdt && !jitter ? x : arena.alloc({N, d}, cdt);
   state.logits = arena.alloc({N, E}, cdt);
   if (gaussian) {
     state.noise_logits = arena.alloc({N, E}, cdt);
@@ -366,7 +373,7 @@ void router_backward(const RouterState& state, const Tensor& w_router, const Ten
   const Routing& r = state.routing;
   SY_CHECK(state.probs.defined()) << op << ": the state holds no forward";
   const DType cdt = state.probs.dtype();
-  const std::int64_t N = r.tokens, d = state.router_input.size(1);
+  const std::int64_t N = r.tokens, d = state.x.size(1);
   const int E = r.experts;
   check_weight(op, "w_router", w_router, d, E, cdt);
   check_contiguous(op, "dgate", dgate);
@@ -374,14 +381,14 @@ void router_backward(const RouterState& state, const Tensor& w_router, const Ten
   check_dtype(op, "dgate", dgate, cdt);
   check_contiguous(op, "dx", dx);
   check_shape(op, "dx", dx, {N, d});
-  check_dtype(op, "dx", dx, state.x_dtype);
+  check_dtype(op, "dx", dx, state.x.dtype());
   check_weight(op, "dw_router", dw_router, d, E, cdt);
   if (state.noise.defined()) {
     check_weight(op, "w_noise", w_noise, d, E, cdt);
     check_weight(op, "dw_noise", dw_noise, d, E, cdt);
-    check_same_device(op, {&state.probs, &w_router, &dgate, &dx, &dw_router, &w_noise, &dw_noise});
+    check_same_device(op, {&state.probs, &state.x, &w_router, &dgate, &dx, &dw_router, &w_noise, &dw_noise});
   } else {
-    check_same_device(op, {&state.probs, &w_router, &dgate, &dx, &dw_router});
+    check_same_device(op, {&state.probs, &state.x, &w_router, &dgate, &dx, &dw_router});
   }
   if (dx.is_cuda()) {
     const std::size_t mark = arena.mark();

@@ -1,39 +1,221 @@
-// Router on CUDA, forward then backward. Logits and their weight gradients go through core
-// gemm (cuBLAS, fp32); the kernels here do what sits between the GEMMs. Nothing waits on the
-// host and nothing sums floats with atomics, so a run is bit-reproducible.
+// Router on CUDA, forward then backward. The router's three products with x (logits = x·Wr,
+// dWr += x^T·dlogits, dx += dlogits·Wr^T, and the same with Wn for Gaussian noise) are fused
+// kernels that stream x (or dx) once and redraw each element's jitter factor from its Philox
+// counter, so no [N, d] router input is saved; with small E they are bound by that stream, or
+// with jitter by the draws. The other kernels do softmax, top-k, slots, statistics and
+// d loss / d logits. Nothing waits on the host and nothing sums floats with atomics, so a run
+// is bit-reproducible.
+#include <algorithm>
 #include <climits>
 
 #include <cub/device/device_radix_sort.cuh>
 
-#include "core/ops.h"
 #include "core/ops/cuda_common.cuh"
+#include "core/ops/elementwise_map.cuh"
 #include "moe/router_kernels.h"
 
 namespace sy::cuda {
 namespace {
 
-constexpr int kWarpsPerBlock = 8;  // token kernels: one warp per token
+constexpr int kWarpsPerBlock = 8;  // per-token kernels: one warp per token; x·W kernels: 8 channel slices
 constexpr int kThreads = 256;
 constexpr int kMaxGrid = 4096;  // grid-stride kernels: enough blocks to fill an H200 several times
 static_assert(kWarpsPerBlock * 32 == kThreads);
+
+// The fused x·W kernels hold a [channels, experts] chunk of Wr (and Wn) in shared memory, at
+// most this many bytes of it; with more, the channels are taken chunk by chunk.
+constexpr int kWeightSmemBytes = 64 << 10;
+// The logits and weight-gradient kernels keep sums for up to kWideExperts experts per thread in
+// registers (kNarrowExperts when E is that small, to spare registers); more experts take
+// further passes over x.
+constexpr int kNarrowExperts = 8;
+constexpr int kWideExperts = 32;
+// The input-gradient kernel stages up to this many experts of dlogits per token in shared memory.
+constexpr int kGradExperts = 256;
+// Weight gradients: rows are cut into at most kMaxRowChunks chunks of at least kMinChunkRows,
+// and the [chunks, d, E] partial sums kept under kPartialBytes.
+constexpr int kMaxRowChunks = 64;
+constexpr std::int64_t kMinChunkRows = 128;
+constexpr std::int64_t kPartialBytes = 16 << 20;
+constexpr int kRowLanes = 8;  // weight-gradient block: 32 channel lanes x 8 row lanes
+static_assert(kRowLanes * 32 == kThreads);
 
 unsigned stride_grid(std::int64_t n) { return unsigned(std::min<std::int64_t>(grid_for(n, kThreads), kMaxGrid)); }
 
 __device__ __forceinline__ float softplus_f32(float h) { return h > 20.0f ? h : log1pf(expf(h)); }
 __device__ __forceinline__ float sigmoid_f32(float h) { return 1.0f / (1.0f + expf(-h)); }
 
+// ---- the router input x * jitter factor, as the fused kernels see it --------------------------
+
+// The shape of x and its jitter. The jitter counter of element (n, c) is (first_token + n) * d + c,
+// the global element index, as in router_jitter_factor's contract.
+struct RouterInput {
+  std::int64_t rows = 0;  // N
+  int d = 0;
+  std::uint64_t first_token = 0;
+  RngKey key;
+  float eps = 0;
+  bool jitter = false;
+};
+
+// The jitter factors of elements (n, c) .. (n, c + kVec - 1); 1 without jitter.
+template <int kVec>
+__device__ __forceinline__ void jitter_factors(const RouterInput& in, std::int64_t n, int c, float (&f)[kVec]) {
+  const std::uint64_t index = (in.first_token + std::uint64_t(n)) * std::uint64_t(in.d) + std::uint64_t(c);
+#pragma unroll
+  for (int j = 0; j < kVec; ++j) f[j] = in.jitter ? router_jitter_factor(in.key, index + j, in.eps) : 1.0f;
+}
+
+// kVec consecutive elements in fp32: 8 by 16-byte loads (one for bf16, two for f32), 4 by one
+// 8- or 16-byte load, 1 by a scalar load. The caller guarantees the alignment.
+__device__ __forceinline__ void load_vec4(const float* p, float (&v)[4]) {
+  const float4 q = *reinterpret_cast<const float4*>(p);
+  v[0] = q.x, v[1] = q.y, v[2] = q.z, v[3] = q.w;
+}
+__device__ __forceinline__ void load_vec4(const __nv_bfloat16* p, float (&v)[4]) {
+  const uint2 raw = *reinterpret_cast<const uint2*>(p);
+  const __nv_bfloat162* pairs = reinterpret_cast<const __nv_bfloat162*>(&raw);
+  const float2 lo = __bfloat1622float2(pairs[0]), hi = __bfloat1622float2(pairs[1]);
+  v[0] = lo.x, v[1] = lo.y, v[2] = hi.x, v[3] = hi.y;
+}
+template <int kVec, class T>
+__device__ __forceinline__ void load_vec(const T* p, float (&v)[kVec]) {
+  static_assert(kVec == 1 || kVec == 4 || kVec == 8);
+  if constexpr (kVec == 8) {
+    load_vec8(p, v);
+  } else if constexpr (kVec == 4) {
+    load_vec4(p, v);
+  } else {
+    v[0] = load_f32(p);
+  }
+}
+template <int kVec, class T>
+__device__ __forceinline__ void store_vec(T* p, const float (&v)[kVec]) {
+  static_assert(kVec == 1 || kVec == 8);
+  if constexpr (kVec == 8) {
+    store_vec8(p, v);
+  } else {
+    store_f32(p, v[0]);
+  }
+}
+
+// tile[c, e] = w[c0 + c, e0 + e] for c < channels, e < width; 0 for e in [width, stride) and
+// for experts past E. w: [d, E] f32; tile: [channels, stride] in shared memory. A block-wide
+// copy: the caller synchronises around it.
+__device__ void load_weight_tile(const float* w, float* tile, int c0, int channels, int e0, int width, int stride,
+                                 int experts) {
+  for (int i = threadIdx.x; i < channels * stride; i += blockDim.x) {
+    const int c = i / stride, e = i % stride;
+    tile[i] = e < width && e0 + e < experts ? w[std::int64_t(c0 + c) * experts + e0 + e] : 0.0f;
+  }
+}
+
 // ---- forward --------------------------------------------------------------------------------
 
-// input[i] = x[i] * jitter factor (or 1), in f32 for the logits GEMM: one read of x, one f32
-// write; the Philox draw per element is cheaper than the memory traffic. Grid-stride, int64
-// indices. The jitter counter of element i is counter_offset + i = global token * d + c.
-template <class T>
-__global__ void router_input_kernel(const T* x, float* input, std::int64_t count, std::uint64_t counter_offset,
-                                    RngKey key, float eps, bool jitter) {
-  for (std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
-       i += std::int64_t(gridDim.x) * blockDim.x) {
-    const float factor = jitter ? router_jitter_factor(key, counter_offset + std::uint64_t(i), eps) : 1.0f;
-    input[i] = load_f32(x + i) * factor;
+// out[n, e0 + e] = the sum over the block's warps, in warp order, of each warp's acc[e], for the
+// lane's token n. Partial sums pass through `partial` ([warps][32][kTile + 1]; the odd row
+// stride puts the 32 lanes' rows in distinct banks).
+template <int kTile>
+__device__ void store_warp_sums(const float (&acc)[kTile], float* partial, float* out, std::int64_t n, bool active,
+                                int experts, int e0) {
+  constexpr int kStride = kTile + 1;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  __syncthreads();  // the previous call's readers are done with `partial`
+  float* mine = partial + (warp * 32 + lane) * kStride;
+#pragma unroll
+  for (int e = 0; e < kTile; ++e) mine[e] = acc[e];
+  __syncthreads();
+  if (!active) return;
+  for (int e = warp; e < kTile && e0 + e < experts; e += kWarpsPerBlock) {
+    float sum = 0.0f;
+    for (int s = 0; s < kWarpsPerBlock; ++s) sum += partial[(s * 32 + lane) * kStride + e];
+    out[n * experts + e0 + e] = sum;
+  }
+}
+
+// logits[n, e] = sum_c x[n, c] * jitter(n, c) * Wr[c, e], and noise_logits with Wn (Gaussian
+// noise; w_noise null otherwise), accumulated in fp32 in a fixed order.
+// A block takes 32 tokens at a time, one per lane, and its 8 warps split the channels (warp s
+// takes the kVec-wide vectors s, s + 8, ...). All lanes of a warp then read the same weight row
+// at the same time, a shared-memory broadcast with no bank conflicts, and every weight read
+// feeds 32 tokens. Each lane keeps kTile expert sums in registers; the warps' sums are added in
+// warp order at the end (store_warp_sums), so the result does not depend on the grid. The
+// weights sit in shared memory as [channels, kTile] chunks: when all of d and E fit in one, the
+// block loads them once and strides over token tiles; otherwise every tile reloads its chunks
+// (from L2). E > kTile takes one pass over x per kTile experts.
+// Traffic per pass: x read once (16-byte loads on the vector path, kVec = 8; kVec = 1 when d is
+// not a multiple of 8), logits written once. With jitter, the Philox draw per element of x
+// costs more than the load.
+template <class T, int kVec, int kTile>
+__global__ void __launch_bounds__(kThreads)
+    router_logits_kernel(const T* x, const float* w_router, const float* w_noise, float* logits, float* noise_logits,
+                         RouterInput in, int experts, int chunk_channels) {
+  static_assert(kTile % 4 == 0, "weight rows are read as float4");
+  extern __shared__ float4 smem4[];
+  const bool gaussian = w_noise != nullptr;
+  float* w_s = reinterpret_cast<float*>(smem4);                      // [chunk_channels, kTile]
+  float* wn_s = w_s + chunk_channels * kTile;                        // [chunk_channels, kTile], Gaussian only
+  float* partial = wn_s + (gaussian ? chunk_channels * kTile : 0);  // [warps][32][kTile + 1]
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int d = in.d;
+  const int expert_tiles = (experts + kTile - 1) / kTile;
+  const bool resident = expert_tiles == 1 && d <= chunk_channels;
+  if (resident) {
+    load_weight_tile(w_router, w_s, 0, d, 0, kTile, kTile, experts);
+    if (gaussian) load_weight_tile(w_noise, wn_s, 0, d, 0, kTile, kTile, experts);
+    __syncthreads();
+  }
+  const std::int64_t tiles = (in.rows + 31) / 32;
+  for (std::int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    const std::int64_t n = tile * 32 + lane;
+    const bool active = n < in.rows;
+    for (int e0 = 0; e0 < experts; e0 += kTile) {
+      float acc[kTile], noise_acc[kTile];
+#pragma unroll
+      for (int e = 0; e < kTile; ++e) acc[e] = noise_acc[e] = 0.0f;
+      for (int c0 = 0; c0 < d; c0 += chunk_channels) {
+        const int channels = min(chunk_channels, d - c0);
+        if (!resident) {
+          __syncthreads();  // every warp is done with the previous chunk
+          load_weight_tile(w_router, w_s, c0, channels, e0, kTile, kTile, experts);
+          if (gaussian) load_weight_tile(w_noise, wn_s, c0, channels, e0, kTile, kTile, experts);
+          __syncthreads();
+        }
+        if (!active) continue;
+        const T* row = x + n * d + c0;
+        for (int c = warp * kVec; c < channels; c += kWarpsPerBlock * kVec) {
+          float v[kVec], f[kVec];
+          load_vec<kVec>(row + c, v);
+          jitter_factors<kVec>(in, n, c0 + c, f);
+#pragma unroll
+          for (int j = 0; j < kVec; ++j) {
+            const float input = v[j] * f[j];
+            const float4* wr = reinterpret_cast<const float4*>(w_s + (c + j) * kTile);
+#pragma unroll
+            for (int q = 0; q < kTile / 4; ++q) {
+              const float4 w4 = wr[q];
+              acc[4 * q] = fmaf(input, w4.x, acc[4 * q]);
+              acc[4 * q + 1] = fmaf(input, w4.y, acc[4 * q + 1]);
+              acc[4 * q + 2] = fmaf(input, w4.z, acc[4 * q + 2]);
+              acc[4 * q + 3] = fmaf(input, w4.w, acc[4 * q + 3]);
+            }
+            if (gaussian) {
+              const float4* wnr = reinterpret_cast<const float4*>(wn_s + (c + j) * kTile);
+#pragma unroll
+              for (int q = 0; q < kTile / 4; ++q) {
+                const float4 w4 = wnr[q];
+                noise_acc[4 * q] = fmaf(input, w4.x, noise_acc[4 * q]);
+                noise_acc[4 * q + 1] = fmaf(input, w4.y, noise_acc[4 * q + 1]);
+                noise_acc[4 * q + 2] = fmaf(input, w4.z, noise_acc[4 * q + 2]);
+                noise_acc[4 * q + 3] = fmaf(input, w4.w, noise_acc[4 * q + 3]);
+              }
+            }
+          }
+        }
+      }
+      store_warp_sums<kTile>(acc, partial, logits, n, active, experts, e0);
+      if (gaussian) store_warp_sums<kTile>(noise_acc, partial, noise_logits, n, active, experts, e0);
+    }
   }
 }
 
@@ -287,17 +469,190 @@ __global__ void logits_grad_kernel(const float* probs, const float* lse, const i
   }
 }
 
-// dx[i] = dinput[i] * jitter factor, converted to x's dtype: the jitter noise is a constant
-// factor on the router input. One f32 read, one write; grid-stride, int64 indices.
-template <class T>
-__global__ void input_grad_kernel(const float* dinput, T* dx, std::int64_t count, std::uint64_t counter_offset,
-                                  RngKey key, float eps, bool jitter) {
-  for (std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
-       i += std::int64_t(gridDim.x) * blockDim.x) {
-    const float factor = jitter ? router_jitter_factor(key, counter_offset + std::uint64_t(i), eps) : 1.0f;
-    store_f32(dx + i, dinput[i] * factor);
+
+// out[c, e0 + e] = the sum over the block's row lanes, in order, of their sums[j][e] for channel
+// c = (block's first channel) + (channel lane) * kCh + j. Partial sums pass through `lanes`
+// ([row lanes][32][kCh * kTile + 1]; the odd row stride puts the channel lanes in distinct banks).
+template <int kCh, int kTile>
+__device__ void store_row_lane_sums(const float (&sums)[kCh][kTile], float* lanes, float* out, int d, int experts,
+                                    int e0) {
+  constexpr int kPerThread = kCh * kTile, kStride = kPerThread + 1;
+  __syncthreads();  // the previous call's readers are done with `lanes`
+  float* mine = lanes + (threadIdx.y * 32 + threadIdx.x) * kStride;
+#pragma unroll
+  for (int j = 0; j < kCh; ++j) {
+#pragma unroll
+    for (int e = 0; e < kTile; ++e) mine[j * kTile + e] = sums[j][e];
+  }
+  __syncthreads();
+  const int c_block = blockIdx.x * 32 * kCh;
+  for (int i = threadIdx.y * 32 + threadIdx.x; i < 32 * kPerThread; i += kThreads) {
+    const int owner = i / kPerThread, k = i % kPerThread;
+    const int c = c_block + owner * kCh + k / kTile, e = e0 + k % kTile;
+    if (c >= d || e >= experts) continue;
+    float sum = 0.0f;
+    for (int lane = 0; lane < kRowLanes; ++lane) sum += lanes[(lane * 32 + owner) * kStride + k];
+    out[std::int64_t(c) * experts + e] = sum;
   }
 }
+
+// Partial weight gradients over chunk blockIdx.y of the token rows:
+//   partial[chunk, c, e] = sum over the chunk's rows n of x[n, c] * jitter(n, c) * dlogits[n, e],
+// and partial_noise the same with dnoise (Gaussian noise; dnoise null otherwise), for the kTile
+// experts from blockIdx.z * kTile. A block is 32 channel lanes x 8 row lanes: a warp reads kCh
+// adjacent channels per lane of one row (coalesced) and that row's dlogits at one address (a
+// broadcast), and each thread keeps kCh x kTile sums in registers over its rows. The 8 row
+// lanes are then added in order through shared memory, and add_chunk_sums_kernel adds the
+// chunks in order, so the result is bit-reproducible without atomics (as rmsnorm's dweight).
+// Traffic per expert tile: x read once, dlogits read once per 32 * kCh channels (from L2),
+// partials written once; with jitter, one Philox draw per element of x.
+template <class T, int kCh, int kTile>
+__global__ void __launch_bounds__(kThreads)
+    router_weight_grad_kernel(const T* x, const float* dlogits, const float* dnoise, float* partial,
+                              float* partial_noise, RouterInput in, int experts, std::int64_t rows_per_chunk) {
+  __shared__ float lanes[kRowLanes * 32 * (kCh * kTile + 1)];
+  const bool gaussian = dnoise != nullptr;
+  const int d = in.d;
+  const int c = (blockIdx.x * 32 + threadIdx.x) * kCh;
+  const int e0 = blockIdx.z * kTile;
+  const std::int64_t begin = std::int64_t(blockIdx.y) * rows_per_chunk;
+  const std::int64_t end = min(in.rows, begin + rows_per_chunk);
+  float acc[kCh][kTile], noise_acc[kCh][kTile];
+#pragma unroll
+  for (int j = 0; j < kCh; ++j) {
+#pragma unroll
+    for (int e = 0; e < kTile; ++e) acc[j][e] = noise_acc[j][e] = 0.0f;
+  }
+  if (c < d) {
+    for (std::int64_t n = begin + threadIdx.y; n < end; n += kRowLanes) {
+      float v[kCh], f[kCh];
+      load_vec<kCh>(x + n * d + c, v);
+      jitter_factors<kCh>(in, n, c, f);
+      float g[kTile];
+#pragma unroll
+      for (int e = 0; e < kTile; ++e) g[e] = e0 + e < experts ? dlogits[n * experts + e0 + e] : 0.0f;
+#pragma unroll
+      for (int j = 0; j < kCh; ++j) {
+        const float input = v[j] * f[j];
+#pragma unroll
+        for (int e = 0; e < kTile; ++e) acc[j][e] = fmaf(input, g[e], acc[j][e]);
+      }
+      if (gaussian) {
+#pragma unroll
+        for (int e = 0; e < kTile; ++e) g[e] = e0 + e < experts ? dnoise[n * experts + e0 + e] : 0.0f;
+#pragma unroll
+        for (int j = 0; j < kCh; ++j) {
+          const float input = v[j] * f[j];
+#pragma unroll
+          for (int e = 0; e < kTile; ++e) noise_acc[j][e] = fmaf(input, g[e], noise_acc[j][e]);
+        }
+      }
+    }
+  }
+
+  const std::int64_t chunk_offset = std::int64_t(blockIdx.y) * d * experts;
+  store_row_lane_sums<kCh, kTile>(acc, lanes, partial + chunk_offset, d, experts, e0);
+  if (gaussian) store_row_lane_sums<kCh, kTile>(noise_acc, lanes, partial_noise + chunk_offset, d, experts, e0);
+}
+
+// dw[i] += sum over chunks, in chunk order, of partial[chunk, i]. One thread per element.
+__global__ void add_chunk_sums_kernel(const float* partial, int chunks, std::int64_t count, float* dw) {
+  for (std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
+       i += std::int64_t(gridDim.x) * blockDim.x) {
+    float total = 0.0f;
+    for (int chunk = 0; chunk < chunks; ++chunk) total += partial[chunk * count + i];
+    dw[i] += total;
+  }
+}
+
+// dx[n, c] += jitter(n, c) * sum_e (dlogits[n, e] * Wr[c, e] + dnoise[n, e] * Wn[c, e]), in x's
+// dtype (dnoise and Wn for Gaussian noise only; null otherwise). The layout of the logits
+// kernel: a lane per token, warps over channels, weight rows broadcast from shared memory. Each
+// lane needs its token's whole dlogits row for every channel, so the block stages the 32 rows in
+// shared memory for up to kGradExperts experts ([32, grad_stride]: grad_stride / 4 is odd, so a
+// quarter warp's 16-byte reads of its 8 rows hit distinct banks) and sums each channel over
+// them in a fixed order. Weights: [chunk_channels, weight_stride] chunks as in the logits
+// kernel. With more than kGradExperts experts, each group of them adds its part to dx in a
+// further pass (rounded to x's dtype each time).
+// Traffic: dx read and written once (16-byte accesses when d is a multiple of 8), dlogits read
+// once; x itself is not read, only its jitter factors (one Philox draw per element).
+template <class T, int kVec>
+__global__ void __launch_bounds__(kThreads)
+    router_input_grad_kernel(const float* dlogits, const float* dnoise, const float* w_router, const float* w_noise,
+                             T* dx, RouterInput in, int experts, int tile_experts, int weight_stride, int grad_stride,
+                             int chunk_channels) {
+  extern __shared__ float4 smem4[];
+  const bool gaussian = dnoise != nullptr;
+  const int weights = gaussian ? 2 : 1;
+  float* w_s = reinterpret_cast<float*>(smem4);                     // [chunk_channels, weight_stride]
+  float* wn_s = w_s + chunk_channels * weight_stride;               // Gaussian only
+  float* dl_s = w_s + weights * chunk_channels * weight_stride;     // [32, grad_stride]
+  float* dn_s = dl_s + 32 * grad_stride;                            // Gaussian only
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int d = in.d;
+  const bool resident = tile_experts >= experts && d <= chunk_channels;
+  if (resident) {  // visible after the barriers around the first rows' staging below
+    load_weight_tile(w_router, w_s, 0, d, 0, tile_experts, weight_stride, experts);
+    if (gaussian) load_weight_tile(w_noise, wn_s, 0, d, 0, tile_experts, weight_stride, experts);
+  }
+  const std::int64_t tiles = (in.rows + 31) / 32;
+  for (std::int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    const std::int64_t n = tile * 32 + lane;
+    const bool active = n < in.rows;
+    for (int e0 = 0; e0 < experts; e0 += tile_experts) {
+      __syncthreads();  // every warp is done with the previous rows (and weights)
+      for (int i = threadIdx.x; i < 32 * weight_stride; i += kThreads) {
+        const int t = i / weight_stride, e = i % weight_stride;
+        const std::int64_t row = tile * 32 + t;
+        const bool inside = row < in.rows && e < tile_experts && e0 + e < experts;
+        dl_s[t * grad_stride + e] = inside ? dlogits[row * experts + e0 + e] : 0.0f;
+        if (gaussian) dn_s[t * grad_stride + e] = inside ? dnoise[row * experts + e0 + e] : 0.0f;
+      }
+      for (int c0 = 0; c0 < d; c0 += chunk_channels) {
+        const int channels = min(chunk_channels, d - c0);
+        if (!resident) {
+          __syncthreads();  // every warp is done with the previous chunk
+          load_weight_tile(w_router, w_s, c0, channels, e0, tile_experts, weight_stride, experts);
+          if (gaussian) load_weight_tile(w_noise, wn_s, c0, channels, e0, tile_experts, weight_stride, experts);
+        }
+        __syncthreads();  // the staged rows and weights are visible
+        if (!active) continue;
+        const float4* dl_row = reinterpret_cast<const float4*>(dl_s + lane * grad_stride);
+        const float4* dn_row = reinterpret_cast<const float4*>(dn_s + lane * grad_stride);
+        T* dx_row = dx + n * d + c0;
+        for (int c = warp * kVec; c < channels; c += kWarpsPerBlock * kVec) {
+          float sum[kVec];
+#pragma unroll
+          for (int j = 0; j < kVec; ++j) sum[j] = 0.0f;
+          for (int q = 0; q < weight_stride / 4; ++q) {
+            const float4 g = dl_row[q];
+#pragma unroll
+            for (int j = 0; j < kVec; ++j) {
+              const float4 w4 = reinterpret_cast<const float4*>(w_s + (c + j) * weight_stride)[q];
+              sum[j] = fmaf(g.x, w4.x, fmaf(g.y, w4.y, fmaf(g.z, w4.z, fmaf(g.w, w4.w, sum[j]))));
+            }
+            if (gaussian) {
+              const float4 h = dn_row[q];
+#pragma unroll
+              for (int j = 0; j < kVec; ++j) {
+                const float4 w4 = reinterpret_cast<const float4*>(wn_s + (c + j) * weight_stride)[q];
+                sum[j] = fmaf(h.x, w4.x, fmaf(h.y, w4.y, fmaf(h.z, w4.z, fmaf(h.w, w4.w, sum[j]))));
+              }
+            }
+          }
+          float f[kVec], out[kVec];
+          jitter_factors<kVec>(in, n, c0 + c, f);
+          load_vec<kVec>(dx_row + c, out);
+#pragma unroll
+          for (int j = 0; j < kVec; ++j) out[j] = fmaf(f[j], sum[j], out[j]);
+          store_vec<kVec>(dx_row + c, out);
+        }
+      }
+    }
+  }
+}
+
+// ---- launches ---------------------------------------------------------------------------------
 
 int bits_for(int values) {
   int bits = 1;
@@ -354,27 +709,186 @@ int column_sums(const float* v, std::int64_t rows, int cols, bool square, double
   return row_blocks;
 }
 
+
+bool aligned(const void* p, std::size_t bytes) { return reinterpret_cast<std::uintptr_t>(p) % bytes == 0; }
+
+int sm_count() {
+  int device = 0, sms = 0;
+  SY_CUDA(cudaGetDevice(&device));
+  SY_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  return sms;
+}
+
+// Raises a kernel's dynamic shared-memory limit (the default is 48 KiB).
+template <class Kernel>
+void allow_smem(Kernel kernel, std::size_t bytes) {
+  SY_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+}
+
+// Blocks for a kernel that strides over `tiles` token tiles: as many as can be resident at
+// once, so each loads its weights once when they fit.
+template <class Kernel>
+unsigned resident_grid(Kernel kernel, std::size_t smem_bytes, std::int64_t tiles) {
+  int per_sm = 0;
+  SY_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem_bytes));
+  return unsigned(std::min<std::int64_t>(tiles, std::int64_t(std::max(per_sm, 1)) * sm_count()));
+}
+
+// Channels per shared-memory weight chunk of `stride` floats per channel (times `weights`): as
+// many as fit kWeightSmemBytes, a multiple of `multiple`, no more than d needs.
+int weight_chunk_channels(int d, int stride, int weights, int multiple) {
+  const int fit = kWeightSmemBytes / (stride * int(sizeof(float)) * weights) / multiple * multiple;
+  const int all = (d + multiple - 1) / multiple * multiple;
+  return std::max(multiple, std::min(fit, all));
+}
+
+constexpr std::size_t logits_smem_limit(int tile) {
+  return kWeightSmemBytes + std::size_t(kWarpsPerBlock) * 32 * (tile + 1) * sizeof(float);
+}
+
+template <class T, int kVec, int kTile>
+void launch_logits(const T* x, const float* w_router, const float* w_noise, float* logits, float* noise_logits,
+                   const RouterInput& in, int experts, cudaStream_t stream) {
+  const auto kernel = router_logits_kernel<T, kVec, kTile>;
+  static const bool allowed = (allow_smem(kernel, logits_smem_limit(kTile)), true);
+  (void)allowed;
+  const int weights = w_noise != nullptr ? 2 : 1;
+  // A multiple of 8 warps x 8 channels keeps every chunk's vectors 16-byte aligned.
+  const int chunk = weight_chunk_channels(in.d, kTile, weights, kWarpsPerBlock * 8);
+  const std::size_t smem =
+      (std::size_t(chunk) * kTile * weights + std::size_t(kWarpsPerBlock) * 32 * (kTile + 1)) * sizeof(float);
+  router_logits_kernel<T, kVec, kTile><<<resident_grid(kernel, smem, (in.rows + 31) / 32), kThreads, smem, stream>>>(
+      x, w_router, w_noise, logits, noise_logits, in, experts, chunk);
+  SY_CUDA_LAUNCH();
+}
+
+// logits = (x * jitter) · Wr and noise_logits = (x * jitter) · Wn (when w_noise is set).
+void router_logits(const Tensor& x, const float* w_router, const float* w_noise, float* logits, float* noise_logits,
+                   const RouterInput& in, int experts, cudaStream_t stream) {
+  dispatch_float(x, [&](auto* type) {
+    using T = std::remove_pointer_t<decltype(type)>;
+    const T* xp = static_cast<const T*>(x.data());
+    const bool vector = in.d % 8 == 0 && aligned(xp, 16);
+    if (experts <= kNarrowExperts) {
+      if (vector) {
+        launch_logits<T, 8, kNarrowExperts>(xp, w_router, w_noise, logits, noise_logits, in, experts, stream);
+      } else {
+        launch_logits<T, 1, kNarrowExperts>(xp, w_router, w_noise, logits, noise_logits, in, experts, stream);
+      }
+    } else {
+      if (vector) {
+        launch_logits<T, 8, kWideExperts>(xp, w_router, w_noise, logits, noise_logits, in, experts, stream);
+      } else {
+        launch_logits<T, 1, kWideExperts>(xp, w_router, w_noise, logits, noise_logits, in, experts, stream);
+      }
+    }
+  });
+}
+
+template <class T, int kCh, int kTile>
+void launch_weight_grad(const T* x, const float* dlogits, const float* dnoise, float* partial, float* partial_noise,
+                        const RouterInput& in, int experts, int chunks, cudaStream_t stream) {
+  const std::int64_t rows_per_chunk = (in.rows + chunks - 1) / chunks;
+  const dim3 grid(grid_for(in.d, 32 * kCh), unsigned(chunks), unsigned((experts + kTile - 1) / kTile));
+  router_weight_grad_kernel<T, kCh, kTile><<<grid, dim3(32, kRowLanes), 0, stream>>>(
+      x, dlogits, dnoise, partial, partial_noise, in, experts, rows_per_chunk);
+  SY_CUDA_LAUNCH();
+}
+
+// dw_router += (x * jitter)^T · dlogits and dw_noise += (x * jitter)^T · dnoise (when dnoise is
+// set): per-chunk partials from the arena, then their ordered sum.
+void router_weight_grad(const Tensor& x, const float* dlogits, const float* dnoise, float* dw_router, float* dw_noise,
+                        const RouterInput& in, int experts, Arena& arena, cudaStream_t stream) {
+  const std::int64_t count = std::int64_t(in.d) * experts;
+  const int weights = dnoise != nullptr ? 2 : 1;
+  const std::int64_t by_rows = (in.rows + kMinChunkRows - 1) / kMinChunkRows;
+  const std::int64_t by_memory = kPartialBytes / (count * std::int64_t(sizeof(float)) * weights);
+  const int chunks = int(std::max<std::int64_t>(1, std::min({by_rows, by_memory, std::int64_t(kMaxRowChunks)})));
+  const Tensor partial = arena.alloc({chunks, count}, DType::f32);
+  const Tensor partial_noise = dnoise != nullptr ? arena.alloc({chunks, count}, DType::f32) : Tensor{};
+  float* noise_out = dnoise != nullptr ? partial_noise.ptr<float>() : nullptr;
+  dispatch_float(x, [&](auto* type) {
+    using T = std::remove_pointer_t<decltype(type)>;
+    const T* xp = static_cast<const T*>(x.data());
+    if (experts > kNarrowExperts) {
+      launch_weight_grad<T, 1, kWideExperts>(xp, dlogits, dnoise, partial.ptr<float>(), noise_out, in, experts, chunks,
+                                             stream);
+    } else if (in.d % 4 == 0 && aligned(xp, 4 * sizeof(T))) {
+      launch_weight_grad<T, 4, kNarrowExperts>(xp, dlogits, dnoise, partial.ptr<float>(), noise_out, in, experts,
+                                               chunks, stream);
+    } else {
+      launch_weight_grad<T, 1, kNarrowExperts>(xp, dlogits, dnoise, partial.ptr<float>(), noise_out, in, experts,
+                                               chunks, stream);
+    }
+  });
+  add_chunk_sums_kernel<<<stride_grid(count), kThreads, 0, stream>>>(partial.ptr<float>(), chunks, count, dw_router);
+  SY_CUDA_LAUNCH();
+  if (dnoise != nullptr) {
+    add_chunk_sums_kernel<<<stride_grid(count), kThreads, 0, stream>>>(noise_out, chunks, count, dw_noise);
+    SY_CUDA_LAUNCH();
+  }
+}
+
+constexpr std::size_t input_grad_smem_limit() {
+  return kWeightSmemBytes + 2 * 32 * std::size_t(kGradExperts + 4) * sizeof(float);
+}
+
+template <class T, int kVec>
+void launch_input_grad(const float* dlogits, const float* dnoise, const float* w_router, const float* w_noise, T* dx,
+                       const RouterInput& in, int experts, cudaStream_t stream) {
+  const auto kernel = router_input_grad_kernel<T, kVec>;
+  static const bool allowed = (allow_smem(kernel, input_grad_smem_limit()), true);
+  (void)allowed;
+  const int weights = dnoise != nullptr ? 2 : 1;
+  const int tile_experts = std::min(experts, kGradExperts);
+  const int weight_stride = (tile_experts + 3) / 4 * 4;
+  const int grad_stride = weight_stride / 4 % 2 == 1 ? weight_stride : weight_stride + 4;
+  const int chunk = weight_chunk_channels(in.d, weight_stride, weights, 8);
+  const std::size_t smem =
+      std::size_t(weights) * (std::size_t(chunk) * weight_stride + 32 * grad_stride) * sizeof(float);
+  router_input_grad_kernel<T, kVec><<<resident_grid(kernel, smem, (in.rows + 31) / 32), kThreads, smem, stream>>>(
+      dlogits, dnoise, w_router, w_noise, dx, in, experts, tile_experts, weight_stride, grad_stride, chunk);
+  SY_CUDA_LAUNCH();
+}
+
+// dx += jitter * (dlogits · Wr^T + dnoise · Wn^T), in dx's dtype.
+void router_input_grad(const float* dlogits, const float* dnoise, const float* w_router, const float* w_noise,
+                       const Tensor& dx, const RouterInput& in, int experts, cudaStream_t stream) {
+  dispatch_float(dx, [&](auto* type) {
+    using T = std::remove_pointer_t<decltype(type)>;
+    T* dxp = static_cast<T*>(dx.data());
+    if (in.d % 8 == 0 && aligned(dxp, 16)) {
+      launch_input_grad<T, 8>(dlogits, dnoise, w_router, w_noise, dxp, in, experts, stream);
+    } else {
+      launch_input_grad<T, 1>(dlogits, dnoise, w_router, w_noise, dxp, in, experts, stream);
+    }
+  });
+}
+
+RouterInput router_input(const RouterState& state, bool jitter) {
+  SY_CHECK(state.x.size(1) <= INT_MAX) << "router: d_model " << state.x.size(1) << " exceeds the kernels' int range";
+  RouterInput in;
+  in.rows = state.x.size(0);
+  in.d = int(state.x.size(1));
+  in.first_token = std::uint64_t(state.first_token);
+  in.key = state.key;
+  in.eps = state.settings.jitter_eps;
+  in.jitter = jitter;
+  return in;
+}
+
 }  // namespace
 
 void router_forward(const RouterSettings& settings, const Tensor& x, const Tensor& w_router, const Tensor& w_noise,
                     bool gaussian, bool jitter, std::int64_t capacity, Arena& arena, RouterState& state,
                     const Tensor& local, StreamRef stream) {
-  const std::int64_t N = x.size(0), d = x.size(1);
+  const std::int64_t N = x.size(0);
   const int E = settings.experts, k = settings.top_k;
   const cudaStream_t s = to_cuda(stream);
   const Routing& r = state.routing;
   if (N > 0) {
-    if (state.router_input.data() != x.data()) {
-      dispatch_float(x, [&](auto* type) {
-        using T = std::remove_pointer_t<decltype(type)>;
-        router_input_kernel<T><<<stride_grid(N * d), kThreads, 0, s>>>(
-            static_cast<const T*>(x.data()), state.router_input.ptr<float>(), N * d,
-            std::uint64_t(state.first_token) * std::uint64_t(d), state.key, settings.jitter_eps, jitter);
-      });
-      SY_CUDA_LAUNCH();
-    }
-    sy::gemm(state.router_input, w_router, state.logits, false, false, 1.0f, 0.0f, stream);
-    if (gaussian) sy::gemm(state.router_input, w_noise, state.noise_logits, false, false, 1.0f, 0.0f, stream);
+    router_logits(x, w_router.ptr<float>(), gaussian ? w_noise.ptr<float>() : nullptr, state.logits.ptr<float>(),
+                  gaussian ? state.noise_logits.ptr<float>() : nullptr, router_input(state, jitter), E, s);
     softmax_topk_kernel<<<grid_for(N, kWarpsPerBlock), kThreads, 0, s>>>(
         state.logits.ptr<float>(), gaussian ? state.noise_logits.ptr<float>() : nullptr,
         gaussian ? state.noise.ptr<float>() : nullptr, state.probs.ptr<float>(), state.lse.ptr<float>(),
@@ -413,9 +927,9 @@ void router_backward(const RouterState& state, const Tensor& w_router, const Ten
                      StreamRef stream) {
   const RouterSettings& settings = state.settings;
   const Routing& r = state.routing;
-  const std::int64_t N = r.tokens, d = state.router_input.size(1);
+  const std::int64_t N = r.tokens;
   const int E = r.experts;
-  if (N == 0) return;
+  if (N == 0 || state.x.size(1) == 0) return;  // no tokens or no channels: nothing to add
   const cudaStream_t s = to_cuda(stream);
   const bool gaussian = state.noise.defined();
   const bool jitter = state.training && settings.noise == RouterNoise::jitter && settings.jitter_eps > 0;
@@ -427,22 +941,12 @@ void router_backward(const RouterState& state, const Tensor& w_router, const Ten
       gaussian ? state.noise_logits.ptr<float>() : nullptr, dlogits.ptr<float>(),
       gaussian ? dnoise.ptr<float>() : nullptr, int(N), E, r.top_k, settings.renormalize);
   SY_CUDA_LAUNCH();
-  sy::gemm(state.router_input, dlogits, dw_router, true, false, 1.0f, 1.0f, stream);
-  if (gaussian) sy::gemm(state.router_input, dnoise, dw_noise, true, false, 1.0f, 1.0f, stream);
-  // An f32 x without jitter takes the GEMM output directly; otherwise scale and convert after.
-  const bool direct = state.x_dtype == DType::f32 && !jitter;
-  const Tensor dinput = direct ? dx : arena.alloc({N, d}, DType::f32);
-  sy::gemm(dlogits, w_router, dinput, false, true, 1.0f, 0.0f, stream);
-  if (gaussian) sy::gemm(dnoise, w_noise, dinput, false, true, 1.0f, 1.0f, stream);
-  if (!direct) {
-    dispatch_float(dx, [&](auto* type) {
-      using T = std::remove_pointer_t<decltype(type)>;
-      input_grad_kernel<T><<<stride_grid(N * d), kThreads, 0, s>>>(
-          dinput.ptr<float>(), static_cast<T*>(dx.data()), N * d, std::uint64_t(state.first_token) * std::uint64_t(d),
-          state.key, settings.jitter_eps, jitter);
-    });
-    SY_CUDA_LAUNCH();
-  }
+  const RouterInput in = router_input(state, jitter);
+  const float* dnoise_ptr = gaussian ? dnoise.ptr<float>() : nullptr;
+  router_weight_grad(state.x, dlogits.ptr<float>(), dnoise_ptr, dw_router.ptr<float>(),
+                     gaussian ? dw_noise.ptr<float>() : nullptr, in, E, arena, s);
+  router_input_grad(dlogits.ptr<float>(), dnoise_ptr, w_router.ptr<float>(), gaussian ? w_noise.ptr<float>() : nullptr,
+                    dx, in, E, s);
 }
 
 }  // namespace sy::cuda

@@ -71,18 +71,21 @@ void validate(const RouterSettings& settings);
 std::int64_t router_capacity(const RouterSettings& settings, std::int64_t tokens, bool training);
 
 // What forward saves for backward, and its outputs. Tensors are views into the forward's arena
-// and stay valid until the caller resets it. The compute dtype is f32, or f64 when x is f64
-// (CPU reference only, for gradient checks): logits, probs, gates and losses use it.
+// and stay valid until the caller resets it, except `x`, which is the caller's. The compute
+// dtype is f32, or f64 when x is f64 (CPU reference only, for gradient checks): logits, probs,
+// gates and losses use it.
 struct RouterState {
   RouterSettings settings;
   bool training = false;
   RngKey key;                    // seed and layer; the purpose is set per noise kind
   std::int64_t first_token = 0;  // global index of local token 0
-  DType x_dtype = DType::f32;
 
   Routing routing;  // for dispatch; gate has the compute dtype
 
-  Tensor router_input;  // [N, d] compute dtype: x times the jitter factor (may alias x)
+  // [N, d] the forward's x itself, not a copy: backward recomputes the router input x * jitter
+  // from it (redrawing the jitter), so the caller keeps x alive and unchanged until backward,
+  // as the MoE layer does with its input.
+  Tensor x;
   Tensor logits;        // [N, E] the logits softmax saw (noise included)
   Tensor noise_logits;  // [N, E] x·Wn, gaussian training only
   Tensor noise;         // [N, E] the N(0, 1) draws, gaussian training only
@@ -107,9 +110,13 @@ void router_forward(const RouterSettings& settings, const Tensor& x, const Tenso
                     StreamRef stream = {}, Communicator* dp = nullptr);
 
 // dgate: [N, k] compute dtype, d loss / d gate from combine (ignored for dropped choices).
-// The aux and z losses enter with d total / d loss = 1. dx: [N, d] x's dtype (written);
-// dw_router, dw_noise: [d, E] f32 (f64 with f64 x), accumulated; dw_noise is touched only for
-// gaussian training noise. Scratch from `arena`, released before returning.
+// The aux and z losses enter with d total / d loss = 1. x is read from the state (see
+// RouterState::x). dx: [N, d] x's dtype, accumulated: dx += d loss / d x through the router.
+// This is an exception to activation gradients being overwritten: the MoE layer's input
+// gradient is the sum of the dispatch path's and the router's, and adding in place spares it an
+// [N, d] buffer and a pass over it. dw_router, dw_noise: [d, E] f32 (f64 with f64 x),
+// accumulated; dw_noise is touched only for gaussian training noise. Scratch from `arena`,
+// released before returning.
 void router_backward(const RouterState& state, const Tensor& w_router, const Tensor& w_noise, const Tensor& dgate,
                      const Tensor& dx, const Tensor& dw_router, const Tensor& dw_noise, Arena& arena,
                      StreamRef stream = {});

@@ -54,7 +54,8 @@ TEST(RouterMpi, GlobalScopeEqualsSerialRunOverAllRanksTokens) {
   // Only the losses (dgate = 0): the ranks' weight gradients sum to the serial one, and each
   // rank's dx is the serial dx of its rows.
   OwnedTensor dgate = zeros({sl.count, 2}, DType::f64, Device::cpu), dgate_all = zeros({sl.total, 2}, DType::f64, Device::cpu);
-  OwnedTensor dx({sl.count, d}, DType::f64, Device::cpu), dx_all({sl.total, d}, DType::f64, Device::cpu);
+  OwnedTensor dx = zeros({sl.count, d}, DType::f64, Device::cpu);
+  OwnedTensor dx_all = zeros({sl.total, d}, DType::f64, Device::cpu);
   OwnedTensor dw = zeros({d, 4}, DType::f64, Device::cpu), dw_all = zeros({d, 4}, DType::f64, Device::cpu);
   router_backward(mine, w, Tensor{}, dgate, dx, dw, Tensor{}, arena);
   router_backward(serial, w, Tensor{}, dgate_all, dx_all, dw_all, Tensor{}, arena);

@@ -1,6 +1,7 @@
 // Router CPU reference: hand-computed routings (ties, one hot expert, exact capacity, k = 2,
 // both drop policies, dropless), loss values, settings errors, layout-independent noise and
-// fp64 finite-difference gradients through gates, aux, z and Gaussian noise.
+// fp64 finite-difference gradients through gates, aux, z and Gaussian noise, and backward adding
+// to dx and the weight gradients.
 #include <algorithm>
 #include <cmath>
 
@@ -285,7 +286,7 @@ TEST_P(RouterGradient, MatchesFiniteDifferences) {
   if (gc.policy != DropPolicy::dropless) {
     EXPECT_NE(std::count(slots.begin(), slots.end(), -1), 0) << "no drops";
   }
-  OwnedTensor dx({N, d}, DType::f64, Device::cpu);
+  OwnedTensor dx = zeros({N, d}, DType::f64, Device::cpu);
   OwnedTensor dw = zeros({d, 5}, DType::f64, Device::cpu), dwn = zeros({d, 5}, DType::f64, Device::cpu);
   router_backward(st, w, wn, dgate, dx, dw, dwn, arena);
   EXPECT_LT(relative_error(to_vector(dx), numeric_gradient(x, loss)), 1e-6);
@@ -310,25 +311,46 @@ INSTANTIATE_TEST_SUITE_P(
              (c.renormalize ? "_renorm_" : "_") + drop_policy_name(c.policy);
     });
 
-TEST(RouterTest, WeightGradientsAccumulate) {
-  RouterSettings s;
-  s.experts = 4;
-  s.noise = RouterNoise::gaussian;
-  OwnedTensor x = random_tensor({5, 3}, DType::f32, Device::cpu, 31);
-  OwnedTensor w = random_tensor({3, 4}, DType::f32, Device::cpu, 32), wn = random_tensor({3, 4}, DType::f32, Device::cpu, 33);
-  OwnedTensor dgate = random_tensor({5, 1}, DType::f32, Device::cpu, 34);
-  Arena arena(Device::cpu, 1 << 20);
-  RouterState st;
-  router_forward(s, x, w, wn, true, RngKey{}, 0, arena, st);
-  OwnedTensor dx({5, 3}, DType::f32, Device::cpu);
-  OwnedTensor dw = zeros({3, 4}, DType::f32, Device::cpu), dwn = zeros({3, 4}, DType::f32, Device::cpu);
-  router_backward(st, w, wn, dgate, dx, dw, dwn, arena);
-  const std::vector<double> once = to_vector(dw), once_noise = to_vector(dwn);
-  router_backward(st, w, wn, dgate, dx, dw, dwn, arena);
-  const std::vector<double> twice = to_vector(dw), twice_noise = to_vector(dwn);
-  for (std::size_t i = 0; i < once.size(); ++i) {
-    EXPECT_NEAR(twice[i], 2 * once[i], 1e-6 * std::abs(once[i]) + 1e-9);
-    EXPECT_NEAR(twice_noise[i], 2 * once_noise[i], 1e-6 * std::abs(once_noise[i]) + 1e-9);
+// Backward adds to dx (the MoE layer sums it with the dispatch path's gradient) as it does to
+// the weight gradients: from nonzero starting values the result is start + the plain gradient.
+TEST(RouterTest, BackwardAddsToDxAndWeightGradients) {
+  for (RouterNoise noise : {RouterNoise::jitter, RouterNoise::gaussian}) {
+    SCOPED_TRACE(router_noise_name(noise));
+    RouterSettings s;
+    s.experts = 4;
+    s.noise = noise;
+    s.jitter_eps = 0.1f;
+    OwnedTensor x = random_tensor({5, 3}, DType::f32, Device::cpu, 31);
+    OwnedTensor w = random_tensor({3, 4}, DType::f32, Device::cpu, 32);
+    OwnedTensor wn = random_tensor({3, 4}, DType::f32, Device::cpu, 33);
+    OwnedTensor dgate = random_tensor({5, 1}, DType::f32, Device::cpu, 34);
+    Arena arena(Device::cpu, 1 << 20);
+    RouterState st;
+    router_forward(s, x, w, wn, true, RngKey{}, 0, arena, st);
+    OwnedTensor dx = zeros({5, 3}, DType::f32, Device::cpu);
+    OwnedTensor dw = zeros({3, 4}, DType::f32, Device::cpu), dwn = zeros({3, 4}, DType::f32, Device::cpu);
+    router_backward(st, w, wn, dgate, dx, dw, dwn, arena);
+    const std::vector<double> grad_x = to_vector(dx), grad_w = to_vector(dw), grad_wn = to_vector(dwn);
+    EXPECT_NE(grad_x, std::vector<double>(grad_x.size(), 0.0)) << "no gradient to add";
+
+    OwnedTensor dx0 = random_tensor({5, 3}, DType::f32, Device::cpu, 35);
+    OwnedTensor dw0 = random_tensor({3, 4}, DType::f32, Device::cpu, 36);
+    OwnedTensor dwn0 = random_tensor({3, 4}, DType::f32, Device::cpu, 37);
+    const std::vector<double> start_x = to_vector(dx0), start_w = to_vector(dw0), start_wn = to_vector(dwn0);
+    router_backward(st, w, wn, dgate, dx0, dw0, dwn0, arena);
+    const std::vector<double> sum_x = to_vector(dx0), sum_w = to_vector(dw0), sum_wn = to_vector(dwn0);
+    // f32 storage: one rounding of the sum.
+    auto tol = [](double a, double b) { return 1e-6 * (std::abs(a) + std::abs(b)) + 1e-9; };
+    for (std::size_t i = 0; i < sum_x.size(); ++i) {
+      EXPECT_NEAR(sum_x[i], start_x[i] + grad_x[i], tol(start_x[i], grad_x[i]));
+    }
+    for (std::size_t i = 0; i < sum_w.size(); ++i) {
+      EXPECT_NEAR(sum_w[i], start_w[i] + grad_w[i], tol(start_w[i], grad_w[i]));
+    }
+    for (std::size_t i = 0; i < sum_wn.size(); ++i) {
+      const double expected = noise == RouterNoise::gaussian ? start_wn[i] + grad_wn[i] : start_wn[i];
+      EXPECT_NEAR(sum_wn[i], expected, tol(start_wn[i], grad_wn[i])) << "dw_noise is touched only for gaussian noise";
+    }
   }
 }
 
