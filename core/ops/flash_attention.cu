@@ -3,8 +3,9 @@
 //
 // Nothing of size [T, T] reaches device memory: the forward keeps a running max and sum per
 // query row (online softmax) and saves only the row's log-sum-exp; the backward recomputes the
-// probabilities from it. Tiles are 64 query rows by 64 key rows, one block of 4 warps, each
-// warp owning 16 rows of the block's tile. The backward is two kernels so that every output
+// probabilities from it. Key tiles are 64 rows; a block is 4 warps. In the backward each warp
+// owns 16 rows of a 64-row tile; in the forward at D = 64 each warp owns 32 query rows (two m16
+// tiles sharing every K and V fragment), 128 per block. The backward is two kernels so that every output
 // element has one writer and the result is bitwise deterministic (no atomics): one walks the
 // query tiles of each key tile (dK, dV, summed over the g query heads of a kv head in
 // registers), the other walks the key tiles of each query tile (dQ).
@@ -136,39 +137,64 @@ __device__ __forceinline__ void load_b_rows_k(std::uint32_t (&b)[4], SmemTile<D>
   ldmatrix_x4_trans(b, tile.at(k0 + (lane & 7) + (((lane >> 3) & 1) << 3), n0 / 8 + (lane >> 4)));
 }
 
-// acc[8][4] (16 x 64) += A (16 x D, rows row0.. of `a_tile`) * B^T, B rows n = 0..63 of `b_tile`.
-template <int D>
-__device__ __forceinline__ void product_nt(float (&acc)[8][4], SmemTile<D> a_tile, int row0, SmemTile<D> b_tile) {
+// acc[m][8][4] (MT m-tiles of 16 x 64) += A (rows row0 + 16 m.. of `a_tile`, 16 x D each) * B^T,
+// B rows n = 0..63 of `b_tile`. Each B fragment read from shared memory feeds all MT m-tiles.
+template <int D, int MT>
+__device__ __forceinline__ void product_nt_tiles(float (&acc)[MT][8][4], SmemTile<D> a_tile, int row0,
+                                                 SmemTile<D> b_tile) {
 #pragma unroll
   for (int kk = 0; kk < D / 16; ++kk) {
-    std::uint32_t a[4];
-    load_a(a, a_tile, row0, kk * 16);
+    std::uint32_t a[MT][4];
+#pragma unroll
+    for (int m = 0; m < MT; ++m) load_a(a[m], a_tile, row0 + 16 * m, kk * 16);
 #pragma unroll
     for (int nn = 0; nn < 4; ++nn) {
       std::uint32_t b[4];
       load_b_rows_n(b, b_tile, nn * 16, kk * 16);
-      mma(acc[2 * nn], a, b[0], b[1]);
-      mma(acc[2 * nn + 1], a, b[2], b[3]);
+#pragma unroll
+      for (int m = 0; m < MT; ++m) {
+        mma(acc[m][2 * nn], a[m], b[0], b[1]);
+        mma(acc[m][2 * nn + 1], a[m], b[2], b[3]);
+      }
     }
   }
 }
-
-// acc[D/8][4] (16 x D) += P (16 x 64, accumulator layout, rounded to bf16) * B (64 x D, rows of `b_tile`).
 template <int D>
-__device__ __forceinline__ void product_pv(float (&acc)[D / 8][4], const float (&p)[8][4], SmemTile<D> b_tile) {
+__device__ __forceinline__ void product_nt(float (&acc)[8][4], SmemTile<D> a_tile, int row0, SmemTile<D> b_tile) {
+  product_nt_tiles<D, 1>(reinterpret_cast<float(&)[1][8][4]>(acc), a_tile, row0, b_tile);
+}
+
+// acc[m][D/8][4] (MT m-tiles of 16 x D) += P[m] (16 x 64, accumulator layout, rounded to bf16)
+// * B (64 x D, rows of `b_tile`); each B fragment feeds all MT m-tiles.
+template <int D, int MT>
+__device__ __forceinline__ void product_pv_tiles(float (&acc)[MT][D / 8][4], const float (&p)[MT][8][4],
+                                                 SmemTile<D> b_tile) {
 #pragma unroll
   for (int kk = 0; kk < 4; ++kk) {
-    const std::uint32_t a[4] = {pack_bf16(p[2 * kk][0], p[2 * kk][1]), pack_bf16(p[2 * kk][2], p[2 * kk][3]),
-                                pack_bf16(p[2 * kk + 1][0], p[2 * kk + 1][1]),
-                                pack_bf16(p[2 * kk + 1][2], p[2 * kk + 1][3])};
+    std::uint32_t a[MT][4];
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+      a[m][0] = pack_bf16(p[m][2 * kk][0], p[m][2 * kk][1]);
+      a[m][1] = pack_bf16(p[m][2 * kk][2], p[m][2 * kk][3]);
+      a[m][2] = pack_bf16(p[m][2 * kk + 1][0], p[m][2 * kk + 1][1]);
+      a[m][3] = pack_bf16(p[m][2 * kk + 1][2], p[m][2 * kk + 1][3]);
+    }
 #pragma unroll
     for (int dd = 0; dd < D / 16; ++dd) {
       std::uint32_t b[4];
       load_b_rows_k(b, b_tile, kk * 16, dd * 16);
-      mma(acc[2 * dd], a, b[0], b[1]);
-      mma(acc[2 * dd + 1], a, b[2], b[3]);
+#pragma unroll
+      for (int m = 0; m < MT; ++m) {
+        mma(acc[m][2 * dd], a[m], b[0], b[1]);
+        mma(acc[m][2 * dd + 1], a[m], b[2], b[3]);
+      }
     }
   }
+}
+template <int D>
+__device__ __forceinline__ void product_pv(float (&acc)[D / 8][4], const float (&p)[8][4], SmemTile<D> b_tile) {
+  product_pv_tiles<D, 1>(reinterpret_cast<float(&)[1][D / 8][4]>(acc), reinterpret_cast<const float(&)[1][8][4]>(p),
+                         b_tile);
 }
 
 template <int N>
@@ -210,8 +236,61 @@ struct HeadView {
 };
 
 // ---- forward -----------------------------------------------------------------------------------
-// Grid (query tiles, Hq, B). out [B, Hq, T, D]; lse [B, Hq, T] natural log-sum-exp of the scaled
-// scores of each row.
+// m16 tiles of query rows per warp in the forward: two at D = 64 (32 rows, 128 per block); one at
+// D = 128, where two would spill the accumulators out of registers.
+template <int D>
+constexpr int kForwardTiles = D == 64 ? 2 : 1;
+template <int D>
+constexpr int kForwardRows = 4 * 16 * kForwardTiles<D>;  // query rows per block
+
+// One 16-row m-tile's online-softmax step for the key tile whose first column is col0: scales
+// the scores into the log2 domain (masking columns past each row where `masked`), rescales o and
+// the running sums by the change of the running max, and turns sc into unnormalised P.
+template <int D>
+__device__ __forceinline__ void online_softmax_step(float (&sc)[8][4], float (&o)[D / 8][4], float (&row_max)[2],
+                                                    float (&row_sum)[2], int row0, int col0, bool masked,
+                                                    float scale_log2) {
+  const int lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
+  float tile_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int row = row0 + g + (e >= 2 ? 8 : 0), col = col0 + nt * 8 + 2 * t + (e & 1);
+      const float x = !masked || col <= row ? sc[nt][e] * scale_log2 : -INFINITY;
+      sc[nt][e] = x;
+      tile_max[e >> 1] = fmaxf(tile_max[e >> 1], x);
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    // The 4 lanes of a quad hold one row's 64 columns between them.
+    tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 1));
+    tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 2));
+    const float new_max = fmaxf(row_max[r], tile_max[r]);
+    // A row with nothing visible yet keeps max -inf; use 0 as its reference so exp2 gives 0.
+    const float ref = new_max == -INFINITY ? 0.0f : new_max;
+    const float correction = exp2f(row_max[r] - ref);
+    row_max[r] = new_max;
+    row_sum[r] *= correction;
+#pragma unroll
+    for (int nt = 0; nt < D / 8; ++nt) {
+      o[nt][2 * r] *= correction;
+      o[nt][2 * r + 1] *= correction;
+    }
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+      sc[nt][2 * r] = exp2f(sc[nt][2 * r] - ref);
+      sc[nt][2 * r + 1] = exp2f(sc[nt][2 * r + 1] - ref);
+      row_sum[r] += sc[nt][2 * r] + sc[nt][2 * r + 1];
+    }
+  }
+}
+
+// Grid (query tiles of kForwardRows, Hq, B). out [B, Hq, T, D]; lse [B, Hq, T] natural log-sum-exp
+// of the scaled scores of each row. At D = 64 each warp owns 32 query rows as two m16 tiles, so
+// every K and V fragment read from shared memory feeds two MMAs: half the shared-memory traffic
+// per FLOP of 16 rows per warp, and two independent accumulation chains per warp.
 template <int D>
 __global__ void __launch_bounds__(kThreads) flash_forward_kernel(const HeadView q, const HeadView k, const HeadView v,
                                                                  const HeadView out, float* __restrict__ lse, Shape s,
@@ -223,76 +302,61 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(const HeadView 
   const bf16* q_head = q.head_at(batch, head);
   const bf16* k_head = k.head_at(batch, kv_head);
   const bf16* v_head = v.head_at(batch, kv_head);
-  // Tiles: Q, then K and V of buffer 0, then of buffer 1.
-  const SmemTile<D> qs = tile_at<D>(smem, 0);
-  auto ks = [&](int buf) { return tile_at<D>(smem, 1 + 2 * buf); };
-  auto vs = [&](int buf) { return tile_at<D>(smem, 2 + 2 * buf); };
+  // Tiles: Q (MT tiles of 64 rows), then K and V of buffer 0, then of buffer 1.
+  constexpr int MT = kForwardTiles<D>, kRows = kForwardRows<D>, kWarpRows = 16 * MT;
+  auto ks = [&](int buf) { return tile_at<D>(smem, MT + 2 * buf); };
+  auto vs = [&](int buf) { return tile_at<D>(smem, MT + 1 + 2 * buf); };
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
-  const int row0 = q_tile * kTile + warp * 16;  // this warp's first query row
+  const int q0 = q_tile * kRows;
+  const int row0 = q0 + warp * kWarpRows;  // this warp's first query row
+  const SmemTile<D> qs = tile_at<D>(smem, warp * kWarpRows / kTile);
+  const int qs_row0 = warp * kWarpRows % kTile;  // and its first row in that Q tile
 
-  load_tile(qs, q_head, q.row, q_tile * kTile, s.seq);
+#pragma unroll
+  for (int m = 0; m < MT; ++m) load_tile(tile_at<D>(smem, m), q_head, q.row, q0 + m * kTile, s.seq);
   cp_async_commit();
   load_tile(ks(0), k_head, k.row, 0, s.seq);
   load_tile(vs(0), v_head, v.row, 0, s.seq);
   cp_async_commit();
 
-  float o[D / 8][4];
-  zero(o);
-  float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
-  const int kv_tiles = q_tile + 1;  // key tiles at or left of the diagonal
+  float o[MT][D / 8][4], row_max[MT][2], row_sum[MT][2];
+#pragma unroll
+  for (int m = 0; m < MT; ++m) {
+    zero(o[m]);
+    row_max[m][0] = row_max[m][1] = -INFINITY;
+    row_sum[m][0] = row_sum[m][1] = 0.0f;
+  }
+  const int last_row = min(q0 + kRows, s.seq) - 1;
+  const int kv_tiles = last_row / kTile + 1;  // key tiles at or left of the block's last row
   for (int j = 0; j < kv_tiles; ++j) {
     next_kv_tile<D>(ks((j + 1) & 1), vs((j + 1) & 1), k_head, k.row, v_head, v.row, j, kv_tiles, s.seq);
-    float sc[8][4];
-    zero(sc);
-    product_nt<D>(sc, qs, warp * 16, ks(j & 1));
-    // Scale into the log2 domain and mask above the diagonal (only the last tile has any).
-    float tile_max[2] = {-INFINITY, -INFINITY};
+    // A warp whose rows all sit left of this key tile has nothing to add (warp-uniform).
+    if (j * kTile <= row0 + kWarpRows - 1) {
+      float sc[MT][8][4];
 #pragma unroll
-    for (int nt = 0; nt < 8; ++nt) {
+      for (int m = 0; m < MT; ++m) zero(sc[m]);
+      product_nt_tiles<D, MT>(sc, qs, qs_row0, ks(j & 1));
+      const bool masked = j * kTile + kTile - 1 > row0;  // some column right of some row
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int row = row0 + g + (e >= 2 ? 8 : 0), col = j * kTile + nt * 8 + 2 * t + (e & 1);
-        const float x = col <= row ? sc[nt][e] * scale_log2 : -INFINITY;
-        sc[nt][e] = x;
-        tile_max[e >> 1] = fmaxf(tile_max[e >> 1], x);
-      }
+      for (int m = 0; m < MT; ++m)
+        online_softmax_step<D>(sc[m], o[m], row_max[m], row_sum[m], row0 + 16 * m, j * kTile, masked, scale_log2);
+      product_pv_tiles<D, MT>(o, sc, vs(j & 1));
     }
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      // The 4 lanes of a quad hold one row's 64 columns between them.
-      tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 1));
-      tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 2));
-      const float new_max = fmaxf(row_max[r], tile_max[r]);
-      // A row with nothing visible yet keeps max -inf; use 0 as its reference so exp2 gives 0.
-      const float ref = new_max == -INFINITY ? 0.0f : new_max;
-      const float correction = exp2f(row_max[r] - ref);
-      row_max[r] = new_max;
-      row_sum[r] *= correction;
-#pragma unroll
-      for (int nt = 0; nt < D / 8; ++nt) {
-        o[nt][2 * r] *= correction;
-        o[nt][2 * r + 1] *= correction;
-      }
-#pragma unroll
-      for (int nt = 0; nt < 8; ++nt) {
-        sc[nt][2 * r] = exp2f(sc[nt][2 * r] - ref);
-        sc[nt][2 * r + 1] = exp2f(sc[nt][2 * r + 1] - ref);
-        row_sum[r] += sc[nt][2 * r] + sc[nt][2 * r + 1];
-      }
-    }
-    product_pv<D>(o, sc, vs(j & 1));
     __syncthreads();  // every warp is done with buffer j & 1 before it is refilled
   }
-  float inv[2];
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    row_sum[r] += __shfl_xor_sync(0xffffffffu, row_sum[r], 1);
-    row_sum[r] += __shfl_xor_sync(0xffffffffu, row_sum[r], 2);
-    inv[r] = 1.0f / row_sum[r];
-    const int row = row0 + g + 8 * r;
-    if (t == 0 && row < s.seq) lse[q_off + row] = (row_max[r] + log2f(row_sum[r])) / kLog2e;
+  for (int m = 0; m < MT; ++m) {
+    float inv[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      row_sum[m][r] += __shfl_xor_sync(0xffffffffu, row_sum[m][r], 1);
+      row_sum[m][r] += __shfl_xor_sync(0xffffffffu, row_sum[m][r], 2);
+      inv[r] = 1.0f / row_sum[m][r];
+      const int row = row0 + 16 * m + g + 8 * r;
+      if (t == 0 && row < s.seq) lse[q_off + row] = (row_max[m][r] + log2f(row_sum[m][r])) / kLog2e;
+    }
+    store_rows<D>(out.head_at(batch, head), out.row, o[m], row0 + 16 * m, s.seq, inv[0], inv[1]);
   }
-  store_rows<D>(out.head_at(batch, head), out.row, o, row0, s.seq, inv[0], inv[1]);
 }
 
 // ---- backward ----------------------------------------------------------------------------------
@@ -319,17 +383,21 @@ __global__ void flash_delta_kernel(const HeadView out, const HeadView dout, floa
   if (lane == 0) delta[row] = sum;
 }
 
-// Loads 64 row values (lse or delta) of rows row0.. into shared memory; rows past `rows` read 0.
-__device__ __forceinline__ void load_row_values(float* dst, const float* src, int row0, int rows) {
-  if (threadIdx.x < kTile) dst[threadIdx.x] = row0 + int(threadIdx.x) < rows ? src[row0 + threadIdx.x] : 0.0f;
+// Loads 64 row values (lse or delta) of rows row0.., times `factor`, into shared memory; rows
+// past `rows` read 0.
+__device__ __forceinline__ void load_row_values(float* dst, const float* src, int row0, int rows, float factor) {
+  if (threadIdx.x < kTile) dst[threadIdx.x] = row0 + int(threadIdx.x) < rows ? src[row0 + threadIdx.x] * factor : 0.0f;
 }
 
 // dK, dV. Grid (key tiles, Hkv, B). Each warp owns 16 key rows; the block walks the query tiles
 // at or below its key tile for each of the g query heads of its kv head. In the transposed
 // frame (rows = keys, columns = queries): P^T = exp2(K Q^T scale - lse), dV += P^T dO,
 // dP^T = V dO^T, dS^T = P^T (dP^T - delta), dK += dS^T Q (scaled at the end).
+// At D = 64 the register cap of 3 blocks per SM (168) costs a few bytes of spill and buys 12
+// resident warps instead of 8: the step is a chain of dependent products, so occupancy is what
+// hides its latency.
 template <int D>
-__global__ void __launch_bounds__(kThreads) flash_backward_dkdv_kernel(
+__global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) flash_backward_dkdv_kernel(
     const HeadView q, const HeadView k, const HeadView v, const HeadView dout, const float* __restrict__ lse,
     const float* __restrict__ delta, const HeadView dk, const HeadView dv, Shape s, float scale, float scale_log2) {
   extern __shared__ __align__(128) unsigned char smem[];
@@ -355,8 +423,8 @@ __global__ void __launch_bounds__(kThreads) flash_backward_dkdv_kernel(
     const int buf = step & 1;
     load_tile(qs(buf), q.head_at(batch, head), q.row, q_tile * kTile, s.seq);
     load_tile(dos(buf), dout.head_at(batch, head), dout.row, q_tile * kTile, s.seq);
-    load_row_values(row_lse + buf * kTile, lse + q_off, q_tile * kTile, s.seq);
-    load_row_values(row_delta + buf * kTile, delta + q_off, q_tile * kTile, s.seq);
+    load_row_values(row_lse + buf * kTile, lse + q_off, q_tile * kTile, s.seq, kLog2e);  // log2 domain
+    load_row_values(row_delta + buf * kTile, delta + q_off, q_tile * kTile, s.seq, 1.0f);
     cp_async_commit();
   };
   issue(0);
@@ -379,13 +447,15 @@ __global__ void __launch_bounds__(kThreads) flash_backward_dkdv_kernel(
     float p[8][4];
     zero(p);
     product_nt<D>(p, ks, warp * 16, qs(buf));  // S^T: rows keys, columns queries
+    // Only the diagonal tile and a last, partial query tile hide anything.
+    const bool masked = q_tile == k_tile || (q_tile + 1) * kTile > s.seq;
 #pragma unroll
     for (int nt = 0; nt < 8; ++nt) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int key = key0 + g + (e >= 2 ? 8 : 0), col = nt * 8 + 2 * t + (e & 1), query = q_tile * kTile + col;
-        const bool visible = key <= query && query < s.seq;
-        p[nt][e] = visible ? exp2f(p[nt][e] * scale_log2 - tile_lse[col] * kLog2e) : 0.0f;
+        const bool visible = !masked || (key <= query && query < s.seq);
+        p[nt][e] = visible ? exp2f(fmaf(p[nt][e], scale_log2, -tile_lse[col])) : 0.0f;
       }
     }
     product_pv<D>(dv_acc, p, dos(buf));
@@ -445,12 +515,15 @@ __global__ void __launch_bounds__(kThreads) flash_backward_dq_kernel(
     float p[8][4];
     zero(p);
     product_nt<D>(p, qs, warp * 16, ks(j & 1));
+    // Key tiles left of the diagonal are fully visible (rows past the end are never stored).
+    const bool masked = j == q_tile;
 #pragma unroll
     for (int nt = 0; nt < 8; ++nt) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int row = row0 + g + (e >= 2 ? 8 : 0), col = j * kTile + nt * 8 + 2 * t + (e & 1);
-        p[nt][e] = col <= row && row < s.seq ? exp2f(p[nt][e] * scale_log2 - row_lse[e >> 1]) : 0.0f;
+        const bool visible = !masked || (col <= row && row < s.seq);
+        p[nt][e] = visible ? exp2f(fmaf(p[nt][e], scale_log2, -row_lse[e >> 1])) : 0.0f;
       }
     }
     float ds[8][4];
@@ -467,7 +540,10 @@ __global__ void __launch_bounds__(kThreads) flash_backward_dq_kernel(
   store_rows<D>(dq.head_at(batch, head), dq.row, dq_acc, row0, s.seq, scale, scale);
 }
 
-constexpr std::size_t forward_smem_bytes(int d) { return 5 * kTile * d * sizeof(bf16); }
+template <int D>
+constexpr std::size_t forward_smem_bytes() {
+  return std::size_t(kForwardTiles<D> + 4) * kTile * D * sizeof(bf16);
+}
 constexpr std::size_t backward_smem_bytes(int d) { return 6 * kTile * d * sizeof(bf16) + 4 * kTile * sizeof(float); }
 
 // Raises a kernel's dynamic shared-memory limit once (the default is 48 KiB).
@@ -488,12 +564,12 @@ Shape shape_of(const Tensor& q, const Tensor& k) {
 template <int D>
 void forward_d(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
                StreamRef stream) {
-  static const bool once = (allow_smem(flash_forward_kernel<D>, forward_smem_bytes(D)), true);
+  static const bool once = (allow_smem(flash_forward_kernel<D>, forward_smem_bytes<D>()), true);
   (void)once;
   const Shape s = shape_of(q, k);
-  const dim3 grid(unsigned((s.seq + kTile - 1) / kTile), unsigned(s.heads), unsigned(q.size(0)));
+  const dim3 grid(unsigned((s.seq + kForwardRows<D> - 1) / kForwardRows<D>), unsigned(s.heads), unsigned(q.size(0)));
   const float scale_log2 = kLog2e / std::sqrt(float(D));
-  flash_forward_kernel<D><<<grid, kThreads, forward_smem_bytes(D), to_cuda(stream)>>>(
+  flash_forward_kernel<D><<<grid, kThreads, forward_smem_bytes<D>(), to_cuda(stream)>>>(
       view_of(q), view_of(k), view_of(v), view_of(out), static_cast<float*>(lse.data()), s, scale_log2);
   SY_CUDA_LAUNCH();
 }
