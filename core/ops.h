@@ -48,7 +48,8 @@ void gemm_batched(const Tensor& a, const Tensor& b, const Tensor& c, bool trans_
 void gemm_gelu(const Tensor& a, const Tensor& b, const Tensor& pre, const Tensor& act, bool trans_b,
                StreamRef stream = {});
 // Backward: dpre = (a @ op(b)) * gelu'(pre), a @ op(b) being the gradient of act (in an FFN,
-// dy [M, d] @ w_out^T with w_out [F, d] and trans_b). pre is read, dpre written.
+// dy [M, d] @ w_out^T with w_out [F, d] and trans_b). pre is read, dpre written. Batched (3-D)
+// calls run as the GEMM into dpre, then gelu' in place: cuBLASLt's batched DGELU was slower.
 void gemm_dgelu(const Tensor& a, const Tensor& b, const Tensor& pre, const Tensor& dpre, bool trans_b,
                 StreamRef stream = {});
 enum class GeluEpilogue { forward, backward };  // gemm_gelu, gemm_dgelu

@@ -125,8 +125,8 @@ void ExpertFFN::forward(const Tensor& x, std::span<const std::int64_t> expert_ro
 // Reverse order of forward, each weight's gradient next to the input gradient of its GEMM:
 //   dact = dy @ w_out^T;  dw_out += act^T @ dy;  dh = act'(h) * dact;
 //   dw_in += x^T @ dh;    dx = dh @ w_in^T.
-// GELU in the capacity layout computes dh = gelu'(h) * (dy @ w_out^T) in one GEMM (gemm_dgelu),
-// so dact is never stored.
+// GELU in the capacity layout computes dh = gelu'(h) * (dy @ w_out^T) with gemm_dgelu, which
+// writes the product into dh and applies gelu' there, so no dact buffer is needed.
 void ExpertFFN::backward(const Tensor& x, std::span<const std::int64_t> expert_rows, const ExpertWeights& weights,
                          const ExpertActivations& saved, const Tensor& dy, const Tensor& dx,
                          const ExpertWeights& grads, const ExpertScratch& scratch, StreamRef stream) const {

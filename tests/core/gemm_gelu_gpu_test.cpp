@@ -153,7 +153,7 @@ std::vector<Case> all_cases() {
 
 INSTANTIATE_TEST_SUITE_P(Shapes, GemmGeluGpu, ::testing::ValuesIn(all_cases()), case_name);
 
-TEST(GemmGeluGpuPath, ExpertShapesRunAsOneFusedMatmul) {
+TEST(GemmGeluGpuPath, ExpertForwardRunsAsOneFusedMatmul) {
   SY_REQUIRE_GPU();
   // The capacity layout at the benchmark shape. Forward: x [E, C, d] @ w_in [E, d, F]. Backward:
   // dy [E, C, d] @ w_out [E, F, d]^T, reading pre [E, C, F]. Nothing runs: only planned.
@@ -163,7 +163,8 @@ TEST(GemmGeluGpuPath, ExpertShapesRunAsOneFusedMatmul) {
   OwnedTensor pre({experts, capacity, f}, DType::bf16, Device::cuda);
   OwnedTensor out({experts, capacity, f}, DType::bf16, Device::cuda);
   EXPECT_TRUE(gemm_gelu_fused(GeluEpilogue::forward, x, w_in, pre, out, false));
-  EXPECT_TRUE(gemm_gelu_fused(GeluEpilogue::backward, x, w_out, pre, out, true));
+  // Batched DGELU runs unfused by choice: cuBLASLt adds a slow separate epilogue kernel there.
+  EXPECT_FALSE(gemm_gelu_fused(GeluEpilogue::backward, x, w_out, pre, out, true));
   // One expert's problem, plain.
   const Tensor x0 = x.view().select(0), pre0 = pre.view().select(0), out0 = out.view().select(0);
   EXPECT_TRUE(gemm_gelu_fused(GeluEpilogue::forward, x0, w_in.view().select(0), pre0, out0, false));
