@@ -90,7 +90,8 @@ void rmsnorm_backward(const Tensor& x, const Tensor& weight, const Tensor& rstd,
                       const Tensor& dweight, StreamRef stream = {});
 // A pre-norm block's residual add fused into the norm that follows it: sum = a + b (the residual
 // stream, rounded to its dtype), y = rmsnorm(sum). Equal to add then rmsnorm_forward, one pass
-// over [N, C] cheaper. a, b, sum, y: [N, C]; sum must not alias a or b.
+// over [N, C] cheaper. a, b, sum, y: [N, C]; sum may alias a or b (the residual stream can take
+// the buffer of the branch output it absorbs).
 void add_rmsnorm_forward(const Tensor& a, const Tensor& b, const Tensor& sum, const Tensor& weight, const Tensor& y,
                          const Tensor& rstd, float eps, StreamRef stream = {});
 // rmsnorm_backward whose input gradient is added to the residual stream's gradient instead of

@@ -268,14 +268,14 @@ void Model::forward(const Tensor& tokens, const Tensor& targets, std::int64_t fi
   s.x0 = arena.alloc({n, d_}, dtype_);
   embedding_forward(s.tokens, weight(embed_), s.x0, stream);
   // The residual stream is `x` plus, after an FFN, `pending` (its output not yet added): the add
-  // is fused into the norm that reads the sum next (add_rmsnorm_forward).
+  // is fused into the norm that reads the sum next (add_rmsnorm_forward), and the sum takes the
+  // branch output's buffer, which nothing else reads.
   Tensor x = s.x0, pending;
   Block* previous = nullptr;
   auto norm = [&](const Tensor& w, const Tensor& y, const Tensor& rstd) {
     if (pending.defined()) {
-      const Tensor sum = arena.alloc({n, d_}, dtype_);
-      add_rmsnorm_forward(x, pending, sum, w, y, rstd, eps, stream);
-      x = sum;
+      add_rmsnorm_forward(x, pending, pending, w, y, rstd, eps, stream);
+      x = pending;
       pending = Tensor();
       previous->x_out = x;
     } else {
@@ -328,10 +328,11 @@ void Model::forward(const Tensor& tokens, const Tensor& targets, std::int64_t fi
     Tensor y = arena.alloc({n, d_}, dtype_);
     row_parallel_forward(tp, b.attn_rows, weight(b.out), y, stream);
 
-    // FFN: x_out = x_mid + ffn(rmsnorm(x_mid)), dense or MoE; x_mid's add is fused into the norm.
+    // FFN: x_out = x_mid + ffn(rmsnorm(x_mid)), dense or MoE; x_mid's add is fused into the norm
+    // and x_mid takes the buffer of the attention output y.
     b.rstd2 = arena.alloc({n}, DType::f32);
     b.h2 = arena.alloc({n, d_}, dtype_);
-    b.x_mid = arena.alloc({n, d_}, dtype_);
+    b.x_mid = y;
     add_rmsnorm_forward(x, y, b.x_mid, weight(b.ffn_norm), b.h2, b.rstd2, eps, stream);
     Tensor y2 = arena.alloc({n, d_}, dtype_);
     if (b.moe) {

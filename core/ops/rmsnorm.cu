@@ -43,7 +43,8 @@ __device__ __forceinline__ void store_channels(T* p, const float (&v)[VEC]) {
 
 // y = rmsnorm(x) * w, rstd saved; with ADD, x = a + b is formed here and written to `sum` (the
 // residual stream), rounded to T first so the statistics are those of the stored values,
-// exactly as add then rmsnorm_forward would give. The second pass re-reads x (or a, b) from L1/L2.
+// exactly as add then rmsnorm_forward would give. The second pass re-reads x (the sum, with ADD)
+// from L1/L2; each thread reads only what it wrote, so sum may alias a or b.
 template <class T, int VEC, bool ADD>
 __global__ void rmsnorm_forward_kernel(const T* a, const T* b, T* sum, const T* weight, T* y, float* rstd, int rows,
                                        int channels, float eps) {
@@ -51,21 +52,18 @@ __global__ void rmsnorm_forward_kernel(const T* a, const T* b, T* sum, const T* 
   const int lane = threadIdx.x % 32;
   if (row >= rows) return;
   const std::int64_t base = std::int64_t(row) * channels;
-  // The row's input as the norm sees it (a + b rounded to T with ADD).
-  auto input = [&](int c, float (&v)[VEC]) {
+  const T* x = ADD ? sum : a;  // the norm's input, once formed
+  float sum_sq = 0.0f;
+  for (int c = lane * VEC; c < channels; c += 32 * VEC) {
+    float v[VEC];
     load_channels<VEC>(a + base + c, v);
     if constexpr (ADD) {
       float vb[VEC];
       load_channels<VEC>(b + base + c, vb);
 #pragma unroll
       for (int k = 0; k < VEC; ++k) v[k] = round_to<T>(v[k] + vb[k]);
+      store_channels<VEC>(sum + base + c, v);
     }
-  };
-  float sum_sq = 0.0f;
-  for (int c = lane * VEC; c < channels; c += 32 * VEC) {
-    float v[VEC];
-    input(c, v);
-    if constexpr (ADD) store_channels<VEC>(sum + base + c, v);
 #pragma unroll
     for (int k = 0; k < VEC; ++k) sum_sq += v[k] * v[k];
   }
@@ -73,7 +71,7 @@ __global__ void rmsnorm_forward_kernel(const T* a, const T* b, T* sum, const T* 
   if (lane == 0) rstd[row] = r;
   for (int c = lane * VEC; c < channels; c += 32 * VEC) {
     float v[VEC], w[VEC];
-    input(c, v);
+    load_channels<VEC>(x + base + c, v);
     load_channels<VEC>(weight + c, w);
 #pragma unroll
     for (int k = 0; k < VEC; ++k) v[k] = v[k] * r * w[k];

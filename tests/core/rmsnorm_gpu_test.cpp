@@ -82,6 +82,25 @@ TEST_P(RmsNormGpu, ResidualFormsMatchCpuReference) {
   }
 }
 
+// The residual stream may take the buffer of the branch output it absorbs: sum aliasing b.
+TEST_P(RmsNormGpu, AddRmsNormInPlaceEqualsOutOfPlace) {
+  SY_REQUIRE_GPU();
+  const DType dt = GetParam();
+  for (auto [rows, channels] : {std::pair{37, 768}, std::pair{5, 33}}) {
+    SCOPED_TRACE(::testing::Message() << rows << "x" << channels);
+    OwnedTensor a = random_tensor({rows, channels}, dt, Device::cuda, 400 + rows);
+    OwnedTensor b = random_tensor({rows, channels}, dt, Device::cuda, 401 + rows);
+    OwnedTensor w = random_tensor({channels}, dt, Device::cuda, 402 + rows);
+    OwnedTensor sum({rows, channels}, dt, Device::cuda), y({rows, channels}, dt, Device::cuda);
+    OwnedTensor y2({rows, channels}, dt, Device::cuda), rstd({rows}, DType::f32, Device::cuda);
+    add_rmsnorm_forward(a, b, sum, w, y, rstd, 1e-5f);
+    add_rmsnorm_forward(a, b, b, w, y2, rstd, 1e-5f);
+    device_synchronize();
+    EXPECT_EQ(to_vector(b), to_vector(sum));
+    EXPECT_EQ(to_vector(y2), to_vector(y));
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Dtypes, RmsNormGpu, ::testing::Values(DType::f32, DType::bf16), dtype_param_name);
 
 }  // namespace
