@@ -40,6 +40,14 @@ RouterSettings router_settings(const Config& c, int dp_size) {
   return s;
 }
 
+// Rows of logits computed at a time: chunks of at most 128 MiB, and at least four chunks when
+// there are four rows, so small models take the same chunked path as large vocabularies.
+std::int64_t logit_chunk_rows(std::int64_t rows, std::int64_t vocab, DType dtype) {
+  const std::int64_t chunk_bytes = std::int64_t(128) << 20;
+  const std::int64_t per_row = vocab * std::int64_t(dtype_size(dtype));
+  return std::max<std::int64_t>(1, std::min((rows + 3) / 4, chunk_bytes / per_row));
+}
+
 bool is_moe_block(const Config& c, int layer) { return c.moe.every > 0 && (layer + 1) % c.moe.every == 0; }
 
 // Copies the local shard of a global host tensor: `offsets` is where the shard starts along
@@ -113,7 +121,7 @@ struct Model::Block {
 };
 
 struct Model::Saved {
-  Tensor tokens, targets, x0, x_last, final_rstd, xf, logits, lse, losses;
+  Tensor tokens, targets, x0, x_last, final_rstd, xf, dxf, lse, losses;
   std::int64_t batch = 0, seq = 0;
 };
 
@@ -253,8 +261,8 @@ void Model::initialize(std::uint64_t seed, StreamRef stream) {
   }
 }
 
-void Model::forward(const Tensor& tokens, const Tensor& targets, std::int64_t first_token, bool training, Arena& arena,
-                    const Tensor& losses, StreamRef stream) {
+void Model::forward(const Tensor& tokens, const Tensor& targets, std::int64_t first_token, bool training,
+                    float loss_scale, Arena& arena, const Tensor& losses, StreamRef stream) {
   Saved& s = *saved_;
   s.batch = tokens.size(0);
   s.seq = tokens.size(1);
@@ -362,15 +370,32 @@ void Model::forward(const Tensor& tokens, const Tensor& targets, std::int64_t fi
   s.xf = arena.alloc({n, d_}, dtype_);
   norm(weight(final_norm_), s.xf, s.final_rstd);
   s.x_last = x;
-  s.logits = arena.alloc({n, vocab_}, dtype_);
-  gemm(s.xf, weight(lm_head_), s.logits, false, true, 1.0f, 0.0f, stream);
+  // LM head and loss over row chunks, so the [N, V] logits never exist whole (1 GiB at the
+  // benchmark shape). Training runs the head's backward here too, while a chunk's logits are
+  // at hand: dlogits overwrite them (cross_entropy_backward allows it), dW accumulates, and the
+  // chunk's rows of dxf are kept for backward.
   s.lse = arena.alloc({n}, DType::f32);
-  cross_entropy_forward(s.logits, s.targets, losses, s.lse, -100, stream);
+  s.dxf = training ? arena.alloc({n, d_}, dtype_) : Tensor();
+  const std::size_t logits_mark = arena.mark();
+  const std::int64_t chunk = logit_chunk_rows(n, vocab_, dtype_);
+  const Tensor logits_buffer = arena.alloc({chunk, vocab_}, dtype_);
+  const Tensor& w_head = weight(lm_head_);
+  for (std::int64_t r0 = 0; r0 < n; r0 += chunk) {
+    const std::int64_t rows = std::min(chunk, n - r0);
+    const Tensor logits = logits_buffer.slice_rows(0, rows), xf = s.xf.slice_rows(r0, rows);
+    const Tensor targets_c = s.targets.slice_rows(r0, rows), lse = s.lse.slice_rows(r0, rows);
+    gemm(xf, w_head, logits, false, true, 1.0f, 0.0f, stream);
+    cross_entropy_forward(logits, targets_c, losses.slice_rows(r0, rows), lse, -100, stream);
+    if (!training) continue;
+    cross_entropy_backward(logits, targets_c, lse, logits, loss_scale, -100, stream);
+    gemm(logits, xf, lm_head_->grad(), true, false, 1.0f, 1.0f, stream);
+    gemm(logits, w_head, s.dxf.slice_rows(r0, rows), false, false, 1.0f, 0.0f, stream);
+  }
+  arena.release_to(logits_mark);
   mark_phase(timer_, "compute");
 }
 
-void Model::backward(float loss_scale, Arena& arena, StreamRef stream,
-                     const std::function<void(const Parameter&)>& grad_ready) {
+void Model::backward(Arena& arena, StreamRef stream, const std::function<void(const Parameter&)>& grad_ready) {
   Saved& s = *saved_;
   const std::int64_t n = s.batch * s.seq, qkv_cols = (local_heads_ + 2 * local_kv_heads_) * head_dim_;
   const float theta = float(config_.model.rope_theta);
@@ -379,15 +404,12 @@ void Model::backward(float loss_scale, Arena& arena, StreamRef stream,
     if (p && grad_ready) grad_ready(*p);
   };
 
-  // Loss and LM head. dlogits overwrite the logits (cross_entropy_backward allows it).
-  cross_entropy_backward(s.logits, s.targets, s.lse, s.logits, loss_scale, -100, stream);
-  gemm(s.logits, s.xf, lm_head_->grad(), true, false, 1.0f, 1.0f, stream);
+  SY_CHECK(s.dxf.defined()) << "Model::backward: the last forward was not a training forward";
+  // The LM head's backward ran in forward (its gradient is complete); dxf is its input gradient.
   if (lm_head_ != embed_) ready(lm_head_);
-  Tensor dxf = arena.alloc({n, d_}, dtype_);
-  gemm(s.logits, weight(lm_head_), dxf, false, false, 1.0f, 0.0f, stream);
   // dx: the residual stream's gradient; each norm's input gradient is added into it.
   Tensor dx = arena.alloc({n, d_}, dtype_);
-  rmsnorm_backward(s.x_last, weight(final_norm_), s.final_rstd, dxf, dx, final_norm_->grad(), stream);
+  rmsnorm_backward(s.x_last, weight(final_norm_), s.final_rstd, s.dxf, dx, final_norm_->grad(), stream);
   ready(final_norm_);
 
   const std::int64_t q_cols = local_heads_ * head_dim_, kv_cols = local_kv_heads_ * head_dim_;

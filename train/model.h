@@ -46,15 +46,15 @@ class Model {
   // One micro-batch. tokens, targets: [B, T] i32 on the model's device. first_token: global
   // index of this rank's first token in the global batch (router noise is keyed by it).
   // Per-token losses go to `losses` ([B*T] f32, written). Activations come from `arena`, which
-  // must live until backward.
-  void forward(const Tensor& tokens, const Tensor& targets, std::int64_t first_token, bool training, Arena& arena,
-               const Tensor& losses, StreamRef stream);
-  // Backward of the last forward: d(mean loss)/d params accumulate into the gradients.
-  // `loss_scale` multiplies every token's loss gradient (1 / (tokens x micro-batches)).
+  // must live until backward. Training also runs the LM head's backward, chunk by chunk with the
+  // loss (the [B*T, V] logits never exist whole): `loss_scale` multiplies every token's loss
+  // gradient (1 / (tokens x micro-batches)); it is unused when not training.
+  void forward(const Tensor& tokens, const Tensor& targets, std::int64_t first_token, bool training, float loss_scale,
+               Arena& arena, const Tensor& losses, StreamRef stream);
+  // Backward of the last (training) forward: d(mean loss)/d params accumulate into the gradients.
   // `grad_ready` is called for each parameter when its gradient is complete (last micro-batch
   // only, so gradient sync can start during backward); may be empty.
-  void backward(float loss_scale, Arena& arena, StreamRef stream,
-                const std::function<void(const Parameter&)>& grad_ready);
+  void backward(Arena& arena, StreamRef stream, const std::function<void(const Parameter&)>& grad_ready);
 
   // Routing statistics of the MoE blocks from the last forward (waits for the stream).
   std::vector<RouterStats> moe_stats(StreamRef stream) const;
