@@ -113,13 +113,17 @@ void ExpertFFN::forward(const Tensor& x, std::span<const std::int64_t> expert_ro
     gemm_gelu(x, weights.w_in, saved.h, saved.act, false, stream);  // h = x @ w_in and act = gelu(h), one pass
   } else {
     expert_matmul(dropless, x, weights.w_in, saved.h, expert_rows, false, stream);
-    switch (config_.activation) {
-      case ExpertActivation::gelu: gelu_forward(saved.h, saved.act, stream); break;
-      case ExpertActivation::relu: relu_forward(saved.h, saved.act, stream); break;
-      case ExpertActivation::swiglu: swiglu_forward(as_rows(saved.h), as_rows(saved.act), stream); break;
-    }
+    activation_forward(saved.h, saved.act, stream);
   }
   expert_matmul(dropless, saved.act, weights.w_out, y, expert_rows, false, stream);
+}
+
+void ExpertFFN::activation_forward(const Tensor& h, const Tensor& act, StreamRef stream) const {
+  switch (config_.activation) {
+    case ExpertActivation::gelu: gelu_forward(h, act, stream); break;
+    case ExpertActivation::relu: relu_forward(h, act, stream); break;
+    case ExpertActivation::swiglu: swiglu_forward(as_rows(h), as_rows(act), stream); break;
+  }
 }
 
 // Reverse order of forward, each weight's gradient next to the input gradient of its GEMM:

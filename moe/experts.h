@@ -73,6 +73,9 @@ class ExpertFFN {
   // y: x's shape and dtype (written; a partial sum under tensor parallelism). Fills saved.
   void forward(const Tensor& x, std::span<const std::int64_t> expert_rows, const ExpertWeights& weights,
                const ExpertActivations& saved, const Tensor& y, StreamRef stream = {}) const;
+  // act = the activation of h (shapes as in ExpertActivations): what forward stores, for a
+  // backward that recomputes it instead of keeping it.
+  void activation_forward(const Tensor& h, const Tensor& act, StreamRef stream = {}) const;
   // dx: x's shape and dtype (written; partial under tensor parallelism). grads: f32,
   // accumulated (+=). Reads the x and saved of the matching forward.
   void backward(const Tensor& x, std::span<const std::int64_t> expert_rows, const ExpertWeights& weights,

@@ -48,10 +48,19 @@ void MoeLayer::forward(const Tensor& x, const MoeWeights& weights, bool training
   expert_in_ = dispatch_forward(x, routing, plan_, *groups_.ep, arena, stream, timer_);
 
   const Tensor expert_x = expert_view(expert_in_);
-  activations_ = experts_.alloc_activations(arena, expert_x.shape(), x.dtype());
+  const ExpertBufferShapes shapes = experts_.buffer_shapes(expert_x.shape());
+  activations_.h = arena.alloc(shapes.h, x.dtype());
   Tensor expert_out = arena.alloc(expert_in_.shape(), x.dtype());
+  // With recompute_activation, act lives only through the experts' forward: released here,
+  // recomputed in backward. Later allocations reuse its memory after the GEMM that reads it.
+  const std::size_t act_mark = arena.mark();
+  activations_.act = arena.alloc(shapes.act, x.dtype());
   const std::vector<std::int64_t> rows = expert_rows();
   experts_.forward(expert_x, rows, weights.experts, activations_, expert_view(expert_out), stream);
+  if (config_.recompute_activation) {
+    arena.release_to(act_mark);
+    activations_.act = Tensor();
+  }
   if (groups_.tp && groups_.tp->size() > 1) groups_.tp->all_reduce(expert_out, ReduceOp::sum, stream);
   mark_phase(timer_, "experts");
 
@@ -65,10 +74,15 @@ void MoeLayer::backward(const Tensor& dout, const MoeWeights& weights, Arena& ar
   Tensor d_expert_out = combine_backward(dout, returned_, routing, plan_, *groups_.ep, arena, dgate, stream, timer_);
 
   const Tensor expert_x = expert_view(expert_in_);
+  ExpertActivations saved = activations_;
+  if (!saved.act.defined()) {
+    saved.act = arena.alloc(experts_.buffer_shapes(expert_x.shape()).act, dout.dtype());
+    experts_.activation_forward(saved.h, saved.act, stream);
+  }
   ExpertScratch scratch = experts_.alloc_scratch(arena, expert_x.shape(), dout.dtype());
   Tensor d_expert_in = arena.alloc(expert_in_.shape(), dout.dtype());
   const std::vector<std::int64_t> rows = expert_rows();
-  experts_.backward(expert_x, rows, weights.experts, activations_, expert_view(d_expert_out), expert_view(d_expert_in),
+  experts_.backward(expert_x, rows, weights.experts, saved, expert_view(d_expert_out), expert_view(d_expert_in),
                     grads.experts, scratch, stream);
   if (groups_.tp && groups_.tp->size() > 1) groups_.tp->all_reduce(d_expert_in, ReduceOp::sum, stream);
   mark_phase(timer_, "experts");

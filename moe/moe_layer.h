@@ -20,6 +20,9 @@ struct MoeLayerConfig {
   std::int64_t d_model = 0;
   std::int64_t d_ff = 0;  // per expert, before tensor-parallel splitting
   ExpertActivation activation = ExpertActivation::gelu;
+  // Keep only the experts' pre-activation h and recompute act = f(h) in backward: one
+  // elementwise pass for [rows, d_ff] of memory per layer.
+  bool recompute_activation = false;
 };
 
 // The groups a layer talks to: ep (all-to-all), tp (expert partial sums; may be null when

@@ -165,6 +165,9 @@ std::vector<ConfigField> make_fields() {
       float_field("moe.jitter_eps", &C::moe, &MoeConfig::jitter_eps, 0.0, 1.0, false, true,
                   "jitter range [1-eps, 1+eps]"),
       bool_field("moe.renormalize", &C::moe, &MoeConfig::renormalize, "k > 1: gates of the k choices sum to 1"),
+      bool_field("moe.recompute_activation", &C::moe, &MoeConfig::recompute_activation,
+                 "recompute the experts' activation in backward: saves tokens x capacity x d_ff per MoE layer "
+                 "for one elementwise pass"),
       float_field("moe.aux_loss_coef", &C::moe, &MoeConfig::aux_loss_coef, 0.0, 1e3, false, false,
                   "Switch load-balancing loss coefficient"),
       float_field("moe.z_loss_coef", &C::moe, &MoeConfig::z_loss_coef, 0.0, 1e3, false, false,

@@ -49,6 +49,7 @@ struct MoeConfig {
   std::string noise = "none";            // none | jitter | gaussian
   double jitter_eps = 1e-2;
   bool renormalize = false;
+  bool recompute_activation = false;  // recompute the experts' activation in backward instead of keeping it
   double aux_loss_coef = 1e-2;
   double z_loss_coef = 1e-3;
   std::string loss_scope = "local";  // local | global

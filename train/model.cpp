@@ -173,6 +173,7 @@ Model::Model(const Config& config, const ProcessGrid& grid, ParameterRegistry& r
       mc.d_model = d_;
       mc.d_ff = expert_ff;
       mc.activation = activation_of(m.activation);
+      mc.recompute_activation = config.moe.recompute_activation;
       b->moe = std::make_unique<MoeLayer>(mc, MoeGroups{&grid.ep(), &grid.tp(), &grid.dp()});
     } else {
       b->up = add(registry, p + "ffn.up.weight", {ff_in, d_}, 0, false, true, 1.0);

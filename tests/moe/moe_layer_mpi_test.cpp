@@ -25,8 +25,9 @@ OwnedTensor global_weight(const Shape& shape, std::uint64_t seed, double std_dev
   return random_tensor(shape, DType::f64, Device::cpu, seed, float(std_dev));
 }
 
-// Runs forward and backward with the experts spread over `ep` (a communicator of ep ranks).
-Result run(const Params& p, Communicator& world, Communicator& ep) {
+// Runs forward and backward with the experts spread over `ep` (a communicator of ep ranks);
+// `recompute` keeps only the experts' pre-activation and recomputes the activation in backward.
+Result run(const Params& p, Communicator& world, Communicator& ep, bool recompute = false) {
   const int experts = 8;
   MoeLayerConfig config;
   config.router.experts = experts;
@@ -37,6 +38,7 @@ Result run(const Params& p, Communicator& world, Communicator& ep) {
   config.d_model = kModel;
   config.d_ff = kFf;
   config.activation = p.activation;
+  config.recompute_activation = recompute;
   MoeLayer layer(config, MoeGroups{&ep, nullptr, nullptr});
   const std::int64_t local = layer.local_experts(), first_expert = ep.rank() * local;
   const std::int64_t f_in = p.activation == ExpertActivation::swiglu ? 2 * kFf : kFf;
@@ -62,6 +64,18 @@ Result run(const Params& p, Communicator& world, Communicator& ep) {
 }
 
 class MoeLayerLayouts : public ::testing::TestWithParam<Params> {};
+
+// Recomputing the activation in backward repeats the forward's exact operation: bitwise equal.
+TEST_P(MoeLayerLayouts, RecomputedActivationGivesIdenticalResults) {
+  Communicator& world = sy::test::world(Device::cpu);
+  auto ep = world.split(world.rank() / world.size(), world.rank(), "ep");
+  const Result kept = run(GetParam(), world, *ep), recomputed = run(GetParam(), world, *ep, true);
+  EXPECT_EQ(recomputed.out, kept.out);
+  EXPECT_EQ(recomputed.dx, kept.dx);
+  EXPECT_EQ(recomputed.dw_router, kept.dw_router);
+  EXPECT_EQ(recomputed.dw_in, kept.dw_in);
+  EXPECT_EQ(recomputed.dw_out, kept.dw_out);
+}
 
 TEST_P(MoeLayerLayouts, SameOutputsAndGradientsAtEveryEpSize) {
   Communicator& world = sy::test::world(Device::cpu);
