@@ -21,24 +21,6 @@ __device__ __forceinline__ std::int64_t choice_row(const std::int32_t* expert, c
   return s < 0 ? -1 : std::int64_t(offsets[expert[c]]) + s;
 }
 
-// VEC elements of a row at p, as fp32.
-template <int VEC, class T>
-__device__ __forceinline__ void load_row_part(const T* p, float (&v)[VEC]) {
-  if constexpr (VEC == 8) {
-    load_vec8(p, v);
-  } else {
-    v[0] = load_f32(p);
-  }
-}
-template <int VEC, class T>
-__device__ __forceinline__ void store_row_part(T* p, const float (&v)[VEC]) {
-  if constexpr (VEC == 8) {
-    store_vec8(p, v);
-  } else {
-    store_f32(p, v[0]);
-  }
-}
-
 // One thread: E is at most a few hundred, far below a launch's own cost.
 __global__ void expert_offsets_kernel(const std::int32_t* counts, int experts, std::int64_t capacity,
                                       std::int32_t* offsets) {
@@ -59,8 +41,8 @@ __global__ void scatter_kernel(const T* x, const std::int32_t* expert, const std
   T* dst = send + row * d;
   for (int i = threadIdx.x * VEC; i < d; i += blockDim.x * VEC) {
     float v[VEC];
-    load_row_part<VEC>(src + i, v);
-    store_row_part<VEC>(dst + i, v);
+    load_vec<VEC>(src + i, v);
+    store_vec<VEC>(dst + i, v);
   }
 }
 
@@ -75,12 +57,12 @@ __global__ void gather_kernel(const T* rows, const std::int32_t* expert, const s
       const std::int64_t row = choice_row(expert, slot, offsets, n * k + j);
       if (row < 0) continue;
       float v[VEC];
-      load_row_part<VEC>(rows + row * d + i, v);
+      load_vec<VEC>(rows + row * d + i, v);
       const float g = kWeighted ? gate[n * k + j] : 1.0f;
 #pragma unroll
       for (int e = 0; e < VEC; ++e) acc[e] += kWeighted ? g * v[e] : v[e];
     }
-    store_row_part<VEC>(out + n * d + i, acc);
+    store_vec<VEC>(out + n * d + i, acc);
   }
 }
 
@@ -100,14 +82,14 @@ __global__ void combine_backward_kernel(const T* dout, const T* y, const std::in
   float dot = 0.0f;
   for (int i = threadIdx.x * VEC; i < d; i += blockDim.x * VEC) {
     float go[VEC], yv[VEC], out[VEC];
-    load_row_part<VEC>(dor + i, go);
-    load_row_part<VEC>(y + row * d + i, yv);
+    load_vec<VEC>(dor + i, go);
+    load_vec<VEC>(y + row * d + i, yv);
 #pragma unroll
     for (int e = 0; e < VEC; ++e) {
       dot += go[e] * yv[e];
       out[e] = g * go[e];
     }
-    store_row_part<VEC>(dy + row * d + i, out);
+    store_vec<VEC>(dy + row * d + i, out);
   }
   dot = block_sum(dot, scratch);
   if (threadIdx.x == 0) dgate[c] = dot;

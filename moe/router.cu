@@ -66,36 +66,18 @@ __device__ __forceinline__ void jitter_factors(const RouterInput& in, std::int64
   for (int j = 0; j < kVec; ++j) f[j] = in.jitter ? router_jitter_factor(in.key, index + j, in.eps) : 1.0f;
 }
 
-// kVec consecutive elements in fp32: 8 by 16-byte loads (one for bf16, two for f32), 4 by one
-// 8- or 16-byte load, 1 by a scalar load. The caller guarantees the alignment.
-__device__ __forceinline__ void load_vec4(const float* p, float (&v)[4]) {
-  const float4 q = *reinterpret_cast<const float4*>(p);
-  v[0] = q.x, v[1] = q.y, v[2] = q.z, v[3] = q.w;
-}
-__device__ __forceinline__ void load_vec4(const __nv_bfloat16* p, float (&v)[4]) {
-  const uint2 raw = *reinterpret_cast<const uint2*>(p);
-  const __nv_bfloat162* pairs = reinterpret_cast<const __nv_bfloat162*>(&raw);
-  const float2 lo = __bfloat1622float2(pairs[0]), hi = __bfloat1622float2(pairs[1]);
-  v[0] = lo.x, v[1] = lo.y, v[2] = hi.x, v[3] = hi.y;
-}
-template <int kVec, class T>
-__device__ __forceinline__ void load_vec(const T* p, float (&v)[kVec]) {
-  static_assert(kVec == 1 || kVec == 4 || kVec == 8);
-  if constexpr (kVec == 8) {
-    load_vec8(p, v);
-  } else if constexpr (kVec == 4) {
-    load_vec4(p, v);
-  } else {
-    v[0] = load_f32(p);
-  }
-}
-template <int kVec, class T>
-__device__ __forceinline__ void store_vec(T* p, const float (&v)[kVec]) {
-  static_assert(kVec == 1 || kVec == 8);
-  if constexpr (kVec == 8) {
-    store_vec8(p, v);
-  } else {
-    store_f32(p, v[0]);
+// acc[e] += input * w_row[e] for the kTile experts of one weight row in shared memory (16-byte
+// reads; kTile is a multiple of 4).
+template <int kTile>
+__device__ __forceinline__ void accumulate_row(float (&acc)[kTile], float input, const float* w_row) {
+  const float4* w4 = reinterpret_cast<const float4*>(w_row);
+#pragma unroll
+  for (int q = 0; q < kTile / 4; ++q) {
+    const float4 w = w4[q];
+    acc[4 * q] = fmaf(input, w.x, acc[4 * q]);
+    acc[4 * q + 1] = fmaf(input, w.y, acc[4 * q + 1]);
+    acc[4 * q + 2] = fmaf(input, w.z, acc[4 * q + 2]);
+    acc[4 * q + 3] = fmaf(input, w.w, acc[4 * q + 3]);
   }
 }
 
@@ -190,26 +172,8 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
           for (int j = 0; j < kVec; ++j) {
             const float input = v[j] * f[j];
-            const float4* wr = reinterpret_cast<const float4*>(w_s + (c + j) * kTile);
-#pragma unroll
-            for (int q = 0; q < kTile / 4; ++q) {
-              const float4 w4 = wr[q];
-              acc[4 * q] = fmaf(input, w4.x, acc[4 * q]);
-              acc[4 * q + 1] = fmaf(input, w4.y, acc[4 * q + 1]);
-              acc[4 * q + 2] = fmaf(input, w4.z, acc[4 * q + 2]);
-              acc[4 * q + 3] = fmaf(input, w4.w, acc[4 * q + 3]);
-            }
-            if (gaussian) {
-              const float4* wnr = reinterpret_cast<const float4*>(wn_s + (c + j) * kTile);
-#pragma unroll
-              for (int q = 0; q < kTile / 4; ++q) {
-                const float4 w4 = wnr[q];
-                noise_acc[4 * q] = fmaf(input, w4.x, noise_acc[4 * q]);
-                noise_acc[4 * q + 1] = fmaf(input, w4.y, noise_acc[4 * q + 1]);
-                noise_acc[4 * q + 2] = fmaf(input, w4.z, noise_acc[4 * q + 2]);
-                noise_acc[4 * q + 3] = fmaf(input, w4.w, noise_acc[4 * q + 3]);
-              }
-            }
+            accumulate_row<kTile>(acc, input, w_s + (c + j) * kTile);
+            if (gaussian) accumulate_row<kTile>(noise_acc, input, wn_s + (c + j) * kTile);
           }
         }
       }

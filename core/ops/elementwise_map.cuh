@@ -35,6 +35,39 @@ __device__ __forceinline__ void store_vec8(__nv_bfloat16* p, const float (&v)[8]
   *reinterpret_cast<uint4*>(p) = raw;
 }
 
+// kVec consecutive elements in fp32: 8 by 16-byte loads (one for bf16, two for f32), 4 by one
+// 8- or 16-byte load, 1 by a scalar load. The caller guarantees the alignment.
+__device__ __forceinline__ void load_vec4(const float* p, float (&v)[4]) {
+  const float4 q = *reinterpret_cast<const float4*>(p);
+  v[0] = q.x, v[1] = q.y, v[2] = q.z, v[3] = q.w;
+}
+__device__ __forceinline__ void load_vec4(const __nv_bfloat16* p, float (&v)[4]) {
+  const uint2 raw = *reinterpret_cast<const uint2*>(p);
+  const __nv_bfloat162* pairs = reinterpret_cast<const __nv_bfloat162*>(&raw);
+  const float2 lo = __bfloat1622float2(pairs[0]), hi = __bfloat1622float2(pairs[1]);
+  v[0] = lo.x, v[1] = lo.y, v[2] = hi.x, v[3] = hi.y;
+}
+template <int kVec, class T>
+__device__ __forceinline__ void load_vec(const T* p, float (&v)[kVec]) {
+  static_assert(kVec == 1 || kVec == 4 || kVec == 8);
+  if constexpr (kVec == 8) {
+    load_vec8(p, v);
+  } else if constexpr (kVec == 4) {
+    load_vec4(p, v);
+  } else {
+    v[0] = load_f32(p);
+  }
+}
+template <int kVec, class T>
+__device__ __forceinline__ void store_vec(T* p, const float (&v)[kVec]) {
+  static_assert(kVec == 1 || kVec == 8);
+  if constexpr (kVec == 8) {
+    store_vec8(p, v);
+  } else {
+    store_f32(p, v[0]);
+  }
+}
+
 // out may alias a or b (each element is read before it is written, by the same thread).
 // fn: a functor with `__device__ float operator()(float a, float b) const`; b is 0 when absent.
 template <class T, class Fn>

@@ -23,24 +23,6 @@ __device__ __forceinline__ float round_to(float v) {
   }
 }
 
-// VEC consecutive channels starting at c: one 16-byte access for VEC = 8 (bf16) or two (f32).
-template <int VEC, class T>
-__device__ __forceinline__ void load_channels(const T* p, float (&v)[VEC]) {
-  if constexpr (VEC == 8) {
-    load_vec8(p, v);
-  } else {
-    v[0] = load_f32(p);
-  }
-}
-template <int VEC, class T>
-__device__ __forceinline__ void store_channels(T* p, const float (&v)[VEC]) {
-  if constexpr (VEC == 8) {
-    store_vec8(p, v);
-  } else {
-    store_f32(p, v[0]);
-  }
-}
-
 // y = rmsnorm(x) * w, rstd saved; with ADD, x = a + b is formed here and written to `sum` (the
 // residual stream), rounded to T first so the statistics are those of the stored values,
 // exactly as add then rmsnorm_forward would give. The second pass re-reads x (the sum, with ADD)
@@ -56,13 +38,13 @@ __global__ void rmsnorm_forward_kernel(const T* a, const T* b, T* sum, const T* 
   float sum_sq = 0.0f;
   for (int c = lane * VEC; c < channels; c += 32 * VEC) {
     float v[VEC];
-    load_channels<VEC>(a + base + c, v);
+    load_vec<VEC>(a + base + c, v);
     if constexpr (ADD) {
       float vb[VEC];
-      load_channels<VEC>(b + base + c, vb);
+      load_vec<VEC>(b + base + c, vb);
 #pragma unroll
       for (int k = 0; k < VEC; ++k) v[k] = round_to<T>(v[k] + vb[k]);
-      store_channels<VEC>(sum + base + c, v);
+      store_vec<VEC>(sum + base + c, v);
     }
 #pragma unroll
     for (int k = 0; k < VEC; ++k) sum_sq += v[k] * v[k];
@@ -71,11 +53,11 @@ __global__ void rmsnorm_forward_kernel(const T* a, const T* b, T* sum, const T* 
   if (lane == 0) rstd[row] = r;
   for (int c = lane * VEC; c < channels; c += 32 * VEC) {
     float v[VEC], w[VEC];
-    load_channels<VEC>(x + base + c, v);
-    load_channels<VEC>(weight + c, w);
+    load_vec<VEC>(x + base + c, v);
+    load_vec<VEC>(weight + c, w);
 #pragma unroll
     for (int k = 0; k < VEC; ++k) v[k] = v[k] * r * w[k];
-    store_channels<VEC>(y + base + c, v);
+    store_vec<VEC>(y + base + c, v);
   }
 }
 
@@ -92,25 +74,25 @@ __global__ void rmsnorm_backward_dx_kernel(const T* x, const T* weight, const fl
   float dot = 0.0f;
   for (int c = lane * VEC; c < channels; c += 32 * VEC) {
     float vx[VEC], vdy[VEC], w[VEC];
-    load_channels<VEC>(x + base + c, vx);
-    load_channels<VEC>(dy + base + c, vdy);
-    load_channels<VEC>(weight + c, w);
+    load_vec<VEC>(x + base + c, vx);
+    load_vec<VEC>(dy + base + c, vdy);
+    load_vec<VEC>(weight + c, w);
 #pragma unroll
     for (int k = 0; k < VEC; ++k) dot += vdy[k] * w[k] * vx[k];
   }
   dot = warp_sum(dot) * r / float(channels);
   for (int c = lane * VEC; c < channels; c += 32 * VEC) {
     float vx[VEC], vdy[VEC], w[VEC], out[VEC];
-    load_channels<VEC>(x + base + c, vx);
-    load_channels<VEC>(dy + base + c, vdy);
-    load_channels<VEC>(weight + c, w);
-    if constexpr (ACCUMULATE) load_channels<VEC>(dx + base + c, out);
+    load_vec<VEC>(x + base + c, vx);
+    load_vec<VEC>(dy + base + c, vdy);
+    load_vec<VEC>(weight + c, w);
+    if constexpr (ACCUMULATE) load_vec<VEC>(dx + base + c, out);
 #pragma unroll
     for (int k = 0; k < VEC; ++k) {
       const float g = r * (vdy[k] * w[k] - vx[k] * r * dot);
       out[k] = ACCUMULATE ? out[k] + g : g;
     }
-    store_channels<VEC>(dx + base + c, out);
+    store_vec<VEC>(dx + base + c, out);
   }
 }
 
