@@ -24,7 +24,7 @@
 #include <climits>
 #include <cmath>
 
-#include "core/ops/cuda_common.cuh"
+#include "core/ops/elementwise_map.cuh"
 
 namespace sy::cuda {
 namespace {
@@ -361,26 +361,30 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(const HeadView 
 
 // ---- backward ----------------------------------------------------------------------------------
 // delta[row] = sum_d dout[row, d] * out[row, d] (fp32): the row term of the softmax backward.
-// Rows are numbered as delta's [B, Hq, T].
+// Rows are numbered as delta's [B, Hq, T]. D/8 lanes share a row, each reading 16 bytes of out
+// and of dout (views are 16-byte aligned), and sum with shuffles inside their group.
 template <int D>
 __global__ void flash_delta_kernel(const HeadView out, const HeadView dout, float* __restrict__ delta, Shape s,
                                    std::int64_t rows) {
-  const std::int64_t row = std::int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
-  const int lane = threadIdx.x % 32;
-  if (row >= rows) return;
-  const int t = int(row % s.seq);
-  const std::int64_t bh = row / s.seq;
-  const int head = int(bh % s.heads), batch = int(bh / s.heads);
-  const bf16* o_row = out.head_at(batch, head) + t * out.row;
-  const bf16* do_row = dout.head_at(batch, head) + t * dout.row;
+  constexpr int kLanesPerRow = D / 8;
+  static_assert(kLanesPerRow <= 32 && 32 % kLanesPerRow == 0);
+  const std::int64_t thread = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  const std::int64_t row = thread / kLanesPerRow;
+  const int part = int(thread % kLanesPerRow);
   float sum = 0.0f;
-  for (int c = lane * 2; c < D; c += 64) {
-    const float2 o = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(o_row + c));
-    const float2 d = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(do_row + c));
-    sum += o.x * d.x + o.y * d.y;
+  if (row < rows) {  // rows past the end still take part in the shuffles
+    const int t = int(row % s.seq);
+    const std::int64_t bh = row / s.seq;
+    const int head = int(bh % s.heads), batch = int(bh / s.heads);
+    float o[8], d[8];
+    load_vec8(out.head_at(batch, head) + t * out.row + 8 * part, o);
+    load_vec8(dout.head_at(batch, head) + t * dout.row + 8 * part, d);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) sum += o[k] * d[k];
   }
-  sum = warp_sum(sum);
-  if (lane == 0) delta[row] = sum;
+#pragma unroll
+  for (int offset = kLanesPerRow / 2; offset > 0; offset >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+  if (row < rows && part == 0) delta[row] = sum;
 }
 
 // Loads 64 row values (lse or delta) of rows row0.., times `factor`, into shared memory; rows
@@ -584,8 +588,8 @@ void backward_d(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor&
   const Shape s = shape_of(q, k);
   const float scale = 1.0f / std::sqrt(float(D)), scale_log2 = kLog2e * scale;
   const std::int64_t rows = lse.numel();
-  constexpr int kDeltaRowsPerBlock = 8;
-  flash_delta_kernel<D><<<grid_for(rows, kDeltaRowsPerBlock), 32 * kDeltaRowsPerBlock, 0, to_cuda(stream)>>>(
+  constexpr int kDeltaThreads = 256;
+  flash_delta_kernel<D><<<grid_for(rows * (D / 8), kDeltaThreads), kDeltaThreads, 0, to_cuda(stream)>>>(
       view_of(out), view_of(dout), static_cast<float*>(delta.data()), s, rows);
   SY_CUDA_LAUNCH();
   const unsigned tiles = unsigned((s.seq + kTile - 1) / kTile);
