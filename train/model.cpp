@@ -386,9 +386,12 @@ void Model::forward(const Tensor& tokens, const Tensor& targets, std::int64_t fi
     const Tensor logits = logits_buffer.slice_rows(0, rows), xf = s.xf.slice_rows(r0, rows);
     const Tensor targets_c = s.targets.slice_rows(r0, rows), lse = s.lse.slice_rows(r0, rows);
     gemm(xf, w_head, logits, false, true, 1.0f, 0.0f, stream);
-    cross_entropy_forward(logits, targets_c, losses.slice_rows(r0, rows), lse, -100, stream);
-    if (!training) continue;
-    cross_entropy_backward(logits, targets_c, lse, logits, loss_scale, -100, stream);
+    if (!training) {
+      cross_entropy_forward(logits, targets_c, losses.slice_rows(r0, rows), lse, -100, stream);
+      continue;
+    }
+    cross_entropy_forward_backward(logits, targets_c, losses.slice_rows(r0, rows), lse, logits, loss_scale, -100,
+                                   stream);
     gemm(logits, xf, lm_head_->grad(), true, false, 1.0f, 1.0f, stream);
     gemm(logits, w_head, s.dxf.slice_rows(r0, rows), false, false, 1.0f, 0.0f, stream);
   }

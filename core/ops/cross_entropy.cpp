@@ -82,15 +82,25 @@ void check_cross_entropy_args(const char* op, const Tensor& logits, const Tensor
   check_dtype(op, "lse", lse, DType::f32);
 }
 
+void check_losses(const char* op, const Tensor& logits, const Tensor& losses) {
+  check_contiguous(op, "losses", losses);
+  check_shape(op, "losses", losses, {logits.size(0)});
+  check_dtype(op, "losses", losses, DType::f32);
+}
+
+void check_dlogits(const char* op, const Tensor& logits, const Tensor& dlogits) {
+  check_contiguous(op, "dlogits", dlogits);
+  check_shape(op, "dlogits", dlogits, logits.shape());
+  check_dtype(op, "dlogits", dlogits, logits.dtype());
+}
+
 }  // namespace
 
 void cross_entropy_forward(const Tensor& logits, const Tensor& targets, const Tensor& losses, const Tensor& lse,
                            int ignore_index, StreamRef stream) {
   const char* op = "cross_entropy_forward";
   check_cross_entropy_args(op, logits, targets, lse);
-  check_contiguous(op, "losses", losses);
-  check_shape(op, "losses", losses, {logits.size(0)});
-  check_dtype(op, "losses", losses, DType::f32);
+  check_losses(op, logits, losses);
   check_same_device(op, {&logits, &targets, &losses, &lse});
   if (logits.is_cuda()) {
     SY_ON_CUDA(cuda::cross_entropy_forward(logits, targets, losses, lse, ignore_index, stream));
@@ -106,9 +116,7 @@ void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const T
                             float grad_scale, int ignore_index, StreamRef stream) {
   const char* op = "cross_entropy_backward";
   check_cross_entropy_args(op, logits, targets, lse);
-  check_contiguous(op, "dlogits", dlogits);
-  check_shape(op, "dlogits", dlogits, logits.shape());
-  check_dtype(op, "dlogits", dlogits, logits.dtype());
+  check_dlogits(op, logits, dlogits);
   check_same_device(op, {&logits, &targets, &lse, &dlogits});
   if (logits.is_cuda()) {
     SY_ON_CUDA(cuda::cross_entropy_backward(logits, targets, lse, dlogits, grad_scale, ignore_index, stream));
@@ -119,6 +127,24 @@ void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const T
     cross_entropy_backward_cpu<std::remove_pointer_t<decltype(type)>>(logits, targets, lse, dlogits, grad_scale,
                                                                       ignore_index);
   });
+}
+
+void cross_entropy_forward_backward(const Tensor& logits, const Tensor& targets, const Tensor& losses,
+                                    const Tensor& lse, const Tensor& dlogits, float grad_scale, int ignore_index,
+                                    StreamRef stream) {
+  const char* op = "cross_entropy_forward_backward";
+  check_cross_entropy_args(op, logits, targets, lse);
+  check_losses(op, logits, losses);
+  check_dlogits(op, logits, dlogits);
+  check_same_device(op, {&logits, &targets, &losses, &lse, &dlogits});
+  if (logits.is_cuda()) {
+    SY_ON_CUDA(cuda::cross_entropy_forward_backward(logits, targets, losses, lse, dlogits, grad_scale, ignore_index,
+                                                    stream));
+    return;
+  }
+  // The reference is the two passes it fuses.
+  cross_entropy_forward(logits, targets, losses, lse, ignore_index, stream);
+  cross_entropy_backward(logits, targets, lse, dlogits, grad_scale, ignore_index, stream);
 }
 
 }  // namespace sy

@@ -1,6 +1,6 @@
 // Cross-entropy CUDA kernels against the CPU reference on fresh random inputs, f32 and bf16:
-// the 16-byte vector path, the scalar path (odd V, unaligned rows), in place, and targets out
-// of range.
+// the 16-byte vector path, the scalar path (odd V, unaligned rows), in place, targets out of
+// range, and the fused forward-backward pass of training.
 #include "tests/testing.h"
 
 namespace sy::test {
@@ -139,6 +139,36 @@ TEST_P(CrossEntropyGpu, OutOfRangeTargetsAreTreatedAsIgnored) {
   }
   EXPECT_LT(relative_error(losses, ref.losses), kStatsTol);
   EXPECT_LT(relative_error(dlogits, ref.dlogits), dlogits_tol(dt));
+}
+
+// The fused training pass against the CPU reference: rows held in registers (V = 1000 and
+// 32768 for both dtypes), and the two-pass fallback (V = 1001 unaligned, V = 131072 too long to
+// hold in bf16), out of place and in place over the logits.
+TEST_P(CrossEntropyGpu, ForwardBackwardMatchesCpuReference) {
+  SY_REQUIRE_GPU();
+  const DType dt = GetParam();
+  const float grad_scale = 1.0f / 29.0f;
+  for (auto [rows, vocab] : {std::pair{7, 1000}, std::pair{64, 32768}, std::pair{5, 1001}, std::pair{3, 131072}}) {
+    SCOPED_TRACE(::testing::Message() << rows << "x" << vocab);
+    const std::uint64_t seed = 7000 + std::uint64_t(vocab);
+    OwnedTensor logits = random_tensor({rows, vocab}, dt, Device::cuda, seed, 3.0f);
+    OwnedTensor targets = targets_with_ignored(rows, vocab, seed + 1);
+    const Reference ref = cpu_reference(logits, targets, grad_scale);
+    for (bool in_place : {false, true}) {
+      SCOPED_TRACE(in_place ? "in place" : "out of place");
+      OwnedTensor x = convert(logits, dt, Device::cuda), separate({rows, vocab}, dt, Device::cuda);
+      OwnedTensor losses({rows}, DType::f32, Device::cuda), lse({rows}, DType::f32, Device::cuda);
+      poison(losses);
+      poison(lse);
+      poison(separate);
+      const Tensor& dlogits = in_place ? x.view() : separate.view();
+      cross_entropy_forward_backward(x, targets, losses, lse, dlogits, grad_scale, kIgnore);
+      device_synchronize();
+      EXPECT_LT(relative_error(losses, ref.losses), kStatsTol);
+      EXPECT_LT(relative_error(lse, ref.lse), kStatsTol);
+      EXPECT_LT(relative_error(dlogits, ref.dlogits), dlogits_tol(dt));
+    }
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, CrossEntropyGpu, ::testing::Values(DType::f32, DType::bf16), dtype_param_name);

@@ -124,6 +124,22 @@ TEST(CrossEntropy, InPlaceBackwardMatchesSeparateOutput) {
   }
 }
 
+// The training form computes both passes, and may write dlogits over the logits.
+TEST(CrossEntropy, ForwardBackwardEqualsTheTwoPassesInPlaceToo) {
+  OwnedTensor logits = random_tensor({5, 9}, DType::f64, Device::cpu, 31, 2.0f);
+  OwnedTensor targets = random_ints({5}, 9, Device::cpu, 32);
+  OwnedTensor losses({5}, DType::f32, Device::cpu), lse({5}, DType::f32, Device::cpu);
+  OwnedTensor dlogits({5, 9}, DType::f64, Device::cpu);
+  cross_entropy_forward(logits, targets, losses, lse, -100);
+  cross_entropy_backward(logits, targets, lse, dlogits, 0.25f, -100);
+  OwnedTensor fused_losses({5}, DType::f32, Device::cpu), fused_lse({5}, DType::f32, Device::cpu);
+  OwnedTensor in_place = convert(logits, DType::f64, Device::cpu);
+  cross_entropy_forward_backward(in_place, targets, fused_losses, fused_lse, in_place, 0.25f, -100);
+  EXPECT_EQ(to_vector(fused_losses), to_vector(losses));
+  EXPECT_EQ(to_vector(fused_lse), to_vector(lse));
+  EXPECT_EQ(to_vector(in_place), to_vector(dlogits));
+}
+
 TEST(CrossEntropy, RejectsTargetOutsideVocabulary) {
   OwnedTensor x = random_tensor({3, 37}, DType::f32, Device::cpu, 8);
   OwnedTensor targets({3}, DType::i32, Device::cpu);
