@@ -154,6 +154,10 @@ void split_heads(const Tensor& dy, const Tensor& dx, StreamRef stream = {});
 // unfused routes apply gelu' in place).
 void gelu_forward(const Tensor& x, const Tensor& y, StreamRef stream = {});
 void gelu_backward(const Tensor& x, const Tensor& dy, const Tensor& dx, StreamRef stream = {});
+// gelu_backward that also recomputes the forward from the same read of x, for a backward that did
+// not keep y: dx = gelu'(x) * dy and y = gelu(x). dx may alias dy; y aliases neither x nor dy.
+void gelu_backward_recompute(const Tensor& x, const Tensor& dy, const Tensor& dx, const Tensor& y,
+                             StreamRef stream = {});
 void relu_forward(const Tensor& x, const Tensor& y, StreamRef stream = {});
 void relu_backward(const Tensor& x, const Tensor& dy, const Tensor& dx, StreamRef stream = {});
 // SwiGLU: x: [N, 2F] holding [gate | up]; y: [N, F] = silu(gate) * up.

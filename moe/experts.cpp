@@ -130,7 +130,9 @@ void ExpertFFN::activation_forward(const Tensor& h, const Tensor& act, StreamRef
 //   dact = dy @ w_out^T;  dw_out += act^T @ dy;  dh = act'(h) * dact;
 //   dw_in += x^T @ dh;    dx = dh @ w_in^T.
 // GELU in the capacity layout computes dh = gelu'(h) * (dy @ w_out^T) with gemm_dgelu, which
-// writes the product into dh and applies gelu' there, so no dact buffer is needed.
+// writes the product into dh and applies gelu' there, so no dact buffer is needed. When act is to
+// be recomputed, the gelu' pass also writes act = gelu(h) from its one read of h, before dw_out
+// needs it; other activations recompute act first.
 void ExpertFFN::backward(const Tensor& x, std::span<const std::int64_t> expert_rows, const ExpertWeights& weights,
                          const ExpertActivations& saved, const Tensor& dy, const Tensor& dx,
                          const ExpertWeights& grads, const ExpertScratch& scratch, StreamRef stream) const {
@@ -145,10 +147,15 @@ void ExpertFFN::backward(const Tensor& x, std::span<const std::int64_t> expert_r
   if (!shapes.dact.empty()) check_tensor(op, "dact", scratch.dact, shapes.dact, x.dtype());
   check_tensor(op, "dh", scratch.dh, shapes.dh, x.dtype());
 
-  if (gelu_in_epilogue(dropless)) {
+  if (gelu_in_epilogue(dropless) && saved.recompute_act) {
+    expert_matmul(dropless, dy, weights.w_out, scratch.dh, expert_rows, true, stream);  // dact, in dh
+    gelu_backward_recompute(saved.h, scratch.dh, scratch.dh, saved.act, stream);       // dh, and act
+    expert_weight_grad(dropless, saved.act, dy, grads.w_out, expert_rows, stream);
+  } else if (gelu_in_epilogue(dropless)) {
     gemm_dgelu(dy, weights.w_out, saved.h, scratch.dh, true, stream);  // dh = gelu'(h) * (dy @ w_out^T)
     expert_weight_grad(dropless, saved.act, dy, grads.w_out, expert_rows, stream);
   } else {
+    if (saved.recompute_act) activation_forward(saved.h, saved.act, stream);
     expert_matmul(dropless, dy, weights.w_out, scratch.dact, expert_rows, true, stream);
     expert_weight_grad(dropless, saved.act, dy, grads.w_out, expert_rows, stream);
     switch (config_.activation) {

@@ -47,6 +47,8 @@ struct ExpertWeights {
 struct ExpertActivations {
   Tensor h;    // pre-activation x @ w_in: [rows..., F_in]
   Tensor act;  // act(h): [rows..., F]
+  // Backward only: act is an empty buffer that backward fills from h (forward did not keep it).
+  bool recompute_act = false;
 };
 
 // Backward's temporaries, in x's dtype; free again once backward returns.

@@ -75,9 +75,9 @@ void MoeLayer::backward(const Tensor& dout, const MoeWeights& weights, Arena& ar
 
   const Tensor expert_x = expert_view(expert_in_);
   ExpertActivations saved = activations_;
-  if (!saved.act.defined()) {
+  if (!saved.act.defined()) {  // recompute_activation: the experts' backward refills act from h
     saved.act = arena.alloc(experts_.buffer_shapes(expert_x.shape()).act, dout.dtype());
-    experts_.activation_forward(saved.h, saved.act, stream);
+    saved.recompute_act = true;
   }
   ExpertScratch scratch = experts_.alloc_scratch(arena, expert_x.shape(), dout.dtype());
   Tensor d_expert_in = arena.alloc(expert_in_.shape(), dout.dtype());

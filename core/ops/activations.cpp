@@ -119,6 +119,21 @@ void gelu_backward(const Tensor& x, const Tensor& dy, const Tensor& dx, StreamRe
   cpu::dispatch_float(x, [&](auto* type) { map_grad_cpu<std::remove_pointer_t<decltype(type)>>(x, dy, dx, gelu_grad); });
 }
 
+void gelu_backward_recompute(const Tensor& x, const Tensor& dy, const Tensor& dx, const Tensor& y,
+                             StreamRef stream) {
+  const char* op = "gelu_backward_recompute";
+  check_pointwise_args(op, x, {{"dy", &dy}, {"dx", &dx}, {"y", &y}});
+  check_same_device(op, {&x, &dy, &dx, &y});
+  SY_CHECK(y.data() != x.data() && y.data() != dy.data()) << op << ": y must not alias x or dy";
+  if (x.is_cuda()) {
+    SY_ON_CUDA(cuda::gelu_backward_recompute(x, dy, dx, y, stream));
+    return;
+  }
+  // The reference is the two ops it fuses; y first, as dx may overwrite dy.
+  gelu_forward(x, y, stream);
+  gelu_backward(x, dy, dx, stream);
+}
+
 void relu_forward(const Tensor& x, const Tensor& y, StreamRef stream) {
   const char* op = "relu_forward";
   check_pointwise_args(op, x, {{"y", &y}});

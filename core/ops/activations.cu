@@ -34,6 +34,14 @@ struct GeluBackward {
     return dy * (0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * kGeluK0 * (1.0f + 3.0f * kGeluK1 * x * x));
   }
 };
+// dx as GeluBackward and y as GeluForward, sharing the tanh.
+struct GeluBackwardRecompute {
+  __device__ void operator()(float x, float dy, float& dx, float& y) const {
+    const float th = tanhf(kGeluK0 * (x + kGeluK1 * x * x * x));
+    y = 0.5f * x * (1.0f + th);
+    dx = dy * (0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * kGeluK0 * (1.0f + 3.0f * kGeluK1 * x * x));
+  }
+};
 struct ReluForward {
   __device__ float operator()(float x, float) const { return x > 0.0f ? x : 0.0f; }
 };
@@ -85,6 +93,14 @@ void gelu_backward(const Tensor& x, const Tensor& dy, const Tensor& dx, StreamRe
     using T = std::remove_pointer_t<decltype(type)>;
     launch_map2(static_cast<const T*>(x.data()), static_cast<const T*>(dy.data()), static_cast<T*>(dx.data()),
                 x.numel(), GeluBackward{}, stream);
+  });
+}
+
+void gelu_backward_recompute(const Tensor& x, const Tensor& dy, const Tensor& dx, const Tensor& y, StreamRef stream) {
+  dispatch_float(x, [&](auto* type) {
+    using T = std::remove_pointer_t<decltype(type)>;
+    launch_map2_out2(static_cast<const T*>(x.data()), static_cast<const T*>(dy.data()), static_cast<T*>(dx.data()),
+                     static_cast<T*>(y.data()), x.numel(), GeluBackwardRecompute{}, stream);
   });
 }
 

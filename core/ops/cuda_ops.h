@@ -66,6 +66,7 @@ void split_heads(const Tensor& dy, const Tensor& dx, StreamRef stream);
 
 void gelu_forward(const Tensor& x, const Tensor& y, StreamRef stream);
 void gelu_backward(const Tensor& x, const Tensor& dy, const Tensor& dx, StreamRef stream);
+void gelu_backward_recompute(const Tensor& x, const Tensor& dy, const Tensor& dx, const Tensor& y, StreamRef stream);
 void relu_forward(const Tensor& x, const Tensor& y, StreamRef stream);
 void relu_backward(const Tensor& x, const Tensor& dy, const Tensor& dx, StreamRef stream);
 void swiglu_forward(const Tensor& x, const Tensor& y, StreamRef stream);

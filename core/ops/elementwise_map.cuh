@@ -99,4 +99,41 @@ void launch_map2(const T* a, const T* b, T* out, std::int64_t n, Fn fn, StreamRe
   SY_CUDA_LAUNCH();
 }
 
+// Two outputs from one read of two inputs: fn(a[i], b[i], out1[i], out2[i]), with
+// `__device__ void operator()(float a, float b, float& out1, float& out2) const`. out1 may alias a
+// or b (read before written by the same thread); out2 aliases neither.
+template <class T, class Fn>
+__global__ void map2_out2_kernel(const T* a, const T* b, T* out1, T* out2, std::int64_t n, std::int64_t vectors,
+                                 Fn fn) {
+  const std::int64_t stride = std::int64_t(gridDim.x) * blockDim.x;
+  const std::int64_t first = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  for (std::int64_t v = first; v < vectors; v += stride) {
+    float va[8], vb[8], o1[8], o2[8];
+    load_vec8(a + 8 * v, va);
+    load_vec8(b + 8 * v, vb);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) fn(va[k], vb[k], o1[k], o2[k]);
+    store_vec8(out1 + 8 * v, o1);
+    store_vec8(out2 + 8 * v, o2);
+  }
+  for (std::int64_t i = 8 * vectors + first; i < n; i += stride) {
+    float o1, o2;
+    fn(load_f32(a + i), load_f32(b + i), o1, o2);
+    store_f32(out1 + i, o1);
+    store_f32(out2 + i, o2);
+  }
+}
+
+template <class T, class Fn>
+void launch_map2_out2(const T* a, const T* b, T* out1, T* out2, std::int64_t n, Fn fn, StreamRef stream) {
+  if (n == 0) return;
+  auto aligned = [](const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; };
+  const std::int64_t vectors = aligned(a) && aligned(b) && aligned(out1) && aligned(out2) ? n / 8 : 0;
+  constexpr int kBlock = 256;
+  const std::int64_t work = vectors > 0 ? vectors : n;
+  const std::int64_t blocks = std::min<std::int64_t>((work + kBlock - 1) / kBlock, 65535 * 8);
+  map2_out2_kernel<T, Fn><<<unsigned(blocks), kBlock, 0, to_cuda(stream)>>>(a, b, out1, out2, n, vectors, fn);
+  SY_CUDA_LAUNCH();
+}
+
 }  // namespace sy::cuda

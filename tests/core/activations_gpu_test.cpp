@@ -48,6 +48,29 @@ TEST_P(ActivationsGpu, GeluMatchesCpuReference) {
   }
 }
 
+// The recomputing backward: dx (in place over dy) and y from one pass, 16-byte (37 x 768) and
+// element-wise (5 x 33, 1000 x 129) paths.
+TEST_P(ActivationsGpu, GeluBackwardRecomputeMatchesCpuReference) {
+  SY_REQUIRE_GPU();
+  const DType dt = GetParam();
+  for (const Shape& shape : {Shape{37, 768}, Shape{5, 33}, Shape{1000, 129}}) {
+    SCOPED_TRACE(shape_string(shape));
+    const std::uint64_t seed = 750 + std::uint64_t(shape[0]);
+    OwnedTensor x = random_tensor(shape, dt, Device::cuda, seed, 2.0f);
+    OwnedTensor dy = random_tensor(shape, dt, Device::cuda, seed + 1);
+    OwnedTensor y(shape, dt, Device::cuda);
+    poison(y);
+    OwnedTensor xc = convert(x, DType::f64, Device::cpu), dyc = convert(dy, DType::f64, Device::cpu);
+    OwnedTensor yc(shape, DType::f64, Device::cpu), dxc(shape, DType::f64, Device::cpu);
+    gelu_backward_recompute(x, dy, dy, y);  // dx over dy
+    device_synchronize();
+    gelu_forward(xc, yc);
+    gelu_backward(xc, dyc, dxc);
+    EXPECT_LT(relative_error(y, yc), tolerance());
+    EXPECT_LT(relative_error(dy, dxc), tolerance());
+  }
+}
+
 TEST_P(ActivationsGpu, ReluMatchesCpuReference) {
   SY_REQUIRE_GPU();
   for (const Shape& shape : {Shape{37, 768}, Shape{5, 33}, Shape{1000, 129}}) {

@@ -100,5 +100,17 @@ TEST(Gelu, RejectsMismatchedOutput) {
   expect_error([&] { gelu_backward(x, dy, dx); }, "gelu_backward: dy must be f32, got bf16[4, 6] cpu");
 }
 
+// The recomputing backward is the two ops it fuses, with dx over dy; y may not alias x or dy.
+TEST(Activations, GeluBackwardRecomputeEqualsForwardAndBackward) {
+  OwnedTensor x = random_tensor({4, 7}, DType::f64, Device::cpu, 61, 2.0f), dy = random_tensor({4, 7}, DType::f64, Device::cpu, 62);
+  OwnedTensor y({4, 7}, DType::f64, Device::cpu), dx({4, 7}, DType::f64, Device::cpu), y_ref({4, 7}, DType::f64, Device::cpu);
+  gelu_forward(x, y_ref);
+  gelu_backward(x, dy, dx);
+  gelu_backward_recompute(x, dy, dy, y);
+  EXPECT_EQ(to_vector(y), to_vector(y_ref));
+  EXPECT_EQ(to_vector(dy), to_vector(dx));
+  expect_error([&] { gelu_backward_recompute(x, dy, dx, dy); }, "gelu_backward_recompute: y must not alias x or dy");
+}
+
 }  // namespace
 }  // namespace sy::test
