@@ -56,6 +56,40 @@ __device__ __forceinline__ MaxSum block_merge(MaxSum v, MaxSum* scratch) {
   return v;
 }
 
+// Adds a pack of logits to a thread's running statistics: rescales the sum only when the pack
+// raises the running max, so about one exp per element.
+template <class T, int kVec>
+__device__ __forceinline__ void add_pack(MaxSum& stats, const Pack<T, kVec>& pack) {
+  float values[kVec];
+  float pack_max = -INFINITY;
+#pragma unroll
+  for (int k = 0; k < kVec; ++k) {
+    values[k] = load_f32(&pack.v[k]);
+    pack_max = fmaxf(pack_max, values[k]);
+  }
+  if (pack_max > stats.max) {
+    stats.sum *= __expf(stats.max - pack_max);
+    stats.max = pack_max;
+  }
+  if (stats.max == -INFINITY) return;  // only -inf so far: nothing to add
+#pragma unroll
+  for (int k = 0; k < kVec; ++k) stats.sum += __expf(values[k] - stats.max);
+}
+
+// The gradient of pack p in place: (exp(x - lse) - [j == target]) * grad_scale, or zeros for a
+// row that does not count.
+template <class T, int kVec>
+__device__ __forceinline__ void pack_gradient(Pack<T, kVec>& pack, int p, float row_lse, int target, bool counted,
+                                              float grad_scale) {
+#pragma unroll
+  for (int k = 0; k < kVec; ++k) {
+    const int j = p * kVec + k;
+    const float value = counted ? (__expf(load_f32(&pack.v[k]) - row_lse) - (j == target ? 1.0f : 0.0f)) * grad_scale
+                                : 0.0f;
+    store_f32(&pack.v[k], value);
+  }
+}
+
 // lse[row] = log(sum_j exp(x[row, j])); losses[row] = lse[row] - x[row, target] (0 if ignored).
 // Traffic: V elements read once per row; the target logit is one more (cached) read. Each thread
 // keeps online statistics over its strided packs: rescaling only when a pack raises the running
@@ -71,23 +105,7 @@ __global__ void __launch_bounds__(kMaxThreads)
   const auto* packs = reinterpret_cast<const Pack<T, kVec>*>(x);
   const int pack_count = vocab / kVec;
   MaxSum stats{-INFINITY, 0.0f};
-  for (int p = threadIdx.x; p < pack_count; p += blockDim.x) {
-    const Pack<T, kVec> pack = packs[p];
-    float values[kVec];
-    float pack_max = -INFINITY;
-#pragma unroll
-    for (int k = 0; k < kVec; ++k) {
-      values[k] = load_f32(&pack.v[k]);
-      pack_max = fmaxf(pack_max, values[k]);
-    }
-    if (pack_max > stats.max) {
-      stats.sum *= __expf(stats.max - pack_max);
-      stats.max = pack_max;
-    }
-    if (stats.max == -INFINITY) continue;  // only -inf so far: nothing to add
-#pragma unroll
-    for (int k = 0; k < kVec; ++k) stats.sum += __expf(values[k] - stats.max);
-  }
+  for (int p = threadIdx.x; p < pack_count; p += blockDim.x) add_pack(stats, packs[p]);
   stats = block_merge(stats, scratch);
   if (threadIdx.x == 0) {
     const float row_lse = stats.max + logf(stats.sum);
@@ -115,19 +133,9 @@ __global__ void __launch_bounds__(kMaxThreads)
   const bool counted = target != ignore_index && target >= 0 && target < vocab;
   const float row_lse = lse[row];
   for (int p = threadIdx.x; p < pack_count; p += blockDim.x) {
-    Pack<T, kVec> pack;
-    if (counted) {
-      pack = in[p];
-#pragma unroll
-      for (int k = 0; k < kVec; ++k) {
-        const int j = p * kVec + k;
-        const float prob = __expf(load_f32(&pack.v[k]) - row_lse);
-        store_f32(&pack.v[k], (prob - (j == target ? 1.0f : 0.0f)) * grad_scale);
-      }
-    } else {
-#pragma unroll
-      for (int k = 0; k < kVec; ++k) store_f32(&pack.v[k], 0.0f);
-    }
+    Pack<T, kVec> pack{};
+    if (counted) pack = in[p];  // ignored rows are only written
+    pack_gradient(pack, p, row_lse, target, counted, grad_scale);
     out[p] = pack;
   }
 }
@@ -156,16 +164,7 @@ __global__ void __launch_bounds__(kMaxThreads)
     const int p = threadIdx.x + i * blockDim.x;
     if (p >= pack_count) break;
     held[i] = in[p];
-    float pack_max = -INFINITY;
-#pragma unroll
-    for (int k = 0; k < kVec; ++k) pack_max = fmaxf(pack_max, load_f32(&held[i].v[k]));
-    if (pack_max > stats.max) {
-      stats.sum *= __expf(stats.max - pack_max);
-      stats.max = pack_max;
-    }
-    if (stats.max == -INFINITY) continue;
-#pragma unroll
-    for (int k = 0; k < kVec; ++k) stats.sum += __expf(load_f32(&held[i].v[k]) - stats.max);
+    add_pack(stats, held[i]);
   }
   stats = block_merge(stats, scratch);
   const float row_lse = stats.max + logf(stats.sum);
@@ -177,14 +176,8 @@ __global__ void __launch_bounds__(kMaxThreads)
   for (int i = 0; i < kPacks; ++i) {
     const int p = threadIdx.x + i * blockDim.x;
     if (p >= pack_count) break;
-    Pack<T, kVec> pack;
-#pragma unroll
-    for (int k = 0; k < kVec; ++k) {
-      const int j = p * kVec + k;
-      const float prob = __expf(load_f32(&held[i].v[k]) - row_lse);
-      store_f32(&pack.v[k], counted ? (prob - (j == target ? 1.0f : 0.0f)) * grad_scale : 0.0f);
-    }
-    out[p] = pack;
+    pack_gradient(held[i], p, row_lse, target, counted, grad_scale);
+    out[p] = held[i];
   }
 }
 
