@@ -52,6 +52,20 @@ declare -A summary
 for label in unit mpi gpu; do
   if [ "$status_build" != ok ]; then summary[$label]="not run (build failed)"; continue; fi
   if [ $quick = 1 ] && [ "$label" != gpu ]; then summary[$label]="not run (--quick)"; continue; fi
+  if [ "$label" = gpu ] && [ -x "$build_dir/tests/gpu_tests" ]; then
+    # The GPU suite in one process: a CUDA context per test, as ctest runs it, costs about a
+    # minute of device time. A crash (no gtest summary) reruns it under ctest, test by test.
+    timeout "$limit" "$build_dir/tests/gpu_tests" >"$out/gtest-gpu.log" 2>&1
+    ran=$(grep -E "^\[==========\] [0-9]+ tests? from .* ran" "$out/gtest-gpu.log" | tail -1)
+    if [ -n "$ran" ]; then
+      passed=$(grep -oE "^\[  PASSED  \] [0-9]+" "$out/gtest-gpu.log" | grep -oE "[0-9]+$" || echo 0)
+      failed=$(grep -oE "^\[  FAILED  \] [0-9]+ tests?, listed below" "$out/gtest-gpu.log" | grep -oE "^[^0-9]*[0-9]+" |
+        grep -oE "[0-9]+$" || echo 0)
+      skipped=$(grep -oE "^\[  SKIPPED \] [0-9]+" "$out/gtest-gpu.log" | grep -oE "[0-9]+$" || echo 0)
+      summary[$label]="${ran#*] }: passed ${passed:-0}, failed ${failed:-0} (skipped: ${skipped:-0})"
+      continue
+    fi
+  fi
   jobs=$([ "$label" = gpu ] && echo 1 || echo 4)  # GPU tests one at a time: they share the device
   timeout "$limit" ctest --test-dir "$build_dir" -L "^${label}\$" -j "$jobs" --output-on-failure --timeout 240 \
     >"$out/ctest-$label.log" 2>&1
@@ -127,6 +141,7 @@ echo
 [ -f "$out/bench-comm.log" ] && { echo; cat "$out/bench-comm.log"; }
 [ -f "$out/compare.log" ] && { echo; tail -12 "$out/compare.log"; }
 [ -f "$out/scaling.log" ] && { echo; tail -8 "$out/scaling.log"; }
+grep -E "^\[  FAILED  \] [A-Za-z]" "$out/gtest-gpu.log" 2>/dev/null | sort -u
 for label in unit mpi gpu; do
   grep -E "^\s+[0-9]+ - .*\((Failed|Timeout|SEGFAULT|Subprocess aborted|Exception)" "$out/ctest-$label.log" 2>/dev/null
 done
