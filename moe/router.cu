@@ -519,6 +519,62 @@ __global__ void __launch_bounds__(kThreads)
   if (gaussian) store_row_lane_sums<kCh, kTile>(noise_acc, lanes, partial_noise + chunk_offset, d, experts, e0);
 }
 
+// The input gradient's fast path for few experts (E <= kE) and rows of 16-byte vectors: a warp per
+// token with its lanes across the row, so each dx access is 16 bytes and a warp's are contiguous
+// (the lane-per-token layout of router_input_grad_kernel spreads a warp over 32 rows). The
+// weights sit transposed in shared memory, [weights][kE][d] (experts past E zero), so a lane's
+// 8 channels of one expert are two 16-byte reads; the token's kE dlogits stay in registers.
+// Each channel sums its experts in order: deterministic. Traffic: dx read and written once.
+template <class T, int kE>
+__global__ void __launch_bounds__(kThreads)
+    router_input_grad_warp_kernel(const float* dlogits, const float* dnoise, const float* w_router,
+                                  const float* w_noise, T* dx, RouterInput in, int experts) {
+  extern __shared__ __align__(16) float w_t[];
+  const int d = in.d, weights = dnoise != nullptr ? 2 : 1;
+  for (int i = threadIdx.x; i < weights * kE * d; i += blockDim.x) {
+    const int w = i / (kE * d), e = i / d % kE, c = i % d;
+    w_t[i] = e < experts ? (w == 0 ? w_router : w_noise)[std::int64_t(c) * experts + e] : 0.0f;
+  }
+  __syncthreads();
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (std::int64_t n = std::int64_t(blockIdx.x) * kWarpsPerBlock + warp; n < in.rows;
+       n += std::int64_t(gridDim.x) * kWarpsPerBlock) {
+    float g[kE], gn[kE];
+#pragma unroll
+    for (int e = 0; e < kE; ++e) {
+      g[e] = e < experts ? dlogits[n * experts + e] : 0.0f;
+      gn[e] = e < experts && dnoise != nullptr ? dnoise[n * experts + e] : 0.0f;
+    }
+    for (int c = lane * 8; c < d; c += 32 * 8) {
+      float sum[8] = {};
+#pragma unroll
+      for (int w = 0; w < 2; ++w) {
+        if (w == 1 && dnoise == nullptr) break;
+#pragma unroll
+        for (int e = 0; e < kE; ++e) {
+          const float scale = w == 0 ? g[e] : gn[e];
+          const float4* row = reinterpret_cast<const float4*>(w_t + (w * kE + e) * d + c);
+          const float4 lo = row[0], hi = row[1];
+          sum[0] = fmaf(scale, lo.x, sum[0]);
+          sum[1] = fmaf(scale, lo.y, sum[1]);
+          sum[2] = fmaf(scale, lo.z, sum[2]);
+          sum[3] = fmaf(scale, lo.w, sum[3]);
+          sum[4] = fmaf(scale, hi.x, sum[4]);
+          sum[5] = fmaf(scale, hi.y, sum[5]);
+          sum[6] = fmaf(scale, hi.z, sum[6]);
+          sum[7] = fmaf(scale, hi.w, sum[7]);
+        }
+      }
+      float f[8], cur[8];
+      jitter_factors<8>(in, n, c, f);
+      load_vec<8>(dx + n * d + c, cur);
+#pragma unroll
+      for (int k = 0; k < 8; ++k) cur[k] += f[k] * sum[k];
+      store_vec<8>(dx + n * d + c, cur);
+    }
+  }
+}
+
 // dw[i] += sum over chunks, in chunk order, of partial[chunk, i]. One thread per element.
 __global__ void add_chunk_sums_kernel(const float* partial, int chunks, std::int64_t count, float* dw) {
   for (std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
@@ -815,13 +871,35 @@ void launch_input_grad(const float* dlogits, const float* dnoise, const float* w
   SY_CUDA_LAUNCH();
 }
 
+// The warp-per-token input gradient when E <= kE and the transposed weights fit in shared memory.
+constexpr std::size_t kWarpGradSmemBytes = 96 << 10;
+
+template <class T, int kE>
+void launch_input_grad_warp(const float* dlogits, const float* dnoise, const float* w_router, const float* w_noise,
+                            T* dx, const RouterInput& in, int experts, std::size_t smem, cudaStream_t stream) {
+  const auto kernel = router_input_grad_warp_kernel<T, kE>;
+  static const bool allowed = (allow_smem(kernel, kWarpGradSmemBytes), true);
+  (void)allowed;
+  kernel<<<resident_grid(kernel, smem, (in.rows + kWarpsPerBlock - 1) / kWarpsPerBlock), kThreads, smem, stream>>>(
+      dlogits, dnoise, w_router, w_noise, dx, in, experts);
+  SY_CUDA_LAUNCH();
+}
+
 // dx += jitter * (dlogits · Wr^T + dnoise · Wn^T), in dx's dtype.
 void router_input_grad(const float* dlogits, const float* dnoise, const float* w_router, const float* w_noise,
                        const Tensor& dx, const RouterInput& in, int experts, cudaStream_t stream) {
   dispatch_float(dx, [&](auto* type) {
     using T = std::remove_pointer_t<decltype(type)>;
     T* dxp = static_cast<T*>(dx.data());
-    if (in.d % 8 == 0 && aligned(dxp, 16)) {
+    const int tile = experts <= 8 ? 8 : 16;
+    const std::size_t warp_smem = std::size_t(dnoise != nullptr ? 2 : 1) * tile * std::size_t(in.d) * sizeof(float);
+    if (in.d % 8 == 0 && aligned(dxp, 16) && experts <= 16 && warp_smem <= kWarpGradSmemBytes) {
+      if (tile == 8) {
+        launch_input_grad_warp<T, 8>(dlogits, dnoise, w_router, w_noise, dxp, in, experts, warp_smem, stream);
+      } else {
+        launch_input_grad_warp<T, 16>(dlogits, dnoise, w_router, w_noise, dxp, in, experts, warp_smem, stream);
+      }
+    } else if (in.d % 8 == 0 && aligned(dxp, 16)) {
       launch_input_grad<T, 8>(dlogits, dnoise, w_router, w_noise, dxp, in, experts, stream);
     } else {
       launch_input_grad<T, 1>(dlogits, dnoise, w_router, w_noise, dxp, in, experts, stream);

@@ -293,9 +293,12 @@ TEST_P(RouterGpuKernels, LogitsAndGradientsMatchCpuReference) {
 INSTANTIATE_TEST_SUITE_P(
     Sizes, RouterGpuKernels,
     ::testing::Values(
-        // The Switch shape: 16-byte loads, weights loaded once per block.
+        // The Switch shape: 16-byte loads, weights loaded once per block; the input gradient
+        // takes its warp-per-token path (E <= 16, d a multiple of 8).
         KernelCase{1000, 768, 8, 1, RouterNoise::jitter, DType::bf16},
         KernelCase{1000, 768, 8, 2, RouterNoise::gaussian, DType::f32},
+        // 12 experts: the warp-per-token input gradient's 16-wide tile, padded.
+        KernelCase{500, 256, 12, 2, RouterNoise::gaussian, DType::bf16},
         // d a multiple of 8 but not of 64: the warps' channel slices are uneven.
         KernelCase{1000, 200, 8, 1, RouterNoise::none, DType::f32},
         // 64 experts: two register tiles of 32 in the logits kernel, two in the weight gradient.
