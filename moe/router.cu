@@ -575,6 +575,59 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// The weight gradient's fast path for E <= 8, no Gaussian noise and rows of 16-byte vectors:
+// thread (v, r) of a block owns channels 8v .. 8v + 7 for every expert and takes tokens
+// begin + r, begin + r + lanes, ... of the block's chunk, so a warp's x reads run along a row
+// (the 32-channel-lane kernel reads 8 bytes per lane). The token lanes are added in lane order
+// through shared memory, and each chunk writes its [d, E] partial sums, which
+// add_chunk_sums_kernel adds in chunk order: deterministic. Traffic: x read once.
+template <class T>
+__global__ void __launch_bounds__(kThreads)
+    router_weight_grad_rows_kernel(const T* x, const float* dlogits, float* partial, RouterInput in, int experts,
+                                   std::int64_t rows_per_chunk) {
+  extern __shared__ __align__(16) float lane_sums[];  // [lanes - 1][vectors][64]
+  const int vectors = in.d / 8, lanes = blockDim.x / vectors;
+  const int v = threadIdx.x % vectors, r = threadIdx.x / vectors;
+  const std::int64_t begin = std::int64_t(blockIdx.x) * rows_per_chunk;
+  const std::int64_t end = std::min(in.rows, begin + rows_per_chunk);
+  float acc[8][8] = {};
+  for (std::int64_t n = begin + r; n < end; n += lanes) {
+    float xv[8], f[8], g[8];
+    load_vec<8>(x + n * in.d + 8 * v, xv);
+    jitter_factors<8>(in, n, 8 * v, f);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) g[e] = e < experts ? dlogits[n * experts + e] : 0.0f;
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      const float input = xv[k] * f[k];
+#pragma unroll
+      for (int e = 0; e < 8; ++e) acc[k][e] = fmaf(input, g[e], acc[k][e]);
+    }
+  }
+  if (r > 0) {
+    float* slot = lane_sums + (std::int64_t(r - 1) * vectors + v) * 64;
+#pragma unroll
+    for (int k = 0; k < 8; ++k)
+#pragma unroll
+      for (int e = 0; e < 8; ++e) slot[k * 8 + e] = acc[k][e];
+  }
+  __syncthreads();
+  if (r != 0) return;
+  for (int lane = 1; lane < lanes; ++lane) {
+    const float* slot = lane_sums + (std::int64_t(lane - 1) * vectors + v) * 64;
+#pragma unroll
+    for (int k = 0; k < 8; ++k)
+#pragma unroll
+      for (int e = 0; e < 8; ++e) acc[k][e] += slot[k * 8 + e];
+  }
+  float* out = partial + std::int64_t(blockIdx.x) * in.d * experts;
+#pragma unroll
+  for (int k = 0; k < 8; ++k)
+#pragma unroll
+    for (int e = 0; e < 8; ++e)
+      if (e < experts) out[std::int64_t(8 * v + k) * experts + e] = acc[k][e];
+}
+
 // dw[i] += sum over chunks, in chunk order, of partial[chunk, i]. One thread per element.
 __global__ void add_chunk_sums_kernel(const float* partial, int chunks, std::int64_t count, float* dw) {
   for (std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
@@ -817,8 +870,39 @@ void launch_weight_grad(const T* x, const float* dlogits, const float* dnoise, f
 
 // dw_router += (x * jitter)^T · dlogits and dw_noise += (x * jitter)^T · dnoise (when dnoise is
 // set): per-chunk partials from the arena, then their ordered sum.
+// Token lanes per block of the fast weight-gradient kernel for rows of `vectors` 16-byte vectors:
+// as many as fit kThreads threads and 48 KiB of lane sums, 4 at most; 0 when one row is too wide.
+int weight_grad_row_lanes(int vectors) {
+  if (vectors <= 0 || vectors > kThreads) return 0;
+  const int by_smem = 1 + int((48 << 10) / (std::size_t(vectors) * 64 * sizeof(float)));
+  return std::min({kThreads / vectors, 4, by_smem});
+}
+
+// The fast path: chunks of at least 64 rows, up to two per SM, and partial sums under kPartialBytes.
+bool router_weight_grad_rows(const Tensor& x, const float* dlogits, const float* dnoise, float* dw_router,
+                             const RouterInput& in, int experts, Arena& arena, cudaStream_t stream) {
+  const int vectors = in.d / 8, lanes = weight_grad_row_lanes(vectors);
+  if (dnoise != nullptr || experts > 8 || in.d % 8 != 0 || lanes == 0 || !aligned(x.data(), 16)) return false;
+  const std::int64_t count = std::int64_t(in.d) * experts;
+  const std::int64_t by_memory = kPartialBytes / (count * std::int64_t(sizeof(float)));
+  const int chunks = int(std::max<std::int64_t>(1, std::min({(in.rows + 63) / 64, by_memory, 2 * std::int64_t(sm_count())})));
+  const std::int64_t rows_per_chunk = (in.rows + chunks - 1) / chunks;
+  const Tensor partial = arena.alloc({chunks, count}, DType::f32);
+  const std::size_t smem = std::size_t(lanes - 1) * vectors * 64 * sizeof(float);
+  dispatch_float(x, [&](auto* type) {
+    using T = std::remove_pointer_t<decltype(type)>;
+    router_weight_grad_rows_kernel<T><<<unsigned(chunks), vectors * lanes, smem, stream>>>(
+        static_cast<const T*>(x.data()), dlogits, partial.ptr<float>(), in, experts, rows_per_chunk);
+  });
+  SY_CUDA_LAUNCH();
+  add_chunk_sums_kernel<<<stride_grid(count), kThreads, 0, stream>>>(partial.ptr<float>(), chunks, count, dw_router);
+  SY_CUDA_LAUNCH();
+  return true;
+}
+
 void router_weight_grad(const Tensor& x, const float* dlogits, const float* dnoise, float* dw_router, float* dw_noise,
                         const RouterInput& in, int experts, Arena& arena, cudaStream_t stream) {
+  if (router_weight_grad_rows(x, dlogits, dnoise, dw_router, in, experts, arena, stream)) return;
   const std::int64_t count = std::int64_t(in.d) * experts;
   const int weights = dnoise != nullptr ? 2 : 1;
   const std::int64_t by_rows = (in.rows + kMinChunkRows - 1) / kMinChunkRows;

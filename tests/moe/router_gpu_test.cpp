@@ -294,11 +294,15 @@ INSTANTIATE_TEST_SUITE_P(
     Sizes, RouterGpuKernels,
     ::testing::Values(
         // The Switch shape: 16-byte loads, weights loaded once per block; the input gradient
-        // takes its warp-per-token path (E <= 16, d a multiple of 8).
+        // takes its warp-per-token path (E <= 16, d a multiple of 8) and, without Gaussian
+        // noise, the weight gradient its row-lane path (E <= 8).
         KernelCase{1000, 768, 8, 1, RouterNoise::jitter, DType::bf16},
         KernelCase{1000, 768, 8, 2, RouterNoise::gaussian, DType::f32},
         // 12 experts: the warp-per-token input gradient's 16-wide tile, padded.
         KernelCase{500, 256, 12, 2, RouterNoise::gaussian, DType::bf16},
+        // 6 experts over 64 channels: the row-lane weight gradient with four token lanes and
+        // padded experts, and the input gradient's 8-wide tile padded.
+        KernelCase{300, 64, 6, 2, RouterNoise::jitter, DType::f32},
         // d a multiple of 8 but not of 64: the warps' channel slices are uneven.
         KernelCase{1000, 200, 8, 1, RouterNoise::none, DType::f32},
         // 64 experts: two register tiles of 32 in the logits kernel, two in the weight gradient.
