@@ -519,6 +519,76 @@ __global__ void __launch_bounds__(kThreads)
   if (gaussian) store_row_lane_sums<kCh, kTile>(noise_acc, lanes, partial_noise + chunk_offset, d, experts, e0);
 }
 
+// Loads the transposed weights [weights][kE][d] (experts past E zero) into shared memory: the
+// layout of the warp-per-token kernels, where a lane's 8 channels of one expert are two 16-byte
+// reads. A block-wide copy; the caller synchronises after it.
+template <int kE>
+__device__ void load_transposed_weights(float* w_t, const float* w_router, const float* w_noise, int d, int experts) {
+  const int weights = w_noise != nullptr ? 2 : 1;
+  for (int i = threadIdx.x; i < weights * kE * d; i += blockDim.x) {
+    const int w = i / (kE * d), e = i / d % kE, c = i % d;
+    w_t[i] = e < experts ? (w == 0 ? w_router : w_noise)[std::int64_t(c) * experts + e] : 0.0f;
+  }
+}
+
+// The logits' fast path for few experts (E <= kE) and rows of 16-byte vectors: a warp per token
+// with its lanes across the row (16-byte x reads, a warp's contiguous), each lane summing its
+// channels for every expert from the transposed weights in shared memory; the lanes' sums meet
+// in a fixed butterfly (deterministic) and lane e writes expert e. Traffic: x read once.
+template <class T, int kE>
+__global__ void __launch_bounds__(kThreads)
+    router_logits_warp_kernel(const T* x, const float* w_router, const float* w_noise, float* logits,
+                              float* noise_logits, RouterInput in, int experts) {
+  extern __shared__ __align__(16) float w_t[];
+  const int d = in.d;
+  load_transposed_weights<kE>(w_t, w_router, w_noise, d, experts);
+  __syncthreads();
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (std::int64_t n = std::int64_t(blockIdx.x) * kWarpsPerBlock + warp; n < in.rows;
+       n += std::int64_t(gridDim.x) * kWarpsPerBlock) {
+    float acc[kE] = {}, noise_acc[kE] = {};
+    for (int c = lane * 8; c < d; c += 32 * 8) {
+      float input[8], f[8];
+      load_vec<8>(x + n * d + c, input);
+      jitter_factors<8>(in, n, c, f);
+#pragma unroll
+      for (int k = 0; k < 8; ++k) input[k] *= f[k];
+#pragma unroll
+      for (int w = 0; w < 2; ++w) {
+        if (w == 1 && w_noise == nullptr) break;
+#pragma unroll
+        for (int e = 0; e < kE; ++e) {
+          const float4* row = reinterpret_cast<const float4*>(w_t + (w * kE + e) * d + c);
+          const float4 lo = row[0], hi = row[1];
+          float sum = w == 0 ? acc[e] : noise_acc[e];
+          sum = fmaf(input[0], lo.x, sum);
+          sum = fmaf(input[1], lo.y, sum);
+          sum = fmaf(input[2], lo.z, sum);
+          sum = fmaf(input[3], lo.w, sum);
+          sum = fmaf(input[4], hi.x, sum);
+          sum = fmaf(input[5], hi.y, sum);
+          sum = fmaf(input[6], hi.z, sum);
+          sum = fmaf(input[7], hi.w, sum);
+          (w == 0 ? acc[e] : noise_acc[e]) = sum;
+        }
+      }
+    }
+#pragma unroll
+    for (int e = 0; e < kE; ++e) {
+      acc[e] = warp_sum(acc[e]);
+      if (w_noise != nullptr) noise_acc[e] = warp_sum(noise_acc[e]);
+    }
+    // Lane e writes expert e (a register array read at a run-time index would go to the stack).
+#pragma unroll
+    for (int e = 0; e < kE; ++e) {
+      if (lane == e && e < experts) {
+        logits[n * experts + e] = acc[e];
+        if (w_noise != nullptr) noise_logits[n * experts + e] = noise_acc[e];
+      }
+    }
+  }
+}
+
 // The input gradient's fast path for few experts (E <= kE) and rows of 16-byte vectors: a warp per
 // token with its lanes across the row, so each dx access is 16 bytes and a warp's are contiguous
 // (the lane-per-token layout of router_input_grad_kernel spreads a warp over 32 rows). The
@@ -530,11 +600,8 @@ __global__ void __launch_bounds__(kThreads)
     router_input_grad_warp_kernel(const float* dlogits, const float* dnoise, const float* w_router,
                                   const float* w_noise, T* dx, RouterInput in, int experts) {
   extern __shared__ __align__(16) float w_t[];
-  const int d = in.d, weights = dnoise != nullptr ? 2 : 1;
-  for (int i = threadIdx.x; i < weights * kE * d; i += blockDim.x) {
-    const int w = i / (kE * d), e = i / d % kE, c = i % d;
-    w_t[i] = e < experts ? (w == 0 ? w_router : w_noise)[std::int64_t(c) * experts + e] : 0.0f;
-  }
+  const int d = in.d;
+  load_transposed_weights<kE>(w_t, w_router, dnoise != nullptr ? w_noise : nullptr, d, experts);
   __syncthreads();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   for (std::int64_t n = std::int64_t(blockIdx.x) * kWarpsPerBlock + warp; n < in.rows;
@@ -835,6 +902,28 @@ void launch_logits(const T* x, const float* w_router, const float* w_noise, floa
   SY_CUDA_LAUNCH();
 }
 
+// The warp-per-token kernels (logits, input gradient) take E <= 16 with the transposed weights
+// in at most this much shared memory.
+constexpr std::size_t kWarpSmemBytes = 96 << 10;
+
+// Shared memory of the warp-per-token kernels' transposed weights, or 0 when they do not apply.
+std::size_t warp_path_smem(const RouterInput& in, int experts, bool noise, const void* rows) {
+  if (experts > 16 || in.d % 8 != 0 || !aligned(rows, 16)) return 0;
+  const std::size_t bytes = std::size_t(noise ? 2 : 1) * (experts <= 8 ? 8 : 16) * std::size_t(in.d) * sizeof(float);
+  return bytes <= kWarpSmemBytes ? bytes : 0;
+}
+
+template <class T, int kE>
+void launch_logits_warp(const T* x, const float* w_router, const float* w_noise, float* logits, float* noise_logits,
+                        const RouterInput& in, int experts, std::size_t smem, cudaStream_t stream) {
+  const auto kernel = router_logits_warp_kernel<T, kE>;
+  static const bool allowed = (allow_smem(kernel, kWarpSmemBytes), true);
+  (void)allowed;
+  kernel<<<resident_grid(kernel, smem, (in.rows + kWarpsPerBlock - 1) / kWarpsPerBlock), kThreads, smem, stream>>>(
+      x, w_router, w_noise, logits, noise_logits, in, experts);
+  SY_CUDA_LAUNCH();
+}
+
 // logits = (x * jitter) · Wr and noise_logits = (x * jitter) · Wn (when w_noise is set).
 void router_logits(const Tensor& x, const float* w_router, const float* w_noise, float* logits, float* noise_logits,
                    const RouterInput& in, int experts, cudaStream_t stream) {
@@ -842,7 +931,13 @@ void router_logits(const Tensor& x, const float* w_router, const float* w_noise,
     using T = std::remove_pointer_t<decltype(type)>;
     const T* xp = static_cast<const T*>(x.data());
     const bool vector = in.d % 8 == 0 && aligned(xp, 16);
-    if (experts <= kNarrowExperts) {
+    if (const std::size_t smem = warp_path_smem(in, experts, w_noise != nullptr, xp); smem > 0) {
+      if (experts <= 8) {
+        launch_logits_warp<T, 8>(xp, w_router, w_noise, logits, noise_logits, in, experts, smem, stream);
+      } else {
+        launch_logits_warp<T, 16>(xp, w_router, w_noise, logits, noise_logits, in, experts, smem, stream);
+      }
+    } else if (experts <= kNarrowExperts) {
       if (vector) {
         launch_logits<T, 8, kNarrowExperts>(xp, w_router, w_noise, logits, noise_logits, in, experts, stream);
       } else {
@@ -955,14 +1050,11 @@ void launch_input_grad(const float* dlogits, const float* dnoise, const float* w
   SY_CUDA_LAUNCH();
 }
 
-// The warp-per-token input gradient when E <= kE and the transposed weights fit in shared memory.
-constexpr std::size_t kWarpGradSmemBytes = 96 << 10;
-
 template <class T, int kE>
 void launch_input_grad_warp(const float* dlogits, const float* dnoise, const float* w_router, const float* w_noise,
                             T* dx, const RouterInput& in, int experts, std::size_t smem, cudaStream_t stream) {
   const auto kernel = router_input_grad_warp_kernel<T, kE>;
-  static const bool allowed = (allow_smem(kernel, kWarpGradSmemBytes), true);
+  static const bool allowed = (allow_smem(kernel, kWarpSmemBytes), true);
   (void)allowed;
   kernel<<<resident_grid(kernel, smem, (in.rows + kWarpsPerBlock - 1) / kWarpsPerBlock), kThreads, smem, stream>>>(
       dlogits, dnoise, w_router, w_noise, dx, in, experts);
@@ -975,10 +1067,8 @@ void router_input_grad(const float* dlogits, const float* dnoise, const float* w
   dispatch_float(dx, [&](auto* type) {
     using T = std::remove_pointer_t<decltype(type)>;
     T* dxp = static_cast<T*>(dx.data());
-    const int tile = experts <= 8 ? 8 : 16;
-    const std::size_t warp_smem = std::size_t(dnoise != nullptr ? 2 : 1) * tile * std::size_t(in.d) * sizeof(float);
-    if (in.d % 8 == 0 && aligned(dxp, 16) && experts <= 16 && warp_smem <= kWarpGradSmemBytes) {
-      if (tile == 8) {
+    if (const std::size_t warp_smem = warp_path_smem(in, experts, dnoise != nullptr, dxp); warp_smem > 0) {
+      if (experts <= 8) {
         launch_input_grad_warp<T, 8>(dlogits, dnoise, w_router, w_noise, dxp, in, experts, warp_smem, stream);
       } else {
         launch_input_grad_warp<T, 16>(dlogits, dnoise, w_router, w_noise, dxp, in, experts, warp_smem, stream);
