@@ -11,7 +11,10 @@ TEST_P(RmsNormGpu, MatchesCpuReference) {
   const DType dt = GetParam();
   // f32: only summation order differs (1e-5). bf16: inputs and outputs rounded to 8 bits (1e-2).
   const double tol = dt == DType::f32 ? 1e-5 : 1e-2;
-  for (auto [rows, channels] : {std::pair{37, 768}, std::pair{5, 33}, std::pair{1000, 129}}) {
+  // 768, 256 and 1536 take the fused dx + dweight pass (one and many row chunks, the widest);
+  // 1544 (too wide for it) the 16-byte dx kernel and the column kernel; 33 and 129 the scalar path.
+  for (auto [rows, channels] : {std::pair{37, 768}, std::pair{1000, 256}, std::pair{300, 1536}, std::pair{50, 1544},
+                                std::pair{5, 33}, std::pair{1000, 129}}) {
     SCOPED_TRACE(::testing::Message() << rows << "x" << channels);
     const std::uint64_t seed = 100 + rows;
     OwnedTensor x = random_tensor({rows, channels}, dt, Device::cuda, seed);
@@ -47,7 +50,8 @@ TEST_P(RmsNormGpu, ResidualFormsMatchCpuReference) {
   SY_REQUIRE_GPU();
   const DType dt = GetParam();
   const double tol = dt == DType::f32 ? 1e-5 : 1e-2;  // as above
-  for (auto [rows, channels] : {std::pair{37, 768}, std::pair{5, 33}, std::pair{1000, 129}}) {
+  for (auto [rows, channels] : {std::pair{37, 768}, std::pair{1000, 256}, std::pair{50, 1544}, std::pair{5, 33},
+                                std::pair{1000, 129}}) {
     SCOPED_TRACE(::testing::Message() << rows << "x" << channels);
     const std::uint64_t seed = 300 + rows;
     OwnedTensor a = random_tensor({rows, channels}, dt, Device::cuda, seed);
