@@ -379,6 +379,7 @@ void Model::forward(const Tensor& tokens, const Tensor& targets, std::int64_t fi
   s.lse = arena.alloc({n}, DType::f32);
   s.dxf = training ? arena.alloc({n, d_}, dtype_) : Tensor();
   const std::size_t logits_mark = arena.mark();
+  if (training && grads_zeroed_ != nullptr) grads_zeroed_->wait_on(stream);  // the first gradient write follows
   const std::int64_t chunk = logit_chunk_rows(n, vocab_, dtype_);
   const Tensor logits_buffer = arena.alloc({chunk, vocab_}, dtype_);
   const Tensor& w_head = weight(lm_head_);
