@@ -249,29 +249,9 @@ void launch_rmsnorm_backward(const Tensor& x, const Tensor& weight, const Tensor
   const bool vec = channels % 8 == 0 && aligned16(x.data()) && aligned16(weight.data()) && aligned16(dy.data()) &&
                    aligned16(dx.data());
   const cudaStream_t s = to_cuda(stream);
-  if (vec && channels <= kRowVectors * 256) {
-    // Chunks of at least 32 rows (4 per warp), at most kDxChunks.
-    const int chunks = std::max(1, std::min(kDxChunks, (rows + 31) / 32));
-    const int rows_per_chunk = (rows + chunks - 1) / chunks;
-    dispatch_float(x, [&](auto* type) {
-      using T = std::remove_pointer_t<decltype(type)>;
-      const T* xp = static_cast<const T*>(x.data());
-      const T* wp = static_cast<const T*>(weight.data());
-      const T* dyp = static_cast<const T*>(dy.data());
-      T* dxp = static_cast<T*>(dx.data());
-      if (accumulate) {
-        rmsnorm_backward_fused_kernel<T, true><<<chunks, 32 * kRowsPerBlock, 0, s>>>(
-            xp, wp, rstd.ptr<float>(), dyp, dxp, rows, channels, rows_per_chunk);
-      } else {
-        rmsnorm_backward_fused_kernel<T, false><<<chunks, 32 * kRowsPerBlock, 0, s>>>(
-            xp, wp, rstd.ptr<float>(), dyp, dxp, rows, channels, rows_per_chunk);
-      }
-    });
-    SY_CUDA_LAUNCH();
-    rmsnorm_dweight_sum_kernel<<<grid_for(channels, 256), 256, 0, s>>>(dweight.ptr<float>(), channels, chunks);
-    SY_CUDA_LAUNCH();
-    return;
-  }
+  const bool fused = vec && channels <= kRowVectors * 256;
+  // Chunks of at least 32 rows (4 per warp), at most kDxChunks.
+  const int fused_chunks = std::max(1, std::min(kDxChunks, (rows + 31) / 32));
   dispatch_float(x, [&](auto* type) {
     using T = std::remove_pointer_t<decltype(type)>;
     const T* xp = static_cast<const T*>(x.data());
@@ -279,6 +259,12 @@ void launch_rmsnorm_backward(const Tensor& x, const Tensor& weight, const Tensor
     const T* dyp = static_cast<const T*>(dy.data());
     T* dxp = static_cast<T*>(dx.data());
     const float* rp = rstd.ptr<float>();
+    if (fused) {
+      const int rows_per_chunk = (rows + fused_chunks - 1) / fused_chunks;
+      const auto kernel = accumulate ? rmsnorm_backward_fused_kernel<T, true> : rmsnorm_backward_fused_kernel<T, false>;
+      kernel<<<fused_chunks, 32 * kRowsPerBlock, 0, s>>>(xp, wp, rp, dyp, dxp, rows, channels, rows_per_chunk);
+      return;
+    }
     const dim3 grid = grid_for(rows, kRowsPerBlock), block = 32 * kRowsPerBlock;
     if (vec && accumulate) {
       rmsnorm_backward_dx_kernel<T, 8, true><<<grid, block, 0, s>>>(xp, wp, rp, dyp, dxp, rows, channels);
@@ -293,12 +279,14 @@ void launch_rmsnorm_backward(const Tensor& x, const Tensor& weight, const Tensor
     const int chunks = channels <= kMaxChunkedChannels ? kChunks : 1;
     rmsnorm_dweight_partial_kernel<T><<<dim3(grid_for(channels, 32), unsigned(chunks)), dim3(32, kRowLanes), 0, s>>>(
         xp, rp, dyp, dweight.ptr<float>(), rows, channels, chunks);
-    SY_CUDA_LAUNCH();
-    if (chunks > 1) {
-      rmsnorm_dweight_sum_kernel<<<grid_for(channels, 256), 256, 0, s>>>(dweight.ptr<float>(), channels, chunks);
-    }
   });
   SY_CUDA_LAUNCH();
+  // The chunks' partial sums, added in chunk order (one chunk already went straight to dweight).
+  const int chunks = fused ? fused_chunks : channels <= kMaxChunkedChannels ? kChunks : 1;
+  if (fused || chunks > 1) {
+    rmsnorm_dweight_sum_kernel<<<grid_for(channels, 256), 256, 0, s>>>(dweight.ptr<float>(), channels, chunks);
+    SY_CUDA_LAUNCH();
+  }
 }
 
 }  // namespace
