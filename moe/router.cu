@@ -980,7 +980,8 @@ bool router_weight_grad_rows(const Tensor& x, const float* dlogits, const float*
   if (dnoise != nullptr || experts > 8 || in.d % 8 != 0 || lanes == 0 || !aligned(x.data(), 16)) return false;
   const std::int64_t count = std::int64_t(in.d) * experts;
   const std::int64_t by_memory = kPartialBytes / (count * std::int64_t(sizeof(float)));
-  const int chunks = int(std::max<std::int64_t>(1, std::min({(in.rows + 63) / 64, by_memory, 2 * std::int64_t(sm_count())})));
+  const std::int64_t by_rows = (in.rows + 63) / 64, by_sms = 2 * std::int64_t(sm_count());
+  const int chunks = int(std::max<std::int64_t>(1, std::min({by_rows, by_memory, by_sms})));
   const std::int64_t rows_per_chunk = (in.rows + chunks - 1) / chunks;
   const Tensor partial = arena.alloc({chunks, count}, DType::f32);
   const std::size_t smem = std::size_t(lanes - 1) * vectors * 64 * sizeof(float);

@@ -155,7 +155,7 @@ Model::Model(const Config& config, const ProcessGrid& grid, ParameterRegistry& r
     const std::string p = "blocks." + std::to_string(i) + ".";
     b->attn_norm = add(registry, p + "attn_norm.weight", {d_}, -1, false, false, 0.0);
     // Registered v, k, q: the registry lays a gradient bucket out in reverse registration order,
-    // so q, k, v usually end up as one [(Hq + 2 Hkv) D, d] matrix and take one GEMM (qkv_fused).
+    // so q, k, v usually end up as one [(Hq + 2 Hkv) D, d] matrix and take one GEMM (qkv_weight).
     b->v = add(registry, p + "attn.v.weight", {kv_heads_ * head_dim_, d_}, 0, false, true, 1.0);
     b->k = add(registry, p + "attn.k.weight", {kv_heads_ * head_dim_, d_}, 0, false, true, 1.0);
     b->q = add(registry, p + "attn.q.weight", {heads_ * head_dim_, d_}, 0, false, true, 1.0);
@@ -374,7 +374,7 @@ void Model::forward(const Tensor& tokens, const Tensor& targets, std::int64_t fi
   s.x_last = x;
   // LM head and loss over row chunks, so the [N, V] logits never exist whole (1 GiB at the
   // benchmark shape). Training runs the head's backward here too, while a chunk's logits are
-  // at hand: dlogits overwrite them (cross_entropy_backward allows it), dW accumulates, and the
+  // at hand: dlogits overwrite them (cross_entropy_forward_backward allows it), dW accumulates, and the
   // chunk's rows of dxf are kept for backward.
   s.lse = arena.alloc({n}, DType::f32);
   s.dxf = training ? arena.alloc({n, d_}, dtype_) : Tensor();

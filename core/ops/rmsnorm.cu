@@ -226,16 +226,9 @@ void launch_rmsnorm_forward(const Tensor& a, const Tensor& b, const Tensor& sum,
     const T* wp = static_cast<const T*>(weight.data());
     T* yp = static_cast<T*>(y.data());
     const dim3 grid = grid_for(rows, kRowsPerBlock), block = 32 * kRowsPerBlock;
-    const cudaStream_t s = to_cuda(stream);
-    if (vec && add) {
-      rmsnorm_forward_kernel<T, 8, true><<<grid, block, 0, s>>>(ap, bp, sp, wp, yp, rstd.ptr<float>(), rows, channels, eps);
-    } else if (vec) {
-      rmsnorm_forward_kernel<T, 8, false><<<grid, block, 0, s>>>(ap, bp, sp, wp, yp, rstd.ptr<float>(), rows, channels, eps);
-    } else if (add) {
-      rmsnorm_forward_kernel<T, 1, true><<<grid, block, 0, s>>>(ap, bp, sp, wp, yp, rstd.ptr<float>(), rows, channels, eps);
-    } else {
-      rmsnorm_forward_kernel<T, 1, false><<<grid, block, 0, s>>>(ap, bp, sp, wp, yp, rstd.ptr<float>(), rows, channels, eps);
-    }
+    const auto kernel = vec ? (add ? rmsnorm_forward_kernel<T, 8, true> : rmsnorm_forward_kernel<T, 8, false>)
+                            : (add ? rmsnorm_forward_kernel<T, 1, true> : rmsnorm_forward_kernel<T, 1, false>);
+    kernel<<<grid, block, 0, to_cuda(stream)>>>(ap, bp, sp, wp, yp, rstd.ptr<float>(), rows, channels, eps);
   });
   SY_CUDA_LAUNCH();
 }

@@ -102,8 +102,10 @@ TEST(Gelu, RejectsMismatchedOutput) {
 
 // The recomputing backward is the two ops it fuses, with dx over dy; y may not alias x or dy.
 TEST(Activations, GeluBackwardRecomputeEqualsForwardAndBackward) {
-  OwnedTensor x = random_tensor({4, 7}, DType::f64, Device::cpu, 61, 2.0f), dy = random_tensor({4, 7}, DType::f64, Device::cpu, 62);
-  OwnedTensor y({4, 7}, DType::f64, Device::cpu), dx({4, 7}, DType::f64, Device::cpu), y_ref({4, 7}, DType::f64, Device::cpu);
+  const Shape shape{4, 7};
+  OwnedTensor x = random_tensor(shape, DType::f64, Device::cpu, 61, 2.0f);
+  OwnedTensor dy = random_tensor(shape, DType::f64, Device::cpu, 62);
+  OwnedTensor y(shape, DType::f64, Device::cpu), dx(shape, DType::f64, Device::cpu), y_ref(shape, DType::f64, Device::cpu);
   gelu_forward(x, y_ref);
   gelu_backward(x, dy, dx);
   gelu_backward_recompute(x, dy, dy, y);

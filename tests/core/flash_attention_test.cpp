@@ -115,8 +115,9 @@ TEST(FlashAttention, TokenMajorViewsMatchHeadMajorCopies) {
   auto v_of = [&](const Tensor& t) { return heads_in_rows(t, batch, kv_heads, seq, dim, (heads + kv_heads) * dim); };
   const Tensor out_view = heads_in_rows(rows, batch, heads, seq, dim, 0);
   flash_attention_forward(q_of(qkv), k_of(qkv), v_of(qkv), out_view, lse);
-  flash_attention_backward(q_of(qkv), k_of(qkv), v_of(qkv), out_view, lse, heads_in_rows(drows, batch, heads, seq, dim, 0),
-                           q_of(dqkv), k_of(dqkv), v_of(dqkv), delta);
+  const Tensor dout_view = heads_in_rows(drows, batch, heads, seq, dim, 0);
+  flash_attention_backward(q_of(qkv), k_of(qkv), v_of(qkv), out_view, lse, dout_view, q_of(dqkv), k_of(dqkv), v_of(dqkv),
+                           delta);
 
   const Shape q_shape{batch, heads, seq, dim}, kv_shape{batch, kv_heads, seq, dim};
   OwnedTensor q(q_shape, DType::f64, Device::cpu), k(kv_shape, DType::f64, Device::cpu);

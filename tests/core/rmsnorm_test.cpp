@@ -75,7 +75,8 @@ TEST(RmsNorm, AddRmsNormEqualsAddThenNorm) {
 }
 
 TEST(RmsNorm, BackwardResidualAddsTheInputGradient) {
-  OwnedTensor x = random_tensor({5, 9}, DType::f64, Device::cpu, 23), w = random_tensor({9}, DType::f64, Device::cpu, 24);
+  OwnedTensor x = random_tensor({5, 9}, DType::f64, Device::cpu, 23);
+  OwnedTensor w = random_tensor({9}, DType::f64, Device::cpu, 24);
   OwnedTensor dy = random_tensor({5, 9}, DType::f64, Device::cpu, 25);
   OwnedTensor y({5, 9}, DType::f64, Device::cpu), rstd({5}, DType::f32, Device::cpu);
   rmsnorm_forward(x, w, y, rstd, kEps);
@@ -91,9 +92,11 @@ TEST(RmsNorm, BackwardResidualAddsTheInputGradient) {
 }
 
 TEST(RmsNorm, AddRmsNormSumMayAliasEitherInput) {
-  OwnedTensor a = random_tensor({3, 10}, DType::bf16, Device::cpu, 27), b = random_tensor({3, 10}, DType::bf16, Device::cpu, 28);
+  OwnedTensor a = random_tensor({3, 10}, DType::bf16, Device::cpu, 27);
+  OwnedTensor b = random_tensor({3, 10}, DType::bf16, Device::cpu, 28);
   OwnedTensor w = random_tensor({10}, DType::bf16, Device::cpu, 29);
-  OwnedTensor sum({3, 10}, DType::bf16, Device::cpu), y({3, 10}, DType::bf16, Device::cpu), rstd({3}, DType::f32, Device::cpu);
+  OwnedTensor sum({3, 10}, DType::bf16, Device::cpu), y({3, 10}, DType::bf16, Device::cpu);
+  OwnedTensor rstd({3}, DType::f32, Device::cpu);
   add_rmsnorm_forward(a, b, sum, w, y, rstd, kEps);
   for (bool into_b : {false, true}) {
     OwnedTensor a2 = convert(a, DType::bf16, Device::cpu), b2 = convert(b, DType::bf16, Device::cpu);

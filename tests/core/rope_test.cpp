@@ -88,7 +88,8 @@ TEST(Rope, InPlaceOnTokenMajorHeadsMatchesHeadMajorCopies) {
   const std::int64_t batch = 2, heads = 3, kv_heads = 1, seq = 5, dim = 4;
   const std::int64_t cols = (heads + 2 * kv_heads) * dim;
   OwnedTensor qkv = random_tensor({batch * seq, cols}, DType::f64, Device::cpu, 70);
-  OwnedTensor q({batch, heads, seq, dim}, DType::f64, Device::cpu), k({batch, kv_heads, seq, dim}, DType::f64, Device::cpu);
+  OwnedTensor q({batch, heads, seq, dim}, DType::f64, Device::cpu);
+  OwnedTensor k({batch, kv_heads, seq, dim}, DType::f64, Device::cpu);
   OwnedTensor v({batch, kv_heads, seq, dim}, DType::f64, Device::cpu);
   split_qkv_heads(qkv, q, k, v);
   rope_forward(q, q, kTheta);

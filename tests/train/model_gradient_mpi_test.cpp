@@ -20,8 +20,9 @@ constexpr std::int64_t kBatch = 2, kSeq = 16, kVocab = 64;
 Config dense_config() {
   return parse_config("", "gradient test",
                       {"run.device=cpu", "model.vocab_size=64", "model.d_model=32", "model.n_layers=2",
-                       "model.n_heads=4", "model.n_kv_heads=2", "model.d_ff=48", "model.max_seq_len=16", "model.tied_embeddings=false", "moe.every=0",
-                       "train.seq_len=16", "train.micro_batch=2", "train.precision=fp32"});
+                       "model.n_heads=4", "model.n_kv_heads=2", "model.d_ff=48", "model.max_seq_len=16",
+                       "model.tied_embeddings=false", "moe.every=0", "train.seq_len=16", "train.micro_batch=2",
+                       "train.precision=fp32"});
 }
 
 TEST(ModelGradients, MatchFiniteDifferencesOfTheLoss) {
