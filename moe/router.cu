@@ -470,6 +470,22 @@ __device__ void store_row_lane_sums(const float (&sums)[kCh][kTile], float* lane
 // chunks in order, so the result is bit-reproducible without atomics (as rmsnorm's dweight).
 // Traffic per expert tile: x read once, dlogits read once per 32 * kCh channels (from L2),
 // partials written once; with jitter, one Philox draw per element of x.
+// acc[j][e] += (v[j] * f[j]) * grad[e0 + e]: one token's outer product of its router input
+// (channels j) and a gradient row (experts e0 .., zero past E).
+template <int kCh, int kTile>
+__device__ __forceinline__ void accumulate_outer(float (&acc)[kCh][kTile], const float (&v)[kCh],
+                                                 const float (&f)[kCh], const float* grad, int e0, int experts) {
+  float g[kTile];
+#pragma unroll
+  for (int e = 0; e < kTile; ++e) g[e] = e0 + e < experts ? grad[e0 + e] : 0.0f;
+#pragma unroll
+  for (int j = 0; j < kCh; ++j) {
+    const float input = v[j] * f[j];
+#pragma unroll
+    for (int e = 0; e < kTile; ++e) acc[j][e] = fmaf(input, g[e], acc[j][e]);
+  }
+}
+
 template <class T, int kCh, int kTile>
 __global__ void __launch_bounds__(kThreads)
     router_weight_grad_kernel(const T* x, const float* dlogits, const float* dnoise, float* partial,
@@ -492,25 +508,8 @@ __global__ void __launch_bounds__(kThreads)
       float v[kCh], f[kCh];
       load_vec<kCh>(x + n * d + c, v);
       jitter_factors<kCh>(in, n, c, f);
-      float g[kTile];
-#pragma unroll
-      for (int e = 0; e < kTile; ++e) g[e] = e0 + e < experts ? dlogits[n * experts + e0 + e] : 0.0f;
-#pragma unroll
-      for (int j = 0; j < kCh; ++j) {
-        const float input = v[j] * f[j];
-#pragma unroll
-        for (int e = 0; e < kTile; ++e) acc[j][e] = fmaf(input, g[e], acc[j][e]);
-      }
-      if (gaussian) {
-#pragma unroll
-        for (int e = 0; e < kTile; ++e) g[e] = e0 + e < experts ? dnoise[n * experts + e0 + e] : 0.0f;
-#pragma unroll
-        for (int j = 0; j < kCh; ++j) {
-          const float input = v[j] * f[j];
-#pragma unroll
-          for (int e = 0; e < kTile; ++e) noise_acc[j][e] = fmaf(input, g[e], noise_acc[j][e]);
-        }
-      }
+      accumulate_outer<kCh, kTile>(acc, v, f, dlogits + n * experts, e0, experts);
+      if (gaussian) accumulate_outer<kCh, kTile>(noise_acc, v, f, dnoise + n * experts, e0, experts);
     }
   }
 
