@@ -3,8 +3,7 @@
 // variants take the residual add into the forward (sum = a + b, then the norm of sum) and add
 // dx into the residual stream's gradient in the backward, each saving a pass over [N, C].
 // dweight: deterministic partial sums per row chunk (fixed summation order, no atomics), so runs
-// are bit-reproducible; for rows of 16-byte vectors up to 1536 channels the dx kernel produces
-// them on the way, otherwise a separate column kernel reads x and dy again.
+// are bit-reproducible, from a column kernel that reads x and dy again.
 #include <type_traits>
 
 #include "core/ops/elementwise_map.cuh"
@@ -144,72 +143,6 @@ __global__ void rmsnorm_dweight_sum_kernel(float* dweight, int channels, int chu
   dweight[c] += total;
 }
 
-// dx and the dweight partial sums in one pass, for rows of 16-byte vectors and at most
-// kRowVectors * 256 channels: block b takes a fixed chunk of rows, a warp a row at a time; lane l
-// owns the channel vectors l, l + 32, ... of every row, so it also keeps their dweight sums in
-// registers. The 8 warps' sums meet in shared memory in warp order, and the block writes its
-// chunk's partials, which rmsnorm_dweight_sum_kernel adds in chunk order: deterministic, and x
-// and dy are read once (the separate dweight kernel read both again).
-// Vectors of 8 channels per lane: channels <= 1536, so the warps' sums fit the 48 KiB of static
-// shared memory; the chunks are as many as the partials array holds at that width (341).
-constexpr int kRowVectors = 6;
-constexpr int kDxChunks = kChunks * kMaxChunkedChannels / (kRowVectors * 256);
-
-template <class T, bool ACCUMULATE>
-__global__ void __launch_bounds__(32 * kRowsPerBlock)
-    rmsnorm_backward_fused_kernel(const T* x, const T* weight, const float* rstd, const T* dy, T* dx, int rows,
-                                  int channels, int rows_per_chunk) {
-  __shared__ float warp_sums[kRowsPerBlock][kRowVectors * 256];
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int first = blockIdx.x * rows_per_chunk, last = min(rows, first + rows_per_chunk);
-  float dw[kRowVectors][8] = {};
-  for (int row = first + warp; row < last; row += kRowsPerBlock) {
-    const std::int64_t base = std::int64_t(row) * channels;
-    const float r = rstd[row];
-    float dot = 0.0f;
-    for (int c = lane * 8; c < channels; c += 32 * 8) {
-      float vx[8], vdy[8], w[8];
-      load_vec<8>(x + base + c, vx);
-      load_vec<8>(dy + base + c, vdy);
-      load_vec<8>(weight + c, w);
-#pragma unroll
-      for (int k = 0; k < 8; ++k) dot += vdy[k] * w[k] * vx[k];
-    }
-    dot = warp_sum(dot) * r / float(channels);
-#pragma unroll
-    for (int j = 0; j < kRowVectors; ++j) {
-      const int c = (lane + 32 * j) * 8;
-      if (c >= channels) break;
-      float vx[8], vdy[8], w[8], out[8];
-      load_vec<8>(x + base + c, vx);
-      load_vec<8>(dy + base + c, vdy);
-      load_vec<8>(weight + c, w);
-      if constexpr (ACCUMULATE) load_vec<8>(dx + base + c, out);
-#pragma unroll
-      for (int k = 0; k < 8; ++k) {
-        const float xhat = vx[k] * r;
-        const float g = r * (vdy[k] * w[k] - xhat * dot);
-        out[k] = ACCUMULATE ? out[k] + g : g;
-        dw[j][k] += vdy[k] * xhat;
-      }
-      store_vec<8>(dx + base + c, out);
-    }
-  }
-#pragma unroll
-  for (int j = 0; j < kRowVectors; ++j) {
-    const int c = (lane + 32 * j) * 8;
-    if (c >= channels) break;
-#pragma unroll
-    for (int k = 0; k < 8; ++k) warp_sums[warp][c + k] = dw[j][k];
-  }
-  __syncthreads();
-  for (int c = threadIdx.x; c < channels; c += blockDim.x) {
-    float total = 0.0f;
-    for (int w = 0; w < kRowsPerBlock; ++w) total += warp_sums[w][c];
-    rmsnorm_dweight_partials[blockIdx.x * channels + c] = total;
-  }
-}
-
 // Launches the forward; with a and b both given, the residual add is fused in (sum = a + b).
 void launch_rmsnorm_forward(const Tensor& a, const Tensor& b, const Tensor& sum, const Tensor& weight, const Tensor& y,
                             const Tensor& rstd, float eps, StreamRef stream) {
@@ -233,8 +166,9 @@ void launch_rmsnorm_forward(const Tensor& a, const Tensor& b, const Tensor& sum,
   SY_CUDA_LAUNCH();
 }
 
-// dx (written, or accumulated into) and the deterministic dweight reduction: one fused pass for
-// rows of 16-byte vectors up to 1536 channels, else the dx kernel and the column kernel.
+// dx (written, or accumulated into), then the deterministic dweight reduction. (A single pass that
+// also kept each lane's dweight sums measured slower on an H200 at 768 channels, 1.54 against
+// 1.34 ms per step: its 48 KiB of shared memory per block left too few warps to hide latency.)
 void launch_rmsnorm_backward(const Tensor& x, const Tensor& weight, const Tensor& rstd, const Tensor& dy,
                              const Tensor& dx, const Tensor& dweight, bool accumulate, StreamRef stream) {
   const int rows = int(x.size(0)), channels = int(x.size(1));
@@ -242,9 +176,6 @@ void launch_rmsnorm_backward(const Tensor& x, const Tensor& weight, const Tensor
   const bool vec = channels % 8 == 0 && aligned16(x.data()) && aligned16(weight.data()) && aligned16(dy.data()) &&
                    aligned16(dx.data());
   const cudaStream_t s = to_cuda(stream);
-  const bool fused = vec && channels <= kRowVectors * 256;
-  // Chunks of at least 32 rows (4 per warp), at most kDxChunks.
-  const int fused_chunks = std::max(1, std::min(kDxChunks, (rows + 31) / 32));
   dispatch_float(x, [&](auto* type) {
     using T = std::remove_pointer_t<decltype(type)>;
     const T* xp = static_cast<const T*>(x.data());
@@ -252,12 +183,6 @@ void launch_rmsnorm_backward(const Tensor& x, const Tensor& weight, const Tensor
     const T* dyp = static_cast<const T*>(dy.data());
     T* dxp = static_cast<T*>(dx.data());
     const float* rp = rstd.ptr<float>();
-    if (fused) {
-      const int rows_per_chunk = (rows + fused_chunks - 1) / fused_chunks;
-      const auto kernel = accumulate ? rmsnorm_backward_fused_kernel<T, true> : rmsnorm_backward_fused_kernel<T, false>;
-      kernel<<<fused_chunks, 32 * kRowsPerBlock, 0, s>>>(xp, wp, rp, dyp, dxp, rows, channels, rows_per_chunk);
-      return;
-    }
     const dim3 grid = grid_for(rows, kRowsPerBlock), block = 32 * kRowsPerBlock;
     if (vec && accumulate) {
       rmsnorm_backward_dx_kernel<T, 8, true><<<grid, block, 0, s>>>(xp, wp, rp, dyp, dxp, rows, channels);
@@ -275,8 +200,8 @@ void launch_rmsnorm_backward(const Tensor& x, const Tensor& weight, const Tensor
   });
   SY_CUDA_LAUNCH();
   // The chunks' partial sums, added in chunk order (one chunk already went straight to dweight).
-  const int chunks = fused ? fused_chunks : channels <= kMaxChunkedChannels ? kChunks : 1;
-  if (fused || chunks > 1) {
+  const int chunks = channels <= kMaxChunkedChannels ? kChunks : 1;
+  if (chunks > 1) {
     rmsnorm_dweight_sum_kernel<<<grid_for(channels, 256), 256, 0, s>>>(dweight.ptr<float>(), channels, chunks);
     SY_CUDA_LAUNCH();
   }

@@ -141,14 +141,15 @@ TEST_P(CrossEntropyGpu, OutOfRangeTargetsAreTreatedAsIgnored) {
   EXPECT_LT(relative_error(dlogits, ref.dlogits), dlogits_tol(dt));
 }
 
-// The fused training pass against the CPU reference: rows held in registers (V = 1000 and
-// 32768 for both dtypes), and the two-pass fallback (V = 1001 unaligned, V = 131072 too long to
-// hold in bf16), out of place and in place over the logits.
+// The training pass against the CPU reference: rows held in registers (V = 1000 for both
+// dtypes, 8192 in bf16: two packs per thread), and the two passes (8192 in f32, 32768, 131072:
+// too long to hold; V = 1001: unaligned), out of place and in place over the logits.
 TEST_P(CrossEntropyGpu, ForwardBackwardMatchesCpuReference) {
   SY_REQUIRE_GPU();
   const DType dt = GetParam();
   const float grad_scale = 1.0f / 29.0f;
-  for (auto [rows, vocab] : {std::pair{7, 1000}, std::pair{64, 32768}, std::pair{5, 1001}, std::pair{3, 131072}}) {
+  for (auto [rows, vocab] : {std::pair{7, 1000}, std::pair{16, 8192}, std::pair{64, 32768}, std::pair{5, 1001},
+                               std::pair{3, 131072}}) {
     SCOPED_TRACE(::testing::Message() << rows << "x" << vocab);
     const std::uint64_t seed = 7000 + std::uint64_t(vocab);
     OwnedTensor logits = random_tensor({rows, vocab}, dt, Device::cuda, seed, 3.0f);
