@@ -19,7 +19,9 @@ import os
 import subprocess
 import sys
 
-PHASES = ["compute", "router", "permute", "all_to_all", "experts", "combine", "optimizer"]
+# Phases of the step's compute stream; all_to_all and grad_sync hold only the time it waited for
+# communication (the exposed part).
+PHASES = ["compute", "router", "permute", "all_to_all", "experts", "combine", "grad_sync", "optimizer"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -76,6 +78,8 @@ def row_of(mode, ranks, experts, micro_batch, seq, grad_accum, metrics):
     for p in PHASES:
         row[p + "_ms"] = split.get(p, 0.0)
     row["idle_ms"] = round(max(0.0, step_ms - sum(split.get(p, 0.0) for p in PHASES)), 3)
+    row["exposed_comm_ms"] = round(split.get("all_to_all", 0.0) + split.get("grad_sync", 0.0), 3)
+    row["exposed_comm_pct"] = round(100.0 * row["exposed_comm_ms"] / step_ms, 2)
     return row
 
 
@@ -110,8 +114,9 @@ def plot(rows, out):
         sel = [r for r in rows if r["mode"] == mode]
         fig, ax = plt.subplots(figsize=(6, 4))
         bottom = [0.0] * len(sel)
-        groups = [("compute", ["compute", "router", "permute", "experts", "combine"]), ("all-to-all", ["all_to_all"]),
-                  ("optimizer + exposed grad reduce", ["optimizer"]), ("idle", ["idle"])]
+        groups = [("compute", ["compute", "router", "permute", "experts", "combine", "optimizer"]),
+                  ("all-to-all (exposed)", ["all_to_all"]), ("gradient all-reduce (exposed)", ["grad_sync"]),
+                  ("idle", ["idle"])]
         for label, parts in groups:
             values = [sum(r[p + "_ms"] for p in parts) for r in sel]
             ax.bar([str(r["ranks"]) for r in sel], values, bottom=bottom, label=label)
@@ -169,7 +174,8 @@ def main():
             else:
                 r["efficiency"] = round(r["tokens_per_s"] / (base["tokens_per_s"] * r["ranks"] / base["ranks"]), 4)
     fields = ["mode", "ranks", "experts", "micro_batch", "tokens_per_s", "tokens_per_s_per_rank", "efficiency",
-              "step_ms"] + [p + "_ms" for p in PHASES] + ["idle_ms", "expert_load_max_mean", "dropped_pct", "loss"]
+              "step_ms"] + [p + "_ms" for p in PHASES] + ["idle_ms", "exposed_comm_ms", "exposed_comm_pct",
+                                                         "expert_load_max_mean", "dropped_pct", "loss"]
     with open(os.path.join(a.out, "scaling.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
@@ -177,12 +183,13 @@ def main():
     with open(os.path.join(a.out, "scaling.jsonl"), "w") as f:
         for r in rows:
             f.write(json.dumps(r) + "\n")
-    print("%-6s %5s %7s %12s %14s %8s %9s %10s %10s" % ("mode", "ranks", "experts", "tokens/s", "tok/s per rank",
-                                                        "eff.", "step ms", "a2a ms", "idle ms"))
+    print("%-6s %5s %7s %12s %14s %8s %9s %9s %9s %9s %9s" % (
+        "mode", "ranks", "experts", "tokens/s", "tok/s per rank", "eff.", "step ms", "a2a ms", "grad ms", "exposed",
+        "idle ms"))
     for r in rows:
-        print("%-6s %5d %7d %12.0f %14.0f %7.1f%% %9.2f %10.2f %10.2f" % (
+        print("%-6s %5d %7d %12.0f %14.0f %7.1f%% %9.2f %9.2f %9.2f %8.1f%% %9.2f" % (
             r["mode"], r["ranks"], r["experts"], r["tokens_per_s"], r["tokens_per_s_per_rank"], 100 * r["efficiency"],
-            r["step_ms"], r["all_to_all_ms"], r["idle_ms"]))
+            r["step_ms"], r["all_to_all_ms"], r["grad_sync_ms"], r["exposed_comm_pct"], r["idle_ms"]))
     for path in plot(rows, a.out):
         print("wrote " + path)
     print("wrote %s/scaling.csv and scaling.jsonl" % a.out)

@@ -2,6 +2,10 @@
 // dispatch.h and experts.h.
 #include "moe/moe_layer.h"
 
+#include <algorithm>
+
+#include "moe/permute.h"
+
 namespace sy {
 namespace {
 
@@ -27,14 +31,71 @@ MoeLayer::MoeLayer(const MoeLayerConfig& config, MoeGroups groups)
   local_experts_ = experts_.config().local_experts;
 }
 
-std::vector<std::int64_t> MoeLayer::expert_rows() const {
-  if (plan_.capacity > 0) return {};
-  return plan_.rows_per_local_expert;
+Tensor MoeLayer::expert_layout(const Tensor& rows) const {
+  if (plan_.capacity == 0) return rows;
+  return rows.reshape({local_experts_, rows.size(0) / local_experts_, rows.size(1)});
 }
 
-Tensor MoeLayer::expert_view(const Tensor& rows) const {
-  if (plan_.capacity == 0) return rows;
-  return rows.reshape({local_experts_, plan_.peers * plan_.capacity, config_.d_model});
+Tensor MoeLayer::chunk_view(const Tensor& rows, int chunk) const {
+  return expert_layout(rows.slice_rows(plan_.chunk_first_row[std::size_t(chunk)], plan_.chunk_rows(chunk)));
+}
+
+std::span<const std::int64_t> MoeLayer::chunk_rows(int chunk) const {
+  if (plan_.capacity > 0) return {};
+  return std::span<const std::int64_t>(plan_.chunk_rows_per_local_expert)
+      .subspan(std::size_t(chunk) * std::size_t(local_experts_), std::size_t(local_experts_));
+}
+
+StreamEvent& MoeLayer::event(std::size_t index) {
+  while (events_.size() <= index) events_.push_back(std::make_unique<StreamEvent>(groups_.ep->device()));
+  return *events_[index];
+}
+
+// The schedule on the communication stream is: to(0), to(1), back(0), to(2), back(1), ...,
+// back(K-1), where back(j) first waits for chunk j's compute. So to(j + 1) runs beside compute(j)
+// and back(j) beside compute(j + 1). One stream keeps every rank's NCCL calls in the same order.
+template <class Compute>
+void MoeLayer::pipeline(const Tensor& send_in, const Tensor& expert_in, const Tensor& expert_out,
+                        const Tensor& send_out, StreamRef stream, Compute&& compute) {
+  Communicator* tp = groups_.tp && groups_.tp->size() > 1 ? groups_.tp : nullptr;
+  const int chunks = plan_.chunks;
+  auto tp_sum = [&](int j, StreamRef on) {
+    if (tp) tp->all_reduce(expert_out.slice_rows(plan_.chunk_first_row[std::size_t(j)], plan_.chunk_rows(j)),
+                           ReduceOp::sum, on);
+  };
+  if (plan_.peers == 1) {
+    for (int j = 0; j < chunks; ++j) {
+      if (plan_.chunk_rows(j) > 0) compute(j);
+      tp_sum(j, stream);
+    }
+    mark_phase(timer_, "experts");
+    return;
+  }
+  Communicator& ep = *groups_.ep;
+  const StreamRef comm = comm_.handle ? comm_ : stream;
+  // Events: 0 inputs ready, 1 all back, 2 + j chunk j arrived, 2 + K + j chunk j computed.
+  event(0).record(stream);
+  event(0).wait_on(comm);
+  auto send = [&](int j) {
+    exchange_chunk(plan_, j, true, send_in, expert_in, ep, comm);
+    event(2 + std::size_t(j)).record(comm);
+  };
+  send(0);
+  for (int j = 0; j < chunks; ++j) {
+    if (j + 1 < chunks) send(j + 1);
+    event(2 + std::size_t(j)).wait_on(stream);
+    mark_phase(timer_, "all_to_all");  // what the experts waited for: exposed communication
+    if (plan_.chunk_rows(j) > 0) compute(j);
+    mark_phase(timer_, "experts");
+    StreamEvent& computed = event(2 + std::size_t(chunks + j));
+    computed.record(stream);
+    computed.wait_on(comm);
+    tp_sum(j, comm);
+    exchange_chunk(plan_, j, false, expert_out, send_out, ep, comm);
+  }
+  event(1).record(comm);
+  event(1).wait_on(stream);
+  mark_phase(timer_, "all_to_all");
 }
 
 void MoeLayer::forward(const Tensor& x, const MoeWeights& weights, bool training, RngKey key, std::int64_t first_token,
@@ -44,52 +105,75 @@ void MoeLayer::forward(const Tensor& x, const MoeWeights& weights, bool training
                  stream, config_.router.loss_scope == RouterLossScope::global ? groups_.dp : nullptr);
   mark_phase(timer_, "router");
   const Routing& routing = router_.routing;
-  plan_ = plan_dispatch(routing, *groups_.ep, arena, stream, timer_);
-  expert_in_ = dispatch_forward(x, routing, plan_, *groups_.ep, arena, stream, timer_);
+  plan_ = plan_dispatch(routing, *groups_.ep, config_.dispatch_chunks, arena, stream, timer_);
+  const Tensor send = dispatch_permute(x, routing, plan_, arena, stream);
+  mark_phase(timer_, "permute");
 
-  const Tensor expert_x = expert_view(expert_in_);
-  const ExpertBufferShapes shapes = experts_.buffer_shapes(expert_x.shape());
-  activations_.h = arena.alloc(shapes.h, x.dtype());
-  Tensor expert_out = arena.alloc(expert_in_.shape(), x.dtype());
+  // Every buffer the communication stream touches is allocated before act's release mark.
+  const bool remote = plan_.peers > 1;
+  const std::int64_t d = x.size(1), rows = plan_.recv_rows;
+  expert_in_ = remote ? arena.alloc({rows, d}, x.dtype()) : send;
+  const Tensor expert_out = arena.alloc({rows, d}, x.dtype());
+  returned_ = remote ? arena.alloc({plan_.send_rows, d}, x.dtype()) : expert_out;
+  activations_.h = arena.alloc({rows, experts_.config().d_in()}, x.dtype());
   // With recompute_activation, act lives only through the experts' forward: released here,
   // recomputed in backward. Later allocations reuse its memory after the GEMM that reads it.
   const std::size_t act_mark = arena.mark();
-  activations_.act = arena.alloc(shapes.act, x.dtype());
-  const std::vector<std::int64_t> rows = expert_rows();
-  experts_.forward(expert_x, rows, weights.experts, activations_, expert_view(expert_out), stream);
+  activations_.act = arena.alloc({rows, experts_.config().d_ff}, x.dtype());
+  activations_.recompute_act = false;
+  pipeline(send, expert_in_, expert_out, returned_, stream, [&](int j) {
+    const ExpertActivations saved{chunk_view(activations_.h, j), chunk_view(activations_.act, j)};
+    experts_.forward(chunk_view(expert_in_, j), chunk_rows(j), weights.experts, saved, chunk_view(expert_out, j),
+                     stream);
+  });
   if (config_.recompute_activation) {
     arena.release_to(act_mark);
     activations_.act = Tensor();
   }
-  if (groups_.tp && groups_.tp->size() > 1) groups_.tp->all_reduce(expert_out, ReduceOp::sum, stream);
-  mark_phase(timer_, "experts");
-
-  returned_ = combine_forward(expert_out, routing, plan_, *groups_.ep, arena, out, stream, timer_);
+  moe_combine(returned_, routing.expert, routing.slot, plan_.offsets, routing.gate, out, stream);
+  mark_phase(timer_, "combine");
 }
 
 void MoeLayer::backward(const Tensor& dout, const MoeWeights& weights, Arena& arena, const Tensor& dx,
                         const MoeGrads& grads, StreamRef stream) {
   const Routing& routing = router_.routing;
+  const bool remote = plan_.peers > 1;
+  const std::int64_t d = dout.size(1), rows = plan_.recv_rows;
   Tensor dgate = arena.alloc(routing.gate.shape(), routing.gate.dtype());
-  Tensor d_expert_out = combine_backward(dout, returned_, routing, plan_, *groups_.ep, arena, dgate, stream, timer_);
+  const Tensor d_returned = arena.alloc({plan_.send_rows, d}, dout.dtype());
+  moe_combine_backward(dout, returned_, routing.expert, routing.slot, plan_.offsets, routing.gate, d_returned, dgate,
+                       stream);
+  mark_phase(timer_, "combine");
 
-  const Tensor expert_x = expert_view(expert_in_);
+  const Tensor d_expert_out = remote ? arena.alloc({rows, d}, dout.dtype()) : d_returned;
+  const Tensor d_expert_in = arena.alloc({rows, d}, dout.dtype());
+  const Tensor d_send = remote ? arena.alloc({plan_.send_rows, d}, dout.dtype()) : d_expert_in;
   ExpertActivations saved = activations_;
   if (!saved.act.defined()) {  // recompute_activation: the experts' backward refills act from h
-    saved.act = arena.alloc(experts_.buffer_shapes(expert_x.shape()).act, dout.dtype());
+    saved.act = arena.alloc({rows, experts_.config().d_ff}, dout.dtype());
     saved.recompute_act = true;
   }
-  ExpertScratch scratch = experts_.alloc_scratch(arena, expert_x.shape(), dout.dtype());
-  Tensor d_expert_in = arena.alloc(expert_in_.shape(), dout.dtype());
-  const std::vector<std::int64_t> rows = expert_rows();
-  experts_.backward(expert_x, rows, weights.experts, saved, expert_view(d_expert_out), expert_view(d_expert_in),
-                    grads.experts, scratch, stream);
-  if (groups_.tp && groups_.tp->size() > 1) groups_.tp->all_reduce(d_expert_in, ReduceOp::sum, stream);
-  mark_phase(timer_, "experts");
+  // Scratch for the largest chunk; the chunks take turns with it on the layer's stream.
+  std::int64_t largest = 0;
+  for (int j = 0; j < plan_.chunks; ++j) largest = std::max(largest, plan_.chunk_rows(j));
+  const Shape largest_shape =
+      plan_.capacity > 0 ? Shape{local_experts_, largest / local_experts_, d} : Shape{largest, d};
+  const ExpertScratch scratch = experts_.alloc_scratch(arena, largest_shape, dout.dtype());
+  auto leading = [&](const Tensor& t, std::int64_t n) {
+    return t.defined() ? expert_layout(t.reshape({t.numel() / t.size(-1), t.size(-1)}).slice_rows(0, n)) : Tensor();
+  };
+  pipeline(d_returned, d_expert_out, d_expert_in, d_send, stream, [&](int j) {
+    const std::int64_t n = plan_.chunk_rows(j);
+    const ExpertActivations chunk{chunk_view(saved.h, j), chunk_view(saved.act, j), saved.recompute_act};
+    experts_.backward(chunk_view(expert_in_, j), chunk_rows(j), weights.experts, chunk, chunk_view(d_expert_out, j),
+                      chunk_view(d_expert_in, j), grads.experts, {leading(scratch.dact, n), leading(scratch.dh, n)},
+                      stream);
+  });
 
-  // dx = (gradient through the experts' inputs) + (gradient through the router's input):
-  // dispatch writes the first, the router adds the second.
-  dispatch_backward(d_expert_in, routing, plan_, *groups_.ep, arena, dx, stream, timer_);
+  // dx = (gradient through the experts' inputs) + (gradient through the router's input): the
+  // gather writes the first, the router adds the second.
+  moe_gather_rows_sum(d_send, routing.expert, routing.slot, plan_.offsets, dx, stream);
+  mark_phase(timer_, "permute");
   router_backward(router_, weights.w_router, weights.w_noise, dgate, dx, grads.w_router, grads.w_noise, arena, stream);
   mark_phase(timer_, "router");
 }

@@ -2,9 +2,17 @@
 // weight) -> combine, forward and backward, with per-forward statistics. Under tensor
 // parallelism every tp rank routes the same tokens and holds a d_ff shard of each expert;
 // expert outputs and input gradients are summed over tp.
+//
+// Overlap: with dispatch_chunks = K > 1 and more than one ep rank, the exchanges run in K chunks
+// (moe/dispatch.h) on a communication stream while the experts compute on the layer's stream:
+// chunk j + 1 travels to the experts and chunk j - 1 travels back while chunk j computes, in
+// both passes. The phase "all_to_all" then holds only the time the compute stream waits for the
+// network: the exposed communication.
 #pragma once
 
 #include <cstdint>
+#include <memory>
+#include <span>
 #include <vector>
 
 #include "core/storage.h"
@@ -12,6 +20,7 @@
 #include "moe/experts.h"
 #include "moe/router.h"
 #include "parallel/communicator.h"
+#include "parallel/stream_event.h"
 
 namespace sy {
 
@@ -23,6 +32,8 @@ struct MoeLayerConfig {
   // Keep only the experts' pre-activation h and recompute act = f(h) in backward: one
   // elementwise pass for [rows, d_ff] of memory per layer.
   bool recompute_activation = false;
+  // K: pieces each dispatch and combine is cut into, so communication overlaps the experts.
+  int dispatch_chunks = 1;
 };
 
 // The groups a layer talks to: ep (all-to-all), tp (expert partial sums; may be null when
@@ -60,21 +71,37 @@ class MoeLayer {
   void backward(const Tensor& dout, const MoeWeights& weights, Arena& arena, const Tensor& dx, const MoeGrads& grads,
                 StreamRef stream = {});
 
-  // Optional: splits forward and backward time into router, permute, all_to_all, experts
-  // and combine (benchmarks only).
+  // Optional: splits forward and backward time into router, permute, all_to_all (exposed),
+  // experts and combine.
   void set_phase_timer(PhaseTimer* timer) { timer_ = timer; }
+  // The stream the chunked exchanges (and their tp sums) run on, beside the layer's stream; the
+  // null stream (the default, and always on the CPU) runs everything in order on the layer's.
+  void set_comm_stream(StreamRef comm) { comm_ = comm; }
 
   const RouterState& router_state() const { return router_; }
   RouterStats stats(StreamRef stream = {}) const { return fetch_router_stats(router_, stream); }
 
  private:
-  // Expert GEMM layout: [L, rows, d] in capacity mode, [R, d] with per-expert rows when dropless.
-  Tensor expert_view(const Tensor& rows) const;
-  std::vector<std::int64_t> expert_rows() const;
+  // Rows [rows, width] as the expert GEMMs take them: [L, rows / L, width] in capacity mode,
+  // unchanged when dropless (with per-expert row counts from chunk_rows).
+  Tensor expert_layout(const Tensor& rows) const;
+  // Chunk `chunk` of an expert-side buffer [R, width], in expert layout.
+  Tensor chunk_view(const Tensor& rows, int chunk) const;
+  std::span<const std::int64_t> chunk_rows(int chunk) const;  // empty in capacity mode
+  // For every chunk j: exchange chunk j of `send_in` into `expert_in`, run compute(j) on the
+  // layer's stream (reading expert_in, writing expert_out), sum its rows of expert_out over tp,
+  // exchange them back into `send_out`. Pipelined over the communication stream as the header
+  // describes; with one ep rank the sides coincide and only compute and the tp sums run.
+  template <class Compute>
+  void pipeline(const Tensor& send_in, const Tensor& expert_in, const Tensor& expert_out, const Tensor& send_out,
+                StreamRef stream, Compute&& compute);
+  StreamEvent& event(std::size_t index);
 
   MoeLayerConfig config_;
   MoeGroups groups_;
   PhaseTimer* timer_ = nullptr;
+  StreamRef comm_;
+  std::vector<std::unique_ptr<StreamEvent>> events_;  // ordering between the two streams
   std::int64_t local_experts_ = 0;
   ExpertFFN experts_;
 

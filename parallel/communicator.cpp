@@ -55,6 +55,32 @@ std::int64_t Communicator::check_all_to_all(const Tensor& send, std::span<const 
   return send.size(0) ? row : recv_row;
 }
 
+std::size_t Communicator::check_exchange(const Tensor& send, std::span<const RowBlock> sends, const Tensor& recv,
+                                         std::span<const RowBlock> recvs) const {
+  const char* op = "exchange";
+  check_tensor(op, "send", send);
+  check_tensor(op, "recv", recv);
+  SY_CHECK(send.dtype() == recv.dtype()) << where(op) << ": send is " << send.describe() << ", recv is "
+                                         << recv.describe();
+  SY_CHECK(send.dim() >= 1 && recv.dim() >= 1) << where(op) << ": send and recv need a row axis";
+  const std::int64_t row = send.size(0) ? send.numel() / send.size(0) : 0;
+  const std::int64_t recv_row = recv.size(0) ? recv.numel() / recv.size(0) : 0;
+  SY_CHECK(send.size(0) == 0 || recv.size(0) == 0 || row == recv_row)
+      << where(op) << ": rows of send (" << send.describe() << ") and recv (" << recv.describe() << ") differ";
+  auto check_blocks = [&](const char* arg, std::span<const RowBlock> blocks, const Tensor& t) {
+    for (const RowBlock& b : blocks) {
+      SY_CHECK(b.peer >= 0 && b.peer < size_) << where(op) << ": a " << arg << " block names peer " << b.peer
+                                              << ", not a rank of the group";
+      SY_CHECK(b.first >= 0 && b.rows >= 0 && b.first + b.rows <= t.size(0))
+          << where(op) << ": " << arg << " block of rows [" << b.first << ", " << b.first + b.rows
+          << ") is outside " << t.describe();
+    }
+  };
+  check_blocks("send", sends, send);
+  check_blocks("recv", recvs, recv);
+  return std::size_t(send.size(0) ? row : recv_row) * dtype_size(send.dtype());
+}
+
 std::unique_ptr<Communicator> make_world(Device device) {
   return device == Device::cuda ? make_nccl_world() : make_mpi_world();
 }

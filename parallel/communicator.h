@@ -16,6 +16,13 @@ namespace sy {
 
 enum class ReduceOp { sum, max };
 
+// A run of rows of an exchange() operand: rows [first, first + rows) go to (or come from) `peer`.
+struct RowBlock {
+  int peer = 0;
+  std::int64_t first = 0;
+  std::int64_t rows = 0;
+};
+
 class Communicator {
  public:
   virtual ~Communicator() = default;
@@ -41,6 +48,13 @@ class Communicator {
   // zero; sum(send_counts) <= send.size(0) and sum(recv_counts) <= recv.size(0).
   virtual void all_to_all(const Tensor& send, std::span<const std::int64_t> send_counts, const Tensor& recv,
                           std::span<const std::int64_t> recv_counts, StreamRef stream = {}) = 0;
+  // Point-to-point rows in one step: each block of `sends` (rows of send) goes to its peer and each
+  // block of `recvs` (rows of recv) is filled from its peer. Between two ranks, blocks pair up in
+  // the order listed: a rank's k-th send block to q is q's k-th receive block from it, with as
+  // many rows. Blocks may point anywhere in their tensor, so the pieces of a pipelined all-to-all
+  // land where the next step reads them, without a regrouping pass.
+  virtual void exchange(const Tensor& send, std::span<const RowBlock> sends, const Tensor& recv,
+                        std::span<const RowBlock> recvs, StreamRef stream = {}) = 0;
   // A sub-group: ranks with the same color, ordered by key. Collective over this group.
   virtual std::unique_ptr<Communicator> split(int color, int key, const std::string& name) = 0;
 
@@ -54,6 +68,9 @@ class Communicator {
   // Elements per row of an all_to_all operand, after checking the counts.
   std::int64_t check_all_to_all(const Tensor& send, std::span<const std::int64_t> send_counts, const Tensor& recv,
                                 std::span<const std::int64_t> recv_counts) const;
+  // Bytes per row of the exchange operands, after checking the blocks against them.
+  std::size_t check_exchange(const Tensor& send, std::span<const RowBlock> sends, const Tensor& recv,
+                             std::span<const RowBlock> recvs) const;
 
  private:
   std::string name_;

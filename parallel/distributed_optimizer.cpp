@@ -158,6 +158,7 @@ void DistributedOptimizer::update_group(ReduceGroup id, const AdamWParams& hp) {
 float DistributedOptimizer::step(float lr, int step_number, float max_grad_norm) {
   SY_CHECK(step_number >= 1) << "DistributedOptimizer::step: step_number is 1-based, got " << step_number;
   sync_.finish();
+  mark_phase(timer_, "grad_sync");
   const float norm = global_grad_norm();
   AdamWParams hp;
   hp.lr = lr;

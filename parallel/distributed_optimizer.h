@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "core/ops.h"
+#include "core/phase_timer.h"
 #include "core/storage.h"
 #include "parallel/communicator.h"
 #include "parallel/grad_sync.h"
@@ -37,6 +38,9 @@ class DistributedOptimizer {
   // Backward reports finished gradients here (see GradSync::grad_ready).
   void grad_ready(const Parameter& param) { sync_.grad_ready(param); }
   GradSync& grad_sync() { return sync_; }
+  // Optional: step() marks "grad_sync" once the compute stream has waited for the gradient
+  // reductions, so that phase holds the part of them backward did not hide.
+  void set_phase_timer(PhaseTimer* timer) { timer_ = timer; }
 
   // Finishes the gradient sync, then returns the global L2 norm of the averaged gradients (before
   // clipping), scales them by min(1, max_grad_norm / (norm + 1e-6)) inside AdamW (max_grad_norm
@@ -77,6 +81,7 @@ class DistributedOptimizer {
   Communicator& world_;
   OptimizerSettings settings_;
   GradSync sync_;
+  PhaseTimer* timer_ = nullptr;
   StreamRef compute_;
   GroupPlan plans_[2];  // dp, edp
   OwnedTensor sum_squares_;       // [1] f32 on the parameters' device

@@ -113,6 +113,38 @@ class MpiCommunicator final : public Communicator {
     check(status, "all_to_all");
   }
 
+  // Non-blocking sends and receives with one tag: MPI matches messages between a pair of ranks in
+  // the order they were posted, which is the block order the interface promises.
+  void exchange(const Tensor& send, std::span<const RowBlock> sends, const Tensor& recv,
+                std::span<const RowBlock> recvs, StreamRef) override {
+    const std::size_t row_bytes = check_exchange(send, sends, recv, recvs);
+    for (const auto blocks : {sends, recvs})  // every count fits an int before anything is posted
+      for (const RowBlock& b : blocks) count("exchange", b.rows);
+    MPI_Datatype row_type;
+    check(MPI_Type_contiguous(count("exchange", std::int64_t(row_bytes)), MPI_BYTE, &row_type), "exchange");
+    check(MPI_Type_commit(&row_type), "exchange");
+    std::vector<MPI_Request> requests;
+    requests.reserve(sends.size() + recvs.size());
+    int status = MPI_SUCCESS;
+    for (const RowBlock& b : recvs) {
+      if (!b.rows || status != MPI_SUCCESS) continue;
+      requests.emplace_back();
+      status = MPI_Irecv(static_cast<char*>(recv.data()) + std::size_t(b.first) * row_bytes,
+                         int(b.rows), row_type, b.peer, 0, comm_, &requests.back());
+    }
+    for (const RowBlock& b : sends) {
+      if (!b.rows || status != MPI_SUCCESS) continue;
+      requests.emplace_back();
+      status = MPI_Isend(static_cast<const char*>(send.data()) + std::size_t(b.first) * row_bytes,
+                         int(b.rows), row_type, b.peer, 0, comm_, &requests.back());
+    }
+    if (status != MPI_SUCCESS) requests.pop_back();  // the failed call's request was never started
+    const int waited = MPI_Waitall(int(requests.size()), requests.data(), MPI_STATUSES_IGNORE);
+    MPI_Type_free(&row_type);
+    check(status, "exchange");
+    check(waited, "exchange");
+  }
+
   std::unique_ptr<Communicator> split(int color, int key, const std::string& name) override {
     MPI_Comm sub = MPI_COMM_NULL;
     check(MPI_Comm_split(comm_, color, key, &sub), "split");

@@ -110,6 +110,26 @@ class NcclCommunicator final : public Communicator {
     check(ncclGroupEnd(), "all_to_all");
   }
 
+  // One group of sends and receives; NCCL runs the ones between a pair of ranks in order.
+  void exchange(const Tensor& send, std::span<const RowBlock> sends, const Tensor& recv,
+                std::span<const RowBlock> recvs, StreamRef stream) override {
+    const std::size_t row_bytes = check_exchange(send, sends, recv, recvs);
+    const char* send_bytes = static_cast<const char*>(send.data());
+    char* recv_bytes = static_cast<char*>(recv.data());
+    check(ncclGroupStart(), "exchange");
+    for (const RowBlock& b : sends)
+      if (b.rows)
+        check(ncclSend(send_bytes + std::size_t(b.first) * row_bytes, std::size_t(b.rows) * row_bytes, ncclUint8,
+                       b.peer, comm_, to_cuda(stream)),
+              "exchange");
+    for (const RowBlock& b : recvs)
+      if (b.rows)
+        check(ncclRecv(recv_bytes + std::size_t(b.first) * row_bytes, std::size_t(b.rows) * row_bytes, ncclUint8,
+                       b.peer, comm_, to_cuda(stream)),
+              "exchange");
+    check(ncclGroupEnd(), "exchange");
+  }
+
   std::unique_ptr<Communicator> split(int color, int key, const std::string& name) override {
     ncclComm_t sub = nullptr;
     check(ncclCommSplit(comm_, color, key, &sub, nullptr), "split");

@@ -168,6 +168,9 @@ std::vector<ConfigField> make_fields() {
       bool_field("moe.recompute_activation", &C::moe, &MoeConfig::recompute_activation,
                  "recompute the experts' activation in backward: saves tokens x capacity x d_ff per MoE layer "
                  "for one elementwise pass"),
+      int_field("moe.dispatch_chunks", &C::moe, &MoeConfig::dispatch_chunks, 1,
+                "pieces each expert-parallel all-to-all is cut into: the experts compute one while the next "
+                "travels (1: no overlap; no effect at parallel.expert = 1)"),
       float_field("moe.aux_loss_coef", &C::moe, &MoeConfig::aux_loss_coef, 0.0, 1e3, false, false,
                   "Switch load-balancing loss coefficient"),
       float_field("moe.z_loss_coef", &C::moe, &MoeConfig::z_loss_coef, 0.0, 1e3, false, false,

@@ -50,6 +50,7 @@ struct MoeConfig {
   double jitter_eps = 1e-2;
   bool renormalize = false;
   bool recompute_activation = false;  // recompute the experts' activation in backward instead of keeping it
+  int dispatch_chunks = 1;  // pieces per all-to-all, so expert compute overlaps communication (ep > 1)
   double aux_loss_coef = 1e-2;
   double z_loss_coef = 1e-3;
   std::string loss_scope = "local";  // local | global

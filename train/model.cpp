@@ -175,6 +175,7 @@ Model::Model(const Config& config, const ProcessGrid& grid, ParameterRegistry& r
       mc.d_ff = expert_ff;
       mc.activation = activation_of(m.activation);
       mc.recompute_activation = config.moe.recompute_activation;
+      mc.dispatch_chunks = config.moe.dispatch_chunks;
       b->moe = std::make_unique<MoeLayer>(mc, MoeGroups{&grid.ep(), &grid.tp(), &grid.dp()});
     } else {
       b->up = add(registry, p + "ffn.up.weight", {ff_in, d_}, 0, false, true, 1.0);
@@ -514,6 +515,11 @@ void Model::backward(Arena& arena, StreamRef stream, const std::function<void(co
   embedding_backward(s.tokens, dx, embed_->grad(), stream);
   ready(embed_);
   mark_phase(timer_, "compute");
+}
+
+void Model::set_moe_comm_stream(StreamRef comm) {
+  for (auto& b : blocks_)
+    if (b->moe) b->moe->set_comm_stream(comm);
 }
 
 void Model::set_phase_timer(PhaseTimer* timer) {

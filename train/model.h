@@ -68,6 +68,9 @@ class Model {
   // Optional: splits step time into "compute" and the MoE layers' phases (router, permute,
   // all_to_all, experts, combine) by event marks on the stream.
   void set_phase_timer(PhaseTimer* timer);
+  // The stream the MoE layers' chunked all-to-alls run on while their experts compute (see
+  // moe/moe_layer.h); null (the default): everything on the forward's and backward's stream.
+  void set_moe_comm_stream(StreamRef comm);
 
  private:
   struct Block;

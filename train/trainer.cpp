@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -200,6 +201,8 @@ TrainResult train(const Config& c, MpiRuntime& runtime, int job) {
   Stream zero_stream_owner = device == Device::cuda ? Stream::create() : Stream();
   const StreamRef zero_stream = zero_stream_owner.ref();
   StreamEvent step_started(device), grads_zeroed(device);
+  // The MoE layers' chunked all-to-alls run here while their experts compute (moe.dispatch_chunks).
+  Stream moe_comm_owner = device == Device::cuda ? Stream::create() : Stream();
   std::unique_ptr<Communicator> device_world = device == Device::cuda ? make_nccl_world() : nullptr;
   std::unique_ptr<Communicator> world =
       device == Device::cuda ? device_world->split(job, device_world->rank(), "world") : host->split(0, host->rank(), "world");
@@ -301,10 +304,13 @@ TrainResult train(const Config& c, MpiRuntime& runtime, int job) {
     if (rank0) std::printf("saved %s\n", path.c_str());
   };
 
-  // Step time split into compute, the MoE phases and the optimizer (which includes the part of
-  // the gradient reduction backward did not hide), summed over each logging window.
+  // Step time split into compute, the MoE phases, grad_sync and the optimizer, summed over each
+  // logging window. Communication shows only where the compute stream waits for it: all_to_all
+  // (the MoE exchanges' exposed part) and grad_sync (the gradient reductions backward did not hide).
   PhaseTimer phases(device == Device::cuda, stream);
   model.set_phase_timer(&phases);
+  model.set_moe_comm_stream(moe_comm_owner.ref());
+  optimizer.set_phase_timer(&phases);
 
   TrainResult result;
   const auto start = Clock::now();
@@ -387,9 +393,12 @@ TrainResult train(const Config& c, MpiRuntime& runtime, int job) {
       z *= c.train.grad_accum / scope;
       // Mean per-step phase times of the window, the slowest rank's (what the step waits for).
       std::string split_text;
-      for (const char* name : {"compute", "router", "permute", "all_to_all", "experts", "combine", "optimizer"}) {
+      double exposed_ms = 0;
+      for (const char* name :
+           {"compute", "router", "permute", "all_to_all", "experts", "combine", "grad_sync", "optimizer"}) {
         const auto it = phases.totals_ms().find(name);
         const double ms = mean_over(*host, it == phases.totals_ms().end() ? 0.0 : it->second / std::max(1, window_steps));
+        if (std::strcmp(name, "all_to_all") == 0 || std::strcmp(name, "grad_sync") == 0) exposed_ms += ms;
         char entry[64];
         std::snprintf(entry, sizeof entry, "%s\"%s\": %.3f", split_text.empty() ? "" : ", ", name, ms);
         split_text += entry;
@@ -397,6 +406,7 @@ TrainResult train(const Config& c, MpiRuntime& runtime, int job) {
       phases.reset_totals();
       window_steps = 0;
       const double tokens_per_s = window_seconds > 0 ? double(window_tokens) / window_seconds : global_tokens / seconds;
+      const double step_ms = 1000.0 * double(global_tokens) / tokens_per_s;
       const double mfu = peak > 0 ? size.flops_per_token * tokens_per_s / (peak * job_size) : -1;
       const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
       const double eta = elapsed / (step + 1 - first_step) * (c.train.steps - step - 1);
@@ -405,6 +415,7 @@ TrainResult train(const Config& c, MpiRuntime& runtime, int job) {
         std::printf("step %5d/%d | loss %.4f | aux %.4f | z %.4f | lr %.2e | grad norm %.3f | %.0f tok/s", step + 1,
                     c.train.steps, loss, aux, z, lr, grad_norm, tokens_per_s);
         if (mfu >= 0) std::printf(" | MFU %.1f%%", 100 * mfu);
+        if (job_size > 1) std::printf(" | exposed comm %.1f%%", 100 * exposed_ms / step_ms);
         if (!stats.empty()) std::printf(" | dropped %.2f%% | load max/mean %.2f", 100 * dropped, load_ratio);
         if (val_loss >= 0) std::printf(" | val %.4f", val_loss);
         std::printf(" | eta %s\n", duration_text(eta).c_str());
@@ -412,10 +423,11 @@ TrainResult train(const Config& c, MpiRuntime& runtime, int job) {
         std::fprintf(metrics,
                      "{\"step\": %d, \"loss\": %.6f, \"aux\": %.6f, \"z\": %.6f, \"lr\": %.6e, \"grad_norm\": %.6f, "
                      "\"tokens_per_s\": %.1f, \"mfu\": %s, \"dropped_pct\": %.4f, \"expert_load_max_mean\": %.4f, "
-                     "\"val_loss\": %s, \"elapsed_s\": %.3f, \"step_ms\": {%s}}\n",
+                     "\"val_loss\": %s, \"elapsed_s\": %.3f, \"exposed_comm_ms\": %.3f, \"step_ms\": {%s}}\n",
                      step + 1, loss, aux, z, lr, grad_norm, tokens_per_s,
                      mfu >= 0 ? std::to_string(mfu).c_str() : "null", 100 * dropped, load_ratio,
-                     val_loss >= 0 ? std::to_string(val_loss).c_str() : "null", elapsed, split_text.c_str());
+                     val_loss >= 0 ? std::to_string(val_loss).c_str() : "null", elapsed, exposed_ms,
+                     split_text.c_str());
         std::fflush(metrics);
       }
     }

@@ -1,6 +1,7 @@
 // Dispatch and combine across the ep group (the world here) against a serial computation: each
-// rank builds the same global routing, so it knows what every token should receive. The
-// "experts" scale their rows by (expert + 1), enough to tell experts and rows apart.
+// rank builds the same global routing, so it knows what every token should receive. Exchanged
+// whole, and in 3 chunks (capacity 5 cuts into pieces of 1, 2 and 2 rows). The "experts" scale
+// their rows by (expert + 1), enough to tell experts and rows apart.
 #include "moe/dispatch.h"
 #include "tests/mpi_testing.h"
 
@@ -42,13 +43,13 @@ HostRouting make_routing(std::int64_t tokens, std::int64_t first_token, int expe
   return r;
 }
 
-class Dispatch : public ::testing::TestWithParam<std::tuple<Device, bool>> {
+class Dispatch : public ::testing::TestWithParam<std::tuple<Device, bool, int>> {
  protected:
   void SetUp() override { SY_REQUIRE_BACKEND(std::get<0>(GetParam())); }
 };
 
 TEST_P(Dispatch, RoundTripEqualsSerialForwardAndBackward) {
-  const auto [device, dropless] = GetParam();
+  const auto [device, dropless, chunks] = GetParam();
   Communicator& ep = world(device);
   const int experts = 2 * ep.size();
   const std::int64_t tokens = 11, first = ep.rank() * tokens;
@@ -76,13 +77,16 @@ TEST_P(Dispatch, RoundTripEqualsSerialForwardAndBackward) {
   OwnedTensor x = random_tensor({tokens, kWidth}, dtype, device, 100 + std::uint64_t(ep.rank()));
   OwnedTensor dout = random_tensor({tokens, kWidth}, dtype, device, 200 + std::uint64_t(ep.rank()));
 
-  DispatchPlan plan = plan_dispatch(routing, ep, arena);
+  DispatchPlan plan = plan_dispatch(routing, ep, chunks, arena);
+  ASSERT_EQ(plan.chunks, ep.size() > 1 ? chunks : 1);
   Tensor expert_in = dispatch_forward(x, routing, plan, ep, arena);
-  // Expert-major rows: local expert l owns rows_per_local_expert[l] consecutive rows.
+  // Chunk-major, then expert-major rows: in chunk j, local expert l owns
+  // chunk_rows_per_local_expert[j L + l] consecutive rows.
   std::vector<double> rows = to_vector(expert_in), scale;
-  for (int l = 0; l < plan.local_experts; ++l)
-    for (std::int64_t r = 0; r < plan.rows_per_local_expert[std::size_t(l)]; ++r)
-      scale.push_back(double(ep.rank() * plan.local_experts + l + 1));
+  for (int j = 0; j < plan.chunks; ++j)
+    for (int l = 0; l < plan.local_experts; ++l)
+      for (std::int64_t r = 0; r < plan.chunk_rows_per_local_expert[std::size_t(j * plan.local_experts + l)]; ++r)
+        scale.push_back(double(ep.rank() * plan.local_experts + l + 1));
   ASSERT_EQ(std::int64_t(scale.size()), plan.recv_rows);
   for (std::size_t i = 0; i < rows.size(); ++i) rows[i] *= scale[i / kWidth];
   Tensor expert_out = arena.alloc(expert_in.shape(), dtype);
@@ -124,12 +128,14 @@ TEST_P(Dispatch, RoundTripEqualsSerialForwardAndBackward) {
   EXPECT_LT(relative_error(to_vector(dgate), want_dgate), tol);
 }
 
-std::string dispatch_name(const ::testing::TestParamInfo<std::tuple<Device, bool>>& info) {
-  return std::string(device_name(std::get<0>(info.param))) + (std::get<1>(info.param) ? "_dropless" : "_capacity");
+std::string dispatch_name(const ::testing::TestParamInfo<std::tuple<Device, bool, int>>& info) {
+  return std::string(device_name(std::get<0>(info.param))) + (std::get<1>(info.param) ? "_dropless" : "_capacity") +
+         "_chunks" + std::to_string(std::get<2>(info.param));
 }
 
 INSTANTIATE_TEST_SUITE_P(Modes, Dispatch,
-                         ::testing::Combine(::testing::Values(Device::cpu, Device::cuda), ::testing::Bool()),
+                         ::testing::Combine(::testing::Values(Device::cpu, Device::cuda), ::testing::Bool(),
+                                            ::testing::Values(1, 3)),
                          dispatch_name);
 
 }  // namespace

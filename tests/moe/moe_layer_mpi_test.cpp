@@ -26,8 +26,9 @@ OwnedTensor global_weight(const Shape& shape, std::uint64_t seed, double std_dev
 }
 
 // Runs forward and backward with the experts spread over `ep` (a communicator of ep ranks);
-// `recompute` keeps only the experts' pre-activation and recomputes the activation in backward.
-Result run(const Params& p, Communicator& world, Communicator& ep, bool recompute = false) {
+// `recompute` keeps only the experts' pre-activation and recomputes the activation in backward;
+// `chunks` pieces per exchange (pipelined dispatch and combine).
+Result run(const Params& p, Communicator& world, Communicator& ep, bool recompute = false, int chunks = 1) {
   const int experts = 8;
   MoeLayerConfig config;
   config.router.experts = experts;
@@ -39,6 +40,7 @@ Result run(const Params& p, Communicator& world, Communicator& ep, bool recomput
   config.d_ff = kFf;
   config.activation = p.activation;
   config.recompute_activation = recompute;
+  config.dispatch_chunks = chunks;
   MoeLayer layer(config, MoeGroups{&ep, nullptr, nullptr});
   const std::int64_t local = layer.local_experts(), first_expert = ep.rank() * local;
   const std::int64_t f_in = p.activation == ExpertActivation::swiglu ? 2 * kFf : kFf;
@@ -69,26 +71,26 @@ class MoeLayerLayouts : public ::testing::TestWithParam<Params> {};
 TEST_P(MoeLayerLayouts, RecomputedActivationGivesIdenticalResults) {
   Communicator& world = sy::test::world(Device::cpu);
   auto ep = world.split(world.rank() / world.size(), world.rank(), "ep");
-  const Result kept = run(GetParam(), world, *ep), recomputed = run(GetParam(), world, *ep, true);
-  EXPECT_EQ(recomputed.out, kept.out);
-  EXPECT_EQ(recomputed.dx, kept.dx);
-  EXPECT_EQ(recomputed.dw_router, kept.dw_router);
-  EXPECT_EQ(recomputed.dw_in, kept.dw_in);
-  EXPECT_EQ(recomputed.dw_out, kept.dw_out);
+  for (int chunks : {1, 3}) {
+    SCOPED_TRACE(::testing::Message() << "chunks=" << chunks);
+    const Result kept = run(GetParam(), world, *ep, false, chunks);
+    const Result recomputed = run(GetParam(), world, *ep, true, chunks);
+    EXPECT_EQ(recomputed.out, kept.out);
+    EXPECT_EQ(recomputed.dx, kept.dx);
+    EXPECT_EQ(recomputed.dw_router, kept.dw_router);
+    EXPECT_EQ(recomputed.dw_in, kept.dw_in);
+    EXPECT_EQ(recomputed.dw_out, kept.dw_out);
+  }
 }
 
-TEST_P(MoeLayerLayouts, SameOutputsAndGradientsAtEveryEpSize) {
+// Also with the exchanges pipelined in 3 chunks: the same rows meet the same experts, only in
+// another order, so outputs and input gradients agree to rounding and expert gradients to f32.
+TEST_P(MoeLayerLayouts, SameOutputsAndGradientsAtEveryEpSizeAndChunking) {
   Communicator& world = sy::test::world(Device::cpu);
   auto alone = world.split(world.rank(), 0, "ep");
   const Result reference = run(GetParam(), world, *alone);
   for (int ep_size = 2; ep_size <= world.size(); ep_size *= 2) {
-    SCOPED_TRACE(::testing::Message() << "ep=" << ep_size);
     auto ep = world.split(world.rank() / ep_size, world.rank() % ep_size, "ep");
-    const Result got = run(GetParam(), world, *ep);
-    EXPECT_LT(relative_error(got.out, reference.out), 1e-12);
-    EXPECT_LT(relative_error(got.dx, reference.dx), 1e-12);
-    EXPECT_LT(relative_error(got.dw_router, reference.dw_router), 1e-12);
-    EXPECT_LT(relative_error(got.dw_noise, reference.dw_noise), 1e-12);
     // Expert gradients: sum the ep = 1 gradients over this ep group's ranks; each rank holds its
     // own experts' rows of that sum (others are zero in got).
     auto sum_over_group = [&](std::vector<double> values) {
@@ -98,10 +100,17 @@ TEST_P(MoeLayerLayouts, SameOutputsAndGradientsAtEveryEpSize) {
       return to_vector(t);
     };
     const std::vector<double> want_in = sum_over_group(reference.dw_in), want_out = sum_over_group(reference.dw_out);
-    const std::vector<double> got_in = sum_over_group(got.dw_in), got_out = sum_over_group(got.dw_out);
-    // f32 gradients: the two layouts round their sums at different points.
-    EXPECT_LT(relative_error(got_in, want_in), 1e-6);
-    EXPECT_LT(relative_error(got_out, want_out), 1e-6);
+    for (int chunks : {1, 3}) {
+      SCOPED_TRACE(::testing::Message() << "ep=" << ep_size << " chunks=" << chunks);
+      const Result got = run(GetParam(), world, *ep, false, chunks);
+      EXPECT_LT(relative_error(got.out, reference.out), 1e-12);
+      EXPECT_LT(relative_error(got.dx, reference.dx), 1e-12);
+      EXPECT_LT(relative_error(got.dw_router, reference.dw_router), 1e-12);
+      EXPECT_LT(relative_error(got.dw_noise, reference.dw_noise), 1e-12);
+      // f32 gradients: the two layouts round their sums at different points.
+      EXPECT_LT(relative_error(sum_over_group(got.dw_in), want_in), 1e-6);
+      EXPECT_LT(relative_error(sum_over_group(got.dw_out), want_out), 1e-6);
+    }
   }
 }
 

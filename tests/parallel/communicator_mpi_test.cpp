@@ -134,6 +134,64 @@ TEST_P(Collective, AllToAllWithAllCountsZeroIsANoOp) {
   EXPECT_EQ(to_vector(recv), (std::vector<double>{4, 5, 6}));
 }
 
+// Several blocks per peer, scattered over both tensors in different orders: rank r sends peer p
+// two blocks (rows_between(r, p) and 1 rows), taken from the end of send backwards, and receives
+// them into recv from the front, pair by pair; blocks pair up in the order listed.
+TEST_P(Collective, ExchangePairsBlocksInOrderWhereverTheyLie) {
+  Communicator& c = comm();
+  const std::int64_t width = 3;
+  auto encode = [&](int from, int to, int block, std::int64_t row, std::int64_t col) {
+    return double(from * 10000 + to * 1000 + block * 100 + row * 10 + col);
+  };
+  std::int64_t send_rows = 0, recv_rows = 0;
+  for (int p = 0; p < c.size(); ++p) {
+    send_rows += rows_between(c.rank(), p) + 1;
+    recv_rows += rows_between(p, c.rank()) + 1;
+  }
+  std::vector<RowBlock> sends, recvs;
+  std::vector<double> send_values(std::size_t((send_rows + 1) * width), -1.0), want;
+  std::int64_t end = send_rows + 1;  // row send_rows - 1 and below; the first row stays spare
+  for (int p = 0; p < c.size(); ++p) {
+    for (int block = 0; block < 2; ++block) {
+      const std::int64_t rows = block == 0 ? rows_between(c.rank(), p) : 1;
+      end -= rows;
+      sends.push_back({p, end, rows});
+      for (std::int64_t row = 0; row < rows; ++row)
+        for (std::int64_t col = 0; col < width; ++col)
+          send_values[std::size_t((end + row) * width + col)] = encode(c.rank(), p, block, row, col);
+    }
+  }
+  // Receive the peers in reverse order, so the blocks of one peer are not next to each other's
+  // send position.
+  std::int64_t at = 0;
+  for (int p = c.size() - 1; p >= 0; --p) {
+    for (int block = 0; block < 2; ++block) {
+      const std::int64_t rows = block == 0 ? rows_between(p, c.rank()) : 1;
+      recvs.push_back({p, at, rows});
+      at += rows;
+      for (std::int64_t row = 0; row < rows; ++row)
+        for (std::int64_t col = 0; col < width; ++col) want.push_back(encode(p, c.rank(), block, row, col));
+    }
+  }
+  OwnedTensor send = tensor_of(send_values, {send_rows + 1, width}, DType::f32, device());
+  OwnedTensor recv = tensor_of(std::vector<double>(std::size_t((recv_rows + 1) * width), -7.0), {recv_rows + 1, width},
+                               DType::f32, device());
+  c.exchange(send, sends, recv, recvs);
+  sync();
+  want.resize(std::size_t((recv_rows + 1) * width), -7.0);
+  EXPECT_EQ(to_vector(recv), want);
+}
+
+TEST_P(Collective, ExchangeBlockOutsideItsTensorNamesTheRows) {
+  Communicator& c = comm();
+  OwnedTensor send = tensor_of({1, 2, 3, 4}, {2, 2}, DType::f32, device());
+  OwnedTensor recv = tensor_of({0, 0, 0, 0}, {2, 2}, DType::f32, device());
+  const std::vector<RowBlock> sends{{0, 1, 2}}, none;
+  expect_error([&] { c.exchange(send, sends, recv, none); },
+               "exchange on group world (rank " + std::to_string(c.rank()) + " of " + std::to_string(c.size()) +
+                   "): send block of rows [1, 3) is outside f32[2, 2] " + device_name(device()));
+}
+
 TEST_P(Collective, SplitMakesGroupsByColorOrderedByKey) {
   Communicator& c = comm();
   // Even and odd world ranks, ordered backwards.
