@@ -115,15 +115,20 @@ if [ "$status_build" = ok ] && [ $run_bench = 1 ]; then
   OUT_DIR="$out/profile" SY_BINARY="$build_dir/switchyard" timeout "$limit" "$root/bench/profile_step.sh" \
     >"$out/profile-step.log" 2>&1 || echo "profile_step.sh failed (see profile-step.log)" >>"$out/profile-step.log"
   if [ "$gpus" -ge 2 ]; then
-    (cd "$root" && SY_BINARY="$build_dir/switchyard" timeout "$limit" launch/train.sh -n 2 configs/switch-base-8.yaml \
-      --set train.steps=60 --set run.out_dir="$out/sb8" --set log.progress=false "${data_args[@]}") \
-      >"$out/train-switch-base-8.log" 2>&1
-    train_status="$train_status; switch-base-8: $(grep '^done' "$out/train-switch-base-8.log" || echo FAILED)"
-    # Weak scaling up to every GPU of the machine (1, 2, 4, 8).
+    # switch-base-8 with experts over 2 GPUs: whole exchanges, then pipelined in 4 chunks.
+    for chunks in 1 4; do
+      (cd "$root" && SY_BINARY="$build_dir/switchyard" timeout "$limit" launch/train.sh -n 2 configs/switch-base-8.yaml \
+        --set train.steps=60 --set moe.dispatch_chunks=$chunks --set run.out_dir="$out/sb8-k$chunks" \
+        --set log.progress=false "${data_args[@]}") >"$out/train-switch-base-8-k$chunks.log" 2>&1
+      train_status="$train_status; switch-base-8 K=$chunks: $(grep '^done' "$out/train-switch-base-8-k$chunks.log" ||
+        echo FAILED)"
+    done
+    # Weak scaling up to every GPU of the machine (1, 2, 4, 8), exchanges pipelined.
     ranks=1; list=1
     while [ $((ranks * 2)) -le "$gpus" ]; do ranks=$((ranks * 2)); list="$list,$ranks"; done
     (cd "$root" && SY_BINARY="$build_dir/switchyard" timeout "$limit" launch/scaling.sh configs/switch-8gpu-ep8.yaml \
-      --ranks "$list" --mode weak --experts-per-rank 8 --steps 20 --out "$out/scaling") >"$out/scaling.log" 2>&1
+      --ranks "$list" --mode weak --experts-per-rank 8 --steps 20 --out "$out/scaling" \
+      --set moe.dispatch_chunks=4) >"$out/scaling.log" 2>&1
   fi
 fi
 
@@ -140,6 +145,10 @@ echo
 [ -f "$out/profile-step.log" ] && { echo; head -25 "$out/profile-step.log"; tail -1 "$out/profile-step.log"; }
 [ -f "$out/bench-comm.log" ] && { echo; cat "$out/bench-comm.log"; }
 [ -f "$out/compare.log" ] && { echo; tail -12 "$out/compare.log"; }
+for k in 1 4; do
+  [ -f "$out/train-switch-base-8-k$k.log" ] && { echo; echo "switch-base-8, K=$k:"; grep -E "^(step|done)" \
+    "$out/train-switch-base-8-k$k.log" | tail -3; }
+done
 [ -f "$out/scaling.log" ] && { echo; tail -8 "$out/scaling.log"; }
 grep -E "^\[  FAILED  \] [A-Za-z]" "$out/gtest-gpu.log" 2>/dev/null | sort -u
 for label in unit mpi gpu; do
