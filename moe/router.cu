@@ -518,157 +518,289 @@ __global__ void __launch_bounds__(kThreads)
   if (gaussian) store_row_lane_sums<kCh, kTile>(noise_acc, lanes, partial_noise + chunk_offset, d, experts, e0);
 }
 
-// Loads the transposed weights [weights][kE][d] (experts past E zero) into shared memory: the
-// layout of the warp-per-token kernels, where a lane's 8 channels of one expert are two 16-byte
-// reads. A block-wide copy; the caller synchronises after it.
+// Tokens a warp takes at a time in the warp-per-token kernels: in the logits, one (token, expert)
+// sum per lane at the end; in the input gradient, as many as the registers allow at two blocks
+// per SM.
+constexpr int logits_warp_tokens(int warp_experts) { return 32 / warp_experts; }
+constexpr int kInputGradWarpTokens = 2;
+
+// The warp-per-token kernels keep Wr (and Wn) transposed in shared memory, [weights][kE][stride]
+// with experts past E zero. A lane owns channels c .. c + 7 of a row (c = 8 * lane + 256 * i, one
+// 16-byte x vector); in each 256-channel block of a weight row they sit at slots 4 * lane and
+// 4 * lane + 128, so each of a warp's two 16-byte reads covers 512 contiguous bytes, free of bank
+// conflicts (a plain [kE][d] row read 32 bytes per lane conflicts two ways). The stride is d
+// rounded up to 256 plus 4 floats, which puts the copy's stores of one channel's experts in
+// different banks.
+__host__ __device__ constexpr int warp_weight_stride(int d) { return (d + 255) / 256 * 256 + 4; }
+__device__ __forceinline__ int warp_weight_slot(int c) {
+  return c / 256 * 256 + c % 256 / 8 * 4 + c % 8 / 4 * 128 + c % 4;
+}
+
+// Copies Wr (and Wn when w_noise is set) into that layout, reading w's [d, E] floats in order
+// (coalesced), several per thread in flight. A block-wide copy; the caller synchronises after it.
 template <int kE>
 __device__ void load_transposed_weights(float* w_t, const float* w_router, const float* w_noise, int d, int experts) {
-  const int weights = w_noise != nullptr ? 2 : 1;
-  for (int i = threadIdx.x; i < weights * kE * d; i += blockDim.x) {
-    const int w = i / (kE * d), e = i / d % kE, c = i % d;
-    w_t[i] = e < experts ? (w == 0 ? w_router : w_noise)[std::int64_t(c) * experts + e] : 0.0f;
+  constexpr int kBatch = 8;
+  const int weights = w_noise != nullptr ? 2 : 1, stride = warp_weight_stride(d), pad = kE - experts;
+  for (int i = threadIdx.x; i < weights * pad * stride; i += blockDim.x) {
+    const int row = i / stride;
+    w_t[(row / pad * kE + experts + row % pad) * stride + i % stride] = 0.0f;
+  }
+  const int count = d * experts;
+  for (int w = 0; w < weights; ++w) {
+    const float* src = w == 0 ? w_router : w_noise;
+    float* dst = w_t + w * kE * stride;
+    for (int first = threadIdx.x; first < count; first += kBatch * blockDim.x) {
+      float v[kBatch];
+#pragma unroll
+      for (int b = 0; b < kBatch; ++b) {
+        const int i = first + b * blockDim.x;
+        v[b] = i < count ? src[i] : 0.0f;
+      }
+#pragma unroll
+      for (int b = 0; b < kBatch; ++b) {
+        const int i = first + b * blockDim.x;
+        if (i < count) dst[i % experts * stride + warp_weight_slot(i / experts)] = v[b];
+      }
+    }
   }
 }
 
-// The logits' fast path for few experts (E <= kE) and rows of 16-byte vectors: a warp per token
-// with its lanes across the row (16-byte x reads, a warp's contiguous), each lane summing its
-// channels for every expert from the transposed weights in shared memory; the lanes' sums meet
-// in a fixed butterfly (deterministic) and lane e writes expert e. Traffic: x read once.
-template <class T, int kE>
-__global__ void __launch_bounds__(kThreads)
+// One step of warp_sum_scatter: a lane keeps half of its 2 * kHalf values (by bit kHalf of its
+// lane index) and sends the other half to the partner lane, then adds own + partner as warp_sum does.
+template <int kHalf>
+__device__ __forceinline__ void warp_sum_scatter_step(float (&s)[32], int lane) {
+  const bool upper = (lane & kHalf) != 0;
+#pragma unroll
+  for (int i = 0; i < kHalf; ++i) {
+    const float keep = upper ? s[i + kHalf] : s[i];
+    const float send = upper ? s[i] : s[i + kHalf];
+    s[i] = keep + __shfl_xor_sync(0xffffffffu, send, kHalf);
+  }
+}
+
+// Lane l gets the warp's sum of v[l / kCols][l % kCols] (32 values per lane). Every sum is the
+// same tree of additions as warp_sum's butterfly (bit-equal to it), in 31 shuffles instead of
+// 32 * 5.
+template <int kRows, int kCols>
+__device__ __forceinline__ float warp_sum_scatter(const float (&v)[kRows][kCols]) {
+  static_assert(kRows * kCols == 32, "one value per lane at the end");
+  float s[32];
+#pragma unroll
+  for (int i = 0; i < 32; ++i) s[i] = v[i / kCols][i % kCols];
+  const int lane = threadIdx.x % 32;
+  warp_sum_scatter_step<16>(s, lane);
+  warp_sum_scatter_step<8>(s, lane);
+  warp_sum_scatter_step<4>(s, lane);
+  warp_sum_scatter_step<2>(s, lane);
+  warp_sum_scatter_step<1>(s, lane);
+  return s[0];
+}
+
+// The logits' fast path for few experts (E <= kE) and rows of 16-byte vectors: a warp takes
+// 32 / kE tokens at a time with its lanes across the rows (16-byte x reads, a warp's contiguous
+// per token), each lane summing its channels for every token and expert. Each weight read from
+// shared memory serves all of the warp's tokens: with one token per warp, that traffic (d * kE * 4
+// bytes per token, in two-way conflicts) bounded the kernel, not x. The lanes' sums meet in
+// warp_sum_scatter (a fixed butterfly: deterministic, and the same sums as one token per warp),
+// after which lane l writes token l / kE, expert l % kE. Traffic: x read once, logits written once.
+template <class T, int kE, bool kJitter>
+__global__ void __launch_bounds__(kThreads, kJitter ? 1 : 2)
     router_logits_warp_kernel(const T* x, const float* w_router, const float* w_noise, float* logits,
                               float* noise_logits, RouterInput in, int experts) {
+  constexpr int kTokens = logits_warp_tokens(kE);
+  static_assert(kTokens * kE == 32, "one (token, expert) sum per lane");
   extern __shared__ __align__(16) float w_t[];
-  const int d = in.d;
-  load_transposed_weights<kE>(w_t, w_router, w_noise, d, experts);
+  const int d = in.d, stride = warp_weight_stride(d);
+  const bool gaussian = !kJitter && w_noise != nullptr;  // one noise kind at a time
+  load_transposed_weights<kE>(w_t, w_router, gaussian ? w_noise : nullptr, d, experts);
   __syncthreads();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  for (std::int64_t n = std::int64_t(blockIdx.x) * kWarpsPerBlock + warp; n < in.rows;
-       n += std::int64_t(gridDim.x) * kWarpsPerBlock) {
-    float acc[kE] = {}, noise_acc[kE] = {};
+  for (std::int64_t n0 = (std::int64_t(blockIdx.x) * kWarpsPerBlock + warp) * kTokens; n0 < in.rows;
+       n0 += std::int64_t(gridDim.x) * kWarpsPerBlock * kTokens) {
+    float acc[kTokens][kE] = {}, noise_acc[kTokens][kE] = {};
     for (int c = lane * 8; c < d; c += 32 * 8) {
-      float input[8], f[8];
-      load_vec<8>(x + n * d + c, input);
-      jitter_factors<8>(in, n, c, f);
+      float input[kTokens][8];
 #pragma unroll
-      for (int k = 0; k < 8; ++k) input[k] *= f[k];
+      for (int t = 0; t < kTokens; ++t) {
+        const std::int64_t n = min(n0 + t, in.rows - 1);  // past the last token: a real row, sums unused
+        load_vec<8>(x + n * d + c, input[t]);
+        if (kJitter) {
+          float f[8];
+          jitter_factors<8>(in, n, c, f);
+#pragma unroll
+          for (int k = 0; k < 8; ++k) input[t][k] *= f[k];
+        }
+      }
+      const float* w_lane = w_t + c / 256 * 256 + 4 * lane;
 #pragma unroll
       for (int w = 0; w < 2; ++w) {
-        if (w == 1 && w_noise == nullptr) break;
+        if (w == 1 && !gaussian) break;
 #pragma unroll
         for (int e = 0; e < kE; ++e) {
-          const float4* row = reinterpret_cast<const float4*>(w_t + (w * kE + e) * d + c);
-          const float4 lo = row[0], hi = row[1];
-          float sum = w == 0 ? acc[e] : noise_acc[e];
-          sum = fmaf(input[0], lo.x, sum);
-          sum = fmaf(input[1], lo.y, sum);
-          sum = fmaf(input[2], lo.z, sum);
-          sum = fmaf(input[3], lo.w, sum);
-          sum = fmaf(input[4], hi.x, sum);
-          sum = fmaf(input[5], hi.y, sum);
-          sum = fmaf(input[6], hi.z, sum);
-          sum = fmaf(input[7], hi.w, sum);
-          (w == 0 ? acc[e] : noise_acc[e]) = sum;
+          const float* slots = w_lane + (w * kE + e) * stride;
+          const float4 lo = *reinterpret_cast<const float4*>(slots);
+          const float4 hi = *reinterpret_cast<const float4*>(slots + 128);
+#pragma unroll
+          for (int t = 0; t < kTokens; ++t) {
+            float& sum = w == 0 ? acc[t][e] : noise_acc[t][e];
+            sum = fmaf(input[t][0], lo.x, sum);
+            sum = fmaf(input[t][1], lo.y, sum);
+            sum = fmaf(input[t][2], lo.z, sum);
+            sum = fmaf(input[t][3], lo.w, sum);
+            sum = fmaf(input[t][4], hi.x, sum);
+            sum = fmaf(input[t][5], hi.y, sum);
+            sum = fmaf(input[t][6], hi.z, sum);
+            sum = fmaf(input[t][7], hi.w, sum);
+          }
         }
       }
     }
-#pragma unroll
-    for (int e = 0; e < kE; ++e) {
-      acc[e] = warp_sum(acc[e]);
-      if (w_noise != nullptr) noise_acc[e] = warp_sum(noise_acc[e]);
-    }
-    // Lane e writes expert e (a register array read at a run-time index would go to the stack).
-#pragma unroll
-    for (int e = 0; e < kE; ++e) {
-      if (lane == e && e < experts) {
-        logits[n * experts + e] = acc[e];
-        if (w_noise != nullptr) noise_logits[n * experts + e] = noise_acc[e];
-      }
+    const std::int64_t n = n0 + lane / kE;
+    const int e = lane % kE;
+    const bool owner = e < experts && n < in.rows;
+    const float logit = warp_sum_scatter(acc);
+    if (owner) logits[n * experts + e] = logit;
+    if (gaussian) {
+      const float noise_logit = warp_sum_scatter(noise_acc);
+      if (owner) noise_logits[n * experts + e] = noise_logit;
     }
   }
 }
 
-// The input gradient's fast path for few experts (E <= kE) and rows of 16-byte vectors: a warp per
-// token with its lanes across the row, so each dx access is 16 bytes and a warp's are contiguous
-// (the lane-per-token layout of router_input_grad_kernel spreads a warp over 32 rows). The
-// weights sit transposed in shared memory, [weights][kE][d] (experts past E zero), so a lane's
-// 8 channels of one expert are two 16-byte reads; the token's kE dlogits stay in registers.
-// Each channel sums its experts in order: deterministic. Traffic: dx read and written once.
-template <class T, int kE>
+// The input gradient's fast path for few experts (E <= kE) and rows of 16-byte vectors: a warp
+// takes two tokens at a time with its lanes across the rows, so each dx access is 16 bytes and a
+// warp's are contiguous per token (the lane-per-token layout of router_input_grad_kernel spreads a
+// warp over 32 rows). The weights sit in shared memory as in the logits kernel, and each read of
+// them serves both tokens, which halves that traffic to below dx's; four tokens' dlogits and dx
+// would take more registers than two blocks per SM leave. Each channel sums its experts in order:
+// deterministic. Traffic: dx read and written once.
+template <class T, int kE, bool kJitter>
 __global__ void __launch_bounds__(kThreads)
     router_input_grad_warp_kernel(const float* dlogits, const float* dnoise, const float* w_router,
                                   const float* w_noise, T* dx, RouterInput in, int experts) {
+  constexpr int kTokens = kInputGradWarpTokens;
   extern __shared__ __align__(16) float w_t[];
-  const int d = in.d;
-  load_transposed_weights<kE>(w_t, w_router, dnoise != nullptr ? w_noise : nullptr, d, experts);
+  const int d = in.d, stride = warp_weight_stride(d);
+  const bool gaussian = !kJitter && dnoise != nullptr;  // one noise kind at a time
+  load_transposed_weights<kE>(w_t, w_router, gaussian ? w_noise : nullptr, d, experts);
   __syncthreads();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  for (std::int64_t n = std::int64_t(blockIdx.x) * kWarpsPerBlock + warp; n < in.rows;
-       n += std::int64_t(gridDim.x) * kWarpsPerBlock) {
-    float g[kE], gn[kE];
+  for (std::int64_t n0 = (std::int64_t(blockIdx.x) * kWarpsPerBlock + warp) * kTokens; n0 < in.rows;
+       n0 += std::int64_t(gridDim.x) * kWarpsPerBlock * kTokens) {
+    float g[kTokens][kE], gn[kTokens][kE];
 #pragma unroll
-    for (int e = 0; e < kE; ++e) {
-      g[e] = e < experts ? dlogits[n * experts + e] : 0.0f;
-      gn[e] = e < experts && dnoise != nullptr ? dnoise[n * experts + e] : 0.0f;
+    for (int t = 0; t < kTokens; ++t) {
+      const std::int64_t n = n0 + t;
+#pragma unroll
+      for (int e = 0; e < kE; ++e) {
+        const bool inside = e < experts && n < in.rows;
+        g[t][e] = inside ? dlogits[n * experts + e] : 0.0f;
+        gn[t][e] = inside && gaussian ? dnoise[n * experts + e] : 0.0f;
+      }
     }
     for (int c = lane * 8; c < d; c += 32 * 8) {
-      float sum[8] = {};
+      // dx first, so that its reads are in flight during the sums (past the last token: a real
+      // row, neither changed nor written).
+      float cur[kTokens][8];
+#pragma unroll
+      for (int t = 0; t < kTokens; ++t) load_vec<8>(dx + min(n0 + t, in.rows - 1) * d + c, cur[t]);
+      float sum[kTokens][8] = {};
+      const float* w_lane = w_t + c / 256 * 256 + 4 * lane;
 #pragma unroll
       for (int w = 0; w < 2; ++w) {
-        if (w == 1 && dnoise == nullptr) break;
+        if (w == 1 && !gaussian) break;
 #pragma unroll
         for (int e = 0; e < kE; ++e) {
-          const float scale = w == 0 ? g[e] : gn[e];
-          const float4* row = reinterpret_cast<const float4*>(w_t + (w * kE + e) * d + c);
-          const float4 lo = row[0], hi = row[1];
-          sum[0] = fmaf(scale, lo.x, sum[0]);
-          sum[1] = fmaf(scale, lo.y, sum[1]);
-          sum[2] = fmaf(scale, lo.z, sum[2]);
-          sum[3] = fmaf(scale, lo.w, sum[3]);
-          sum[4] = fmaf(scale, hi.x, sum[4]);
-          sum[5] = fmaf(scale, hi.y, sum[5]);
-          sum[6] = fmaf(scale, hi.z, sum[6]);
-          sum[7] = fmaf(scale, hi.w, sum[7]);
+          const float* slots = w_lane + (w * kE + e) * stride;
+          const float4 lo = *reinterpret_cast<const float4*>(slots);
+          const float4 hi = *reinterpret_cast<const float4*>(slots + 128);
+#pragma unroll
+          for (int t = 0; t < kTokens; ++t) {
+            const float scale = w == 0 ? g[t][e] : gn[t][e];
+            sum[t][0] = fmaf(scale, lo.x, sum[t][0]);
+            sum[t][1] = fmaf(scale, lo.y, sum[t][1]);
+            sum[t][2] = fmaf(scale, lo.z, sum[t][2]);
+            sum[t][3] = fmaf(scale, lo.w, sum[t][3]);
+            sum[t][4] = fmaf(scale, hi.x, sum[t][4]);
+            sum[t][5] = fmaf(scale, hi.y, sum[t][5]);
+            sum[t][6] = fmaf(scale, hi.z, sum[t][6]);
+            sum[t][7] = fmaf(scale, hi.w, sum[t][7]);
+          }
         }
       }
-      float f[8], cur[8];
-      jitter_factors<8>(in, n, c, f);
-      load_vec<8>(dx + n * d + c, cur);
 #pragma unroll
-      for (int k = 0; k < 8; ++k) cur[k] += f[k] * sum[k];
-      store_vec<8>(dx + n * d + c, cur);
+      for (int t = 0; t < kTokens; ++t) {
+        const std::int64_t n = n0 + t;
+        if (n >= in.rows) break;
+        if (kJitter) {
+          float f[8];
+          jitter_factors<8>(in, n, c, f);
+#pragma unroll
+          for (int k = 0; k < 8; ++k) cur[t][k] += f[k] * sum[t][k];
+        } else {
+#pragma unroll
+          for (int k = 0; k < 8; ++k) cur[t][k] += sum[t][k];  // a factor of 1: the same sums
+        }
+        store_vec<8>(dx + n * d + c, cur[t]);
+      }
     }
+  }
+}
+
+// acc[k][e] += x[k] * jitter(n, c + k) * g[e]: one token's outer product of its 8 channels and
+// 8 experts' gradients.
+template <bool kJitter>
+__device__ __forceinline__ void accumulate_outer8(float (&acc)[8][8], const float (&xv)[8], const float (&g)[8],
+                                                  const RouterInput& in, std::int64_t n, int c) {
+  float f[8];
+  if (kJitter) jitter_factors<8>(in, n, c, f);
+#pragma unroll
+  for (int k = 0; k < 8; ++k) {
+    const float input = kJitter ? xv[k] * f[k] : xv[k];
+#pragma unroll
+    for (int e = 0; e < 8; ++e) acc[k][e] = fmaf(input, g[e], acc[k][e]);
   }
 }
 
 // The weight gradient's fast path for E <= 8, no Gaussian noise and rows of 16-byte vectors:
 // thread (v, r) of a block owns channels 8v .. 8v + 7 for every expert and takes tokens
 // begin + r, begin + r + lanes, ... of the block's chunk, so a warp's x reads run along a row
-// (the 32-channel-lane kernel reads 8 bytes per lane). The token lanes are added in lane order
-// through shared memory, and each chunk writes its [d, E] partial sums, which
+// (the 32-channel-lane kernel reads 8 bytes per lane). With only a few warps per SM (each thread
+// keeps 64 sums), a thread loads kRowBatch tokens' x and dlogits before it adds any of them, so
+// that several loads are in flight; the sums still take the tokens in order. The token lanes are
+// added in lane order through shared memory, and each chunk writes its [d, E] partial sums, which
 // add_chunk_sums_kernel adds in chunk order: deterministic. Traffic: x read once.
-template <class T>
+template <class T, bool kJitter>
 __global__ void __launch_bounds__(kThreads)
     router_weight_grad_rows_kernel(const T* x, const float* dlogits, float* partial, RouterInput in, int experts,
                                    std::int64_t rows_per_chunk) {
+  constexpr int kRowBatch = kJitter ? 1 : 4;  // the jitter draws, not the loads, bound that path
   extern __shared__ __align__(16) float lane_sums[];  // [lanes - 1][vectors][64]
   const int vectors = in.d / 8, lanes = blockDim.x / vectors;
   const int v = threadIdx.x % vectors, r = threadIdx.x / vectors;
   const std::int64_t begin = std::int64_t(blockIdx.x) * rows_per_chunk;
   const std::int64_t end = std::min(in.rows, begin + rows_per_chunk);
   float acc[8][8] = {};
-  for (std::int64_t n = begin + r; n < end; n += lanes) {
-    float xv[8], f[8], g[8];
+  std::int64_t n = begin + r;
+  for (; n + (kRowBatch - 1) * lanes < end; n += kRowBatch * lanes) {
+    float xv[kRowBatch][8], g[kRowBatch][8];
+#pragma unroll
+    for (int b = 0; b < kRowBatch; ++b) {
+      const std::int64_t row = n + b * lanes;
+      load_vec<8>(x + row * in.d + 8 * v, xv[b]);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) g[b][e] = e < experts ? dlogits[row * experts + e] : 0.0f;
+    }
+#pragma unroll
+    for (int b = 0; b < kRowBatch; ++b) accumulate_outer8<kJitter>(acc, xv[b], g[b], in, n + b * lanes, 8 * v);
+  }
+  for (; n < end; n += lanes) {
+    float xv[8], g[8];
     load_vec<8>(x + n * in.d + 8 * v, xv);
-    jitter_factors<8>(in, n, 8 * v, f);
 #pragma unroll
     for (int e = 0; e < 8; ++e) g[e] = e < experts ? dlogits[n * experts + e] : 0.0f;
-#pragma unroll
-    for (int k = 0; k < 8; ++k) {
-      const float input = xv[k] * f[k];
-#pragma unroll
-      for (int e = 0; e < 8; ++e) acc[k][e] = fmaf(input, g[e], acc[k][e]);
-    }
+    accumulate_outer8<kJitter>(acc, xv, g, in, n, 8 * v);
   }
   if (r > 0) {
     float* slot = lane_sums + (std::int64_t(r - 1) * vectors + v) * 64;
@@ -694,12 +826,25 @@ __global__ void __launch_bounds__(kThreads)
       if (e < experts) out[std::int64_t(8 * v + k) * experts + e] = acc[k][e];
 }
 
-// dw[i] += sum over chunks, in chunk order, of partial[chunk, i]. One thread per element.
-__global__ void add_chunk_sums_kernel(const float* partial, int chunks, std::int64_t count, float* dw) {
+// dw[i] += sum over chunks, in chunk order, of partial[chunk, i]. One thread per element; with
+// only d * E threads and hundreds of chunks, each thread's loads go out kBatch chunks at a time,
+// so the chain waits on L2 once per batch rather than once per chunk.
+constexpr int kChunkSumThreads = 64;  // small blocks: d * E threads spread over more SMs
+__global__ void __launch_bounds__(kChunkSumThreads)
+    add_chunk_sums_kernel(const float* partial, int chunks, std::int64_t count, float* dw) {
+  constexpr int kBatch = 32;
   for (std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
        i += std::int64_t(gridDim.x) * blockDim.x) {
     float total = 0.0f;
-    for (int chunk = 0; chunk < chunks; ++chunk) total += partial[chunk * count + i];
+    for (int first = 0; first < chunks; first += kBatch) {
+      float v[kBatch];
+#pragma unroll
+      for (int b = 0; b < kBatch; ++b) v[b] = first + b < chunks ? partial[(first + b) * count + i] : 0.0f;
+#pragma unroll
+      for (int b = 0; b < kBatch; ++b) {
+        if (first + b < chunks) total += v[b];
+      }
+    }
     dw[i] += total;
   }
 }
@@ -905,22 +1050,43 @@ void launch_logits(const T* x, const float* w_router, const float* w_noise, floa
 // in at most this much shared memory.
 constexpr std::size_t kWarpSmemBytes = 96 << 10;
 
-// Shared memory of the warp-per-token kernels' transposed weights, or 0 when they do not apply.
+// Shared memory of the warp-per-token kernels' transposed weights, or 0 when they do not apply
+// (they take one noise kind at a time, as the router's settings give it).
 std::size_t warp_path_smem(const RouterInput& in, int experts, bool noise, const void* rows) {
-  if (experts > 16 || in.d % 8 != 0 || !aligned(rows, 16)) return 0;
-  const std::size_t bytes = std::size_t(noise ? 2 : 1) * (experts <= 8 ? 8 : 16) * std::size_t(in.d) * sizeof(float);
+  if (experts > 16 || in.d % 8 != 0 || !aligned(rows, 16) || (noise && in.jitter)) return 0;
+  const std::size_t weight_rows = std::size_t(noise ? 2 : 1) * (experts <= 8 ? 8 : 16);
+  const std::size_t bytes = weight_rows * std::size_t(warp_weight_stride(in.d)) * sizeof(float);
   return bytes <= kWarpSmemBytes ? bytes : 0;
 }
 
+// Blocks of a warp-per-token kernel whose warps take `warp_tokens` tokens at a time.
+template <class Kernel>
+unsigned warp_path_grid(Kernel kernel, std::size_t smem, std::int64_t rows, int warp_tokens) {
+  const int block_tokens = kWarpsPerBlock * warp_tokens;
+  return resident_grid(kernel, smem, (rows + block_tokens - 1) / block_tokens);
+}
+
+template <class T, int kE, bool kJitter>
+void launch_logits_warp(const T* x, const float* w_router, const float* w_noise, float* logits, float* noise_logits,
+                        const RouterInput& in, int experts, std::size_t smem, cudaStream_t stream) {
+  const auto kernel = router_logits_warp_kernel<T, kE, kJitter>;
+  static const bool allowed = (allow_smem(kernel, kWarpSmemBytes), true);
+  (void)allowed;
+  kernel<<<warp_path_grid(kernel, smem, in.rows, logits_warp_tokens(kE)), kThreads, smem, stream>>>(
+      x, w_router, w_noise, logits, noise_logits, in, experts);
+  SY_CUDA_LAUNCH();
+}
+
+// The jitter draws are a compile-time choice: their registers would cost the other paths
+// occupancy.
 template <class T, int kE>
 void launch_logits_warp(const T* x, const float* w_router, const float* w_noise, float* logits, float* noise_logits,
                         const RouterInput& in, int experts, std::size_t smem, cudaStream_t stream) {
-  const auto kernel = router_logits_warp_kernel<T, kE>;
-  static const bool allowed = (allow_smem(kernel, kWarpSmemBytes), true);
-  (void)allowed;
-  kernel<<<resident_grid(kernel, smem, (in.rows + kWarpsPerBlock - 1) / kWarpsPerBlock), kThreads, smem, stream>>>(
-      x, w_router, w_noise, logits, noise_logits, in, experts);
-  SY_CUDA_LAUNCH();
+  if (in.jitter) {
+    launch_logits_warp<T, kE, true>(x, w_router, w_noise, logits, noise_logits, in, experts, smem, stream);
+  } else {
+    launch_logits_warp<T, kE, false>(x, w_router, w_noise, logits, noise_logits, in, experts, smem, stream);
+  }
 }
 
 // logits = (x * jitter) · Wr and noise_logits = (x * jitter) · Wn (when w_noise is set).
@@ -962,6 +1128,13 @@ void launch_weight_grad(const T* x, const float* dlogits, const float* dnoise, f
   SY_CUDA_LAUNCH();
 }
 
+// dw += the chunks' [count] partial sums, in chunk order.
+void add_chunk_sums(const float* partial, int chunks, std::int64_t count, float* dw, cudaStream_t stream) {
+  const unsigned grid = unsigned(std::min<std::int64_t>(grid_for(count, kChunkSumThreads), kMaxGrid));
+  add_chunk_sums_kernel<<<grid, kChunkSumThreads, 0, stream>>>(partial, chunks, count, dw);
+  SY_CUDA_LAUNCH();
+}
+
 // dw_router += (x * jitter)^T · dlogits and dw_noise += (x * jitter)^T · dnoise (when dnoise is
 // set): per-chunk partials from the arena, then their ordered sum.
 // Token lanes per block of the fast weight-gradient kernel for rows of `vectors` 16-byte vectors:
@@ -986,12 +1159,12 @@ bool router_weight_grad_rows(const Tensor& x, const float* dlogits, const float*
   const std::size_t smem = std::size_t(lanes - 1) * vectors * 64 * sizeof(float);
   dispatch_float(x, [&](auto* type) {
     using T = std::remove_pointer_t<decltype(type)>;
-    router_weight_grad_rows_kernel<T><<<unsigned(chunks), vectors * lanes, smem, stream>>>(
-        static_cast<const T*>(x.data()), dlogits, partial.ptr<float>(), in, experts, rows_per_chunk);
+    const auto kernel = in.jitter ? router_weight_grad_rows_kernel<T, true> : router_weight_grad_rows_kernel<T, false>;
+    kernel<<<unsigned(chunks), vectors * lanes, smem, stream>>>(static_cast<const T*>(x.data()), dlogits,
+                                                                partial.ptr<float>(), in, experts, rows_per_chunk);
   });
   SY_CUDA_LAUNCH();
-  add_chunk_sums_kernel<<<stride_grid(count), kThreads, 0, stream>>>(partial.ptr<float>(), chunks, count, dw_router);
-  SY_CUDA_LAUNCH();
+  add_chunk_sums(partial.ptr<float>(), chunks, count, dw_router, stream);
   return true;
 }
 
@@ -1020,12 +1193,8 @@ void router_weight_grad(const Tensor& x, const float* dlogits, const float* dnoi
                                                chunks, stream);
     }
   });
-  add_chunk_sums_kernel<<<stride_grid(count), kThreads, 0, stream>>>(partial.ptr<float>(), chunks, count, dw_router);
-  SY_CUDA_LAUNCH();
-  if (dnoise != nullptr) {
-    add_chunk_sums_kernel<<<stride_grid(count), kThreads, 0, stream>>>(noise_out, chunks, count, dw_noise);
-    SY_CUDA_LAUNCH();
-  }
+  add_chunk_sums(partial.ptr<float>(), chunks, count, dw_router, stream);
+  if (dnoise != nullptr) add_chunk_sums(noise_out, chunks, count, dw_noise, stream);
 }
 
 constexpr std::size_t input_grad_smem_limit() {
@@ -1050,15 +1219,25 @@ void launch_input_grad(const float* dlogits, const float* dnoise, const float* w
   SY_CUDA_LAUNCH();
 }
 
+template <class T, int kE, bool kJitter>
+void launch_input_grad_warp(const float* dlogits, const float* dnoise, const float* w_router, const float* w_noise,
+                            T* dx, const RouterInput& in, int experts, std::size_t smem, cudaStream_t stream) {
+  const auto kernel = router_input_grad_warp_kernel<T, kE, kJitter>;
+  static const bool allowed = (allow_smem(kernel, kWarpSmemBytes), true);
+  (void)allowed;
+  kernel<<<warp_path_grid(kernel, smem, in.rows, kInputGradWarpTokens), kThreads, smem, stream>>>(
+      dlogits, dnoise, w_router, w_noise, dx, in, experts);
+  SY_CUDA_LAUNCH();
+}
+
 template <class T, int kE>
 void launch_input_grad_warp(const float* dlogits, const float* dnoise, const float* w_router, const float* w_noise,
                             T* dx, const RouterInput& in, int experts, std::size_t smem, cudaStream_t stream) {
-  const auto kernel = router_input_grad_warp_kernel<T, kE>;
-  static const bool allowed = (allow_smem(kernel, kWarpSmemBytes), true);
-  (void)allowed;
-  kernel<<<resident_grid(kernel, smem, (in.rows + kWarpsPerBlock - 1) / kWarpsPerBlock), kThreads, smem, stream>>>(
-      dlogits, dnoise, w_router, w_noise, dx, in, experts);
-  SY_CUDA_LAUNCH();
+  if (in.jitter) {
+    launch_input_grad_warp<T, kE, true>(dlogits, dnoise, w_router, w_noise, dx, in, experts, smem, stream);
+  } else {
+    launch_input_grad_warp<T, kE, false>(dlogits, dnoise, w_router, w_noise, dx, in, experts, smem, stream);
+  }
 }
 
 // dx += jitter * (dlogits · Wr^T + dnoise · Wn^T), in dx's dtype.

@@ -303,6 +303,10 @@ INSTANTIATE_TEST_SUITE_P(
         // 6 experts over 64 channels: the row-lane weight gradient with four token lanes and
         // padded experts, and the input gradient's 8-wide tile padded.
         KernelCase{300, 64, 6, 2, RouterNoise::jitter, DType::f32},
+        // Token counts that leave the warp-per-token kernels a partial last group (a warp takes 4
+        // tokens at a time for E <= 8 in the logits, 2 otherwise); d not a multiple of 256.
+        KernelCase{1003, 256, 8, 1, RouterNoise::none, DType::bf16},
+        KernelCase{501, 136, 12, 2, RouterNoise::jitter, DType::f32},
         // d a multiple of 8 but not of 64: the warps' channel slices are uneven.
         KernelCase{1000, 200, 8, 1, RouterNoise::none, DType::f32},
         // 64 experts: two register tiles of 32 in the logits kernel, two in the weight gradient.
