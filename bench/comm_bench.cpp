@@ -1,7 +1,9 @@
 // Collective bandwidth across the job's ranks. Rows follow nccl-tests: size is the bytes each
 // rank contributes, algbw = size / time, and busbw scales algbw by the share of data that
 // must cross links (all-reduce 2(n-1)/n, all-to-all (n-1)/n), so it compares with link speed.
-// Time is the largest median over ranks.
+// Time is the largest median over ranks. The third column moves the all-to-all's bytes as the
+// MoE dispatch does (Communicator::exchange, each peer's share in kBlocks blocks that land in
+// expert-major order), so the cost of splitting a peer's rows shows beside the plain all-to-all.
 #include "bench/comm_bench.h"
 
 #include <cstdio>
@@ -16,6 +18,8 @@
 
 namespace sy::bench {
 namespace {
+
+constexpr int kBlocks = 4;  // blocks per peer in the exchange column: 4 local experts
 
 struct Options {
   Device device = Device::cpu;
@@ -108,26 +112,39 @@ int run_comm_bench(const std::vector<std::string>& args) {
   if (world->rank() == 0) {
     std::printf("switchyard bench comm: %d ranks, %s, median of %d repeats\n", n,
                 gpu ? ("NCCL on " + cuda_device_description(0)).c_str() : "MPI on CPU", opt.repeats);
-    std::printf("%-12s %10s | %-34s | %-34s\n", "", "", "all_reduce (sum, f32)", "all_to_all (equal counts)");
-    std::printf("%-12s %10s | %10s %11s %11s | %10s %11s %11s\n", "size", "count", "time (us)", "algbw GB/s",
-                "busbw GB/s", "time (us)", "algbw GB/s", "busbw GB/s");
+    std::printf("%-12s %10s | %-34s | %-34s | %-34s\n", "", "", "all_reduce (sum, f32)", "all_to_all (equal counts)",
+                "exchange (4 blocks per peer)");
+    std::printf("%-12s %10s", "size", "count");
+    for (int i = 0; i < 3; ++i) std::printf(" | %10s %11s %11s", "time (us)", "algbw GB/s", "busbw GB/s");
+    std::printf("\n");
   }
   for (std::int64_t bytes = opt.min_bytes; bytes <= opt.max_bytes; bytes *= 2) {
-    const std::int64_t count = bytes / 4 / n * n;  // divisible into equal all-to-all chunks
+    const std::int64_t count = bytes / 4 / (n * kBlocks) * (n * kBlocks);  // equal all-to-all chunks and blocks
     if (count == 0) continue;
     const Tensor data = send.view().slice_rows(0, count);
     const Tensor out = recv.view().slice_rows(0, count);
     const std::vector<std::int64_t> counts(std::size_t(n), count / n);
     const int repeats = bytes >= (std::int64_t(64) << 20) ? std::max(5, opt.repeats / 4) : opt.repeats;
-    double times_us[2] = {0, 0};
-    for (int which = 0; which < 2; ++which) {
-      if ((which == 0 && !opt.all_reduce) || (which == 1 && !opt.all_to_all)) continue;
+    // Exchange blocks: block b of peer p's share goes from row (p kBlocks + b) r of send to row
+    // (b n + p) r of the receiver's out, as dispatch places expert b's rows from source p.
+    const std::int64_t r = count / (n * kBlocks);
+    std::vector<RowBlock> sends, recvs;
+    for (int p = 0; p < n; ++p)
+      for (int b = 0; b < kBlocks; ++b) {
+        sends.push_back({p, (p * kBlocks + b) * r, r});
+        recvs.push_back({p, (b * n + p) * r, r});
+      }
+    double times_us[3] = {0, 0, 0};
+    for (int which = 0; which < 3; ++which) {
+      if ((which == 0 && !opt.all_reduce) || (which > 0 && !opt.all_to_all)) continue;
       world->barrier(stream);
       auto body = [&] {
         if (which == 0) {
           world->all_reduce(data, ReduceOp::sum, stream);
-        } else {
+        } else if (which == 1) {
           world->all_to_all(data, counts, out, counts, stream);
+        } else {
+          world->exchange(data, sends, out, recvs, stream);
         }
       };
       double median_ms = time_repeated(body, gpu, stream, 3, repeats).median_ms;
@@ -147,6 +164,7 @@ int run_comm_bench(const std::vector<std::string>& args) {
       std::printf("%-12s %10lld", size_text(bytes).c_str(), (long long)count);
       row(times_us[0], 2.0 * (n - 1) / n);
       row(times_us[1], double(n - 1) / n);
+      row(times_us[2], double(n - 1) / n);
       std::printf("\n");
     }
   }
