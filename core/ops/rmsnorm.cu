@@ -4,6 +4,7 @@
 // dx into the residual stream's gradient in the backward, each saving a pass over [N, C].
 // dweight: deterministic partial sums per row chunk (fixed summation order, no atomics), so runs
 // are bit-reproducible, from a column kernel that reads x and dy again.
+#include <algorithm>
 #include <type_traits>
 
 #include "core/ops/elementwise_map.cuh"
@@ -134,12 +135,62 @@ __global__ void rmsnorm_dweight_partial_kernel(const T* x, const float* rstd, co
   }
 }
 
-// dweight[c] += the chunks' partial sums of column c, in chunk order.
+// The same partial sums for rows of 16-byte vectors: thread (lane, row lane) owns channels
+// 8 (32 x + lane) .. + 7, so a warp reads 512 contiguous bytes of x and of dy per row (the
+// element kernel reads 64, and ran at half the copy rate on an H200). Each channel's sum takes
+// the rows in the same order as the element kernel's; the row lanes meet in shared memory in
+// lane order. More, shorter chunks than kChunks keep enough loads in flight (the partials array
+// holds kChunks * kMaxChunkedChannels floats, so chunks * channels must fit that).
+constexpr int kVecChunkRows = 128;
+constexpr int kPartialFloats = kChunks * kMaxChunkedChannels;
+
+template <class T>
+__global__ void __launch_bounds__(32 * kRowLanes)
+    rmsnorm_dweight_partial_vec_kernel(const T* x, const float* rstd, const T* dy, int rows, int channels,
+                                       int rows_per_chunk) {
+  __shared__ float partial[kRowLanes][32 * 8];
+  const int lane = threadIdx.x, row_lane = threadIdx.y, chunk = blockIdx.y;
+  const int c = (blockIdx.x * 32 + lane) * 8;
+  const int first = chunk * rows_per_chunk, last = min(rows, first + rows_per_chunk);
+  float sum[8] = {};
+  if (c < channels) {
+    for (int n = first + row_lane; n < last; n += kRowLanes) {
+      float vx[8], vdy[8];
+      load_vec<8>(x + std::int64_t(n) * channels + c, vx);
+      load_vec<8>(dy + std::int64_t(n) * channels + c, vdy);
+      const float r = rstd[n];
+#pragma unroll
+      for (int k = 0; k < 8; ++k) sum[k] += vdy[k] * vx[k] * r;
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < 8; ++k) partial[row_lane][lane * 8 + k] = sum[k];
+  __syncthreads();
+  const int t = row_lane * 32 + lane;  // this thread's column of the block's 256
+  const int column = blockIdx.x * 256 + t;
+  if (column < channels) {
+    float total = 0.0f;
+    for (int l = 0; l < kRowLanes; ++l) total += partial[l][t];
+    rmsnorm_dweight_partials[std::int64_t(chunk) * channels + column] = total;
+  }
+}
+
+// dweight[c] += the chunks' partial sums of column c, in chunk order. The loads go out 8 chunks
+// at a time: with hundreds of chunks, one L2 round trip per chunk would bound the kernel.
 __global__ void rmsnorm_dweight_sum_kernel(float* dweight, int channels, int chunks) {
+  constexpr int kBatch = 8;
   const int c = blockIdx.x * blockDim.x + threadIdx.x;
   if (c >= channels) return;
   float total = 0.0f;
-  for (int chunk = 0; chunk < chunks; ++chunk) total += rmsnorm_dweight_partials[chunk * channels + c];
+  for (int first = 0; first < chunks; first += kBatch) {
+    float v[kBatch];
+#pragma unroll
+    for (int b = 0; b < kBatch; ++b)
+      v[b] = first + b < chunks ? rmsnorm_dweight_partials[std::int64_t(first + b) * channels + c] : 0.0f;
+#pragma unroll
+    for (int b = 0; b < kBatch; ++b)
+      if (first + b < chunks) total += v[b];
+  }
   dweight[c] += total;
 }
 
@@ -176,6 +227,13 @@ void launch_rmsnorm_backward(const Tensor& x, const Tensor& weight, const Tensor
   const bool vec = channels % 8 == 0 && aligned16(x.data()) && aligned16(weight.data()) && aligned16(dy.data()) &&
                    aligned16(dx.data());
   const cudaStream_t s = to_cuda(stream);
+  // dweight chunks: kVecChunkRows rows each for 16-byte rows (as many as the partials array
+  // holds), kChunks otherwise, one for rows too wide for the array.
+  const bool vec_dweight = vec && channels <= kMaxChunkedChannels;
+  int chunks = channels <= kMaxChunkedChannels ? kChunks : 1;
+  if (vec_dweight) {
+    chunks = std::max(1, std::min(kPartialFloats / channels, (rows + kVecChunkRows - 1) / kVecChunkRows));
+  }
   dispatch_float(x, [&](auto* type) {
     using T = std::remove_pointer_t<decltype(type)>;
     const T* xp = static_cast<const T*>(x.data());
@@ -194,14 +252,19 @@ void launch_rmsnorm_backward(const Tensor& x, const Tensor& weight, const Tensor
       rmsnorm_backward_dx_kernel<T, 1, false><<<grid, block, 0, s>>>(xp, wp, rp, dyp, dxp, rows, channels);
     }
     SY_CUDA_LAUNCH();
-    const int chunks = channels <= kMaxChunkedChannels ? kChunks : 1;
-    rmsnorm_dweight_partial_kernel<T><<<dim3(grid_for(channels, 32), unsigned(chunks)), dim3(32, kRowLanes), 0, s>>>(
-        xp, rp, dyp, dweight.ptr<float>(), rows, channels, chunks);
+    if (vec_dweight) {
+      const int rows_per_chunk = (rows + chunks - 1) / chunks;
+      rmsnorm_dweight_partial_vec_kernel<T><<<dim3(grid_for(channels, 256), unsigned(chunks)), dim3(32, kRowLanes),
+                                              0, s>>>(xp, rp, dyp, rows, channels, rows_per_chunk);
+    } else {
+      rmsnorm_dweight_partial_kernel<T><<<dim3(grid_for(channels, 32), unsigned(chunks)), dim3(32, kRowLanes), 0,
+                                          s>>>(xp, rp, dyp, dweight.ptr<float>(), rows, channels, chunks);
+    }
   });
   SY_CUDA_LAUNCH();
-  // The chunks' partial sums, added in chunk order (one chunk already went straight to dweight).
-  const int chunks = channels <= kMaxChunkedChannels ? kChunks : 1;
-  if (chunks > 1) {
+  // The chunks' partial sums, added in chunk order (the element kernel's single chunk already
+  // went straight to dweight).
+  if (vec_dweight || chunks > 1) {
     rmsnorm_dweight_sum_kernel<<<grid_for(channels, 256), 256, 0, s>>>(dweight.ptr<float>(), channels, chunks);
     SY_CUDA_LAUNCH();
   }

@@ -11,10 +11,10 @@ TEST_P(RmsNormGpu, MatchesCpuReference) {
   const DType dt = GetParam();
   // f32: only summation order differs (1e-5). bf16: inputs and outputs rounded to 8 bits (1e-2).
   const double tol = dt == DType::f32 ? 1e-5 : 1e-2;
-  // 768, 256, 1536 and 1544 take the 16-byte dx kernel and the column kernel; 33 and 129 the
-  // scalar path.
+  // 768, 256, 1536, 1544 and 776 take the 16-byte kernels (dweight in 1, 8, 3, 1 and 40 row
+  // chunks; 1544 and 776 end in a partial 256-channel tile); 33 and 129 the scalar path.
   for (auto [rows, channels] : {std::pair{37, 768}, std::pair{1000, 256}, std::pair{300, 1536}, std::pair{50, 1544},
-                                std::pair{5, 33}, std::pair{1000, 129}}) {
+                                std::pair{5000, 776}, std::pair{5, 33}, std::pair{1000, 129}}) {
     SCOPED_TRACE(::testing::Message() << rows << "x" << channels);
     const std::uint64_t seed = 100 + rows;
     OwnedTensor x = random_tensor({rows, channels}, dt, Device::cuda, seed);
