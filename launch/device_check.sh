@@ -123,12 +123,11 @@ if [ "$status_build" = ok ] && [ $run_bench = 1 ]; then
       train_status="$train_status; switch-base-8 K=$chunks: $(grep '^done' "$out/train-switch-base-8-k$chunks.log" ||
         echo FAILED)"
     done
-    # Weak scaling up to every GPU of the machine (1, 2, 4, 8), exchanges pipelined.
+    # Weak scaling up to every GPU of the machine (1, 2, 4, 8).
     ranks=1; list=1
     while [ $((ranks * 2)) -le "$gpus" ]; do ranks=$((ranks * 2)); list="$list,$ranks"; done
     (cd "$root" && SY_BINARY="$build_dir/switchyard" timeout "$limit" launch/scaling.sh configs/switch-8gpu-ep8.yaml \
-      --ranks "$list" --mode weak --experts-per-rank 8 --steps 20 --out "$out/scaling" \
-      --set moe.dispatch_chunks=4) >"$out/scaling.log" 2>&1
+      --ranks "$list" --mode weak --experts-per-rank 8 --steps 20 --out "$out/scaling") >"$out/scaling.log" 2>&1
   fi
 fi
 
