@@ -15,7 +15,8 @@ cd "$work"
 metrics="$work/run/metrics.jsonl"
 lines=$(wc -l <"$metrics")
 [ "$lines" -eq 5 ] || { echo "expected 5 metric lines (steps 1, 10, 20, 30, 40), got $lines"; cat "$metrics"; exit 1; }
-for field in step loss aux z lr grad_norm tokens_per_s mfu dropped_pct expert_load_max_mean val_loss elapsed_s step_ms compute all_to_all optimizer; do
+for field in step loss aux z lr grad_norm tokens_per_s mfu dropped_pct expert_load_max_mean val_loss elapsed_s \
+    exposed_comm_ms step_ms compute all_to_all grad_sync optimizer; do
   grep -q "\"$field\": " "$metrics" || { echo "metrics.jsonl lacks \"$field\""; exit 1; }
 done
 first=$(head -1 "$metrics" | sed -E 's/.*"loss": ([0-9.]+).*/\1/')
