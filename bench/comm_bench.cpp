@@ -28,6 +28,7 @@ struct Options {
   int repeats = 20;
   bool all_reduce = true;
   bool all_to_all = true;
+  bool json = false;  // also one JSON line per size (for launch/scaling.py)
 };
 
 std::int64_t parse_bytes(const std::string& text) {
@@ -54,8 +55,9 @@ std::string size_text(std::int64_t bytes) {
 void print_usage() {
   std::printf(
       "usage: mpirun -np N switchyard bench comm [--device cpu|cuda] [--min-bytes 1K] [--max-bytes 1G]\n"
-      "                                          [--repeats N] [--op all_reduce|all_to_all|both]\n"
-      "  Sizes double from min to max. Default device: cuda when every rank has a GPU, else cpu.\n");
+      "                                          [--repeats N] [--op all_reduce|all_to_all|both] [--json]\n"
+      "  Sizes double from min to max. Default device: cuda when every rank has a GPU, else cpu. --json adds\n"
+      "  one JSON line per size.\n");
 }
 
 }  // namespace
@@ -83,6 +85,8 @@ int run_comm_bench(const std::vector<std::string>& args) {
     } else if (a == "--repeats" && has_value) {
       opt.repeats = std::atoi(args[++i].c_str());
       SY_CHECK(opt.repeats >= 1) << "bench comm: --repeats must be a positive integer, got '" << args[i] << "'";
+    } else if (a == "--json") {
+      opt.json = true;
     } else if (a == "--op" && has_value) {
       const std::string& op = args[++i];
       SY_CHECK(op == "all_reduce" || op == "all_to_all" || op == "both")
@@ -166,6 +170,13 @@ int run_comm_bench(const std::vector<std::string>& args) {
       row(times_us[1], double(n - 1) / n);
       row(times_us[2], double(n - 1) / n);
       std::printf("\n");
+      if (opt.json) {
+        auto busbw = [&](double us, double factor) { return us > 0 ? size_bytes / us * 1e-3 * factor : 0.0; };
+        std::printf("{\"bench\": \"comm\", \"ranks\": %d, \"bytes\": %.0f, \"all_reduce_busbw_gbs\": %.2f, "
+                    "\"all_to_all_busbw_gbs\": %.2f, \"exchange_busbw_gbs\": %.2f}\n",
+                    n, size_bytes, busbw(times_us[0], 2.0 * (n - 1) / n), busbw(times_us[1], double(n - 1) / n),
+                    busbw(times_us[2], double(n - 1) / n));
+      }
     }
   }
   return 0;

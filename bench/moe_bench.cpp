@@ -27,6 +27,7 @@ struct Options {
   ExpertActivation activation = ExpertActivation::gelu;
   int repeats = 10;
   int chunks = 4;  // pipelined run beside the K = 1 run (ep > 1)
+  bool json = false;  // also one JSON line of the figures (for launch/scaling.py)
 };
 
 void print_usage() {
@@ -34,10 +35,11 @@ void print_usage() {
       "usage: mpirun -np N switchyard bench moe [--tokens N] [--d-model D] [--d-ff F] [--experts E]\n"
       "                                         [--top-k K] [--ep P] [--capacity-factor C | --dropless]\n"
       "                                         [--activation gelu|relu|swiglu] [--device cpu|cuda] [--repeats R]\n"
-      "                                         [--chunks K]\n"
+      "                                         [--chunks K] [--json]\n"
       "  Tokens are per rank. Defaults: 16384 tokens (512 on CPU), d_model 768, d_ff 3072, 8 experts, top-1,\n"
       "  ep = number of ranks, capacity factor 1.25, GELU, bf16 on GPU (f32 on CPU), K = 4. With ep > 1 the\n"
-      "  layer runs with whole exchanges (K = 1) and pipelined in K chunks, side by side.\n");
+      "  layer runs with whole exchanges (K = 1) and pipelined in K chunks, side by side. --json adds one JSON\n"
+      "  line of the figures.\n");
 }
 
 std::int64_t parse_int(const std::string& flag, const std::string& text) {
@@ -53,8 +55,8 @@ Options parse(const std::vector<std::string>& args, bool gpu_per_rank) {
   o.device = gpu_per_rank ? Device::cuda : Device::cpu;
   for (std::size_t i = 0; i < args.size(); ++i) {
     const std::string& a = args[i];
-    if (a == "--dropless") {
-      o.dropless = true;
+    if (a == "--dropless" || a == "--json") {
+      (a == "--json" ? o.json : o.dropless) = true;
       continue;
     }
     SY_INPUT_CHECK(ErrorKind::invalid_argument, i + 1 < args.size() && a.rfind("--", 0) == 0)
@@ -237,6 +239,25 @@ int run_moe_bench(const std::vector<std::string>& args) {
                   o.chunks, piped["all_to_all"], 100.0 * piped["all_to_all"] / whole["all_to_all"], total, piped_total,
                   total / piped_total);
     std::printf("layer: %.0f tokens/s per rank\n", double(o.tokens) / ((pipelined ? piped_total : total) * 1e-3));
+    if (o.json) {
+      auto phases_json = [&](std::map<std::string, double>& ms, double sum) {
+        std::string text = "{";
+        for (const char* name : kPhases) {
+          char entry[64];
+          std::snprintf(entry, sizeof entry, "\"%s\": %.4f, ", name, ms[name]);
+          text += entry;
+        }
+        char entry[32];
+        std::snprintf(entry, sizeof entry, "\"total\": %.4f}", sum);
+        return text + entry;
+      };
+      std::printf("{\"bench\": \"moe\", \"ranks\": %d, \"ep\": %d, \"tokens\": %lld, \"experts\": %d, "
+                  "\"exchange_bytes\": %.0f, \"exchange_busbw_gbs\": %.2f, \"expert_tflops\": %.2f, "
+                  "\"chunks\": %d, \"whole_ms\": %s, \"pipelined_ms\": %s}\n",
+                  runtime.world_size(), o.ep, (long long)o.tokens, o.experts, o.ep > 1 ? exchange_bytes : 0.0,
+                  o.ep > 1 ? bus_gbs : 0.0, expert_tflops, pipelined ? o.chunks : 1, phases_json(whole, total).c_str(),
+                  pipelined ? phases_json(piped, piped_total).c_str() : "null");
+    }
   }
   return 0;
 }

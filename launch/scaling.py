@@ -7,9 +7,14 @@ Weak scaling keeps the tokens per rank and the experts per rank fixed (experts =
 experts-per-rank, ep = ranks). Strong scaling keeps the global batch fixed (micro_batch =
 global batch / ranks) and the experts fixed (ep = the largest divisor of both).
 
+With --bench, each run is followed by `switchyard bench moe` (one MoE layer of the run's shape:
+time by phase, the exchanges' bus bandwidth) and `switchyard bench comm` (NCCL's plain
+all-to-all at the exchanges' message size), and the rows gain their figures: how close dispatch
+and combine come to the raw all-to-all rate.
+
 Usage (launch/scaling.sh passes everything through):
   launch/scaling.sh CONFIG [--ranks 1,2,4,8] [--mode weak|strong|both] [--experts-per-rank 8]
-                    [--steps 30] [--out runs/scaling] [--set key.path=value]...
+                    [--steps 30] [--out runs/scaling] [--bench] [--set key.path=value]...
 """
 import argparse
 import csv
@@ -61,6 +66,56 @@ def run(config, ranks, sets, out_dir, steps):
         sys.exit("scaling: run with %d ranks failed (exit %d); see %s/train.log" % (ranks, code, out_dir))
     with open(os.path.join(out_dir, "metrics.jsonl")) as f:
         return [json.loads(line) for line in f if line.strip()][-1]  # the last window: warm
+
+
+def mpirun(ranks, args, log_path):
+    """Runs the switchyard binary on `ranks` processes as launch/train.sh would; returns its JSON lines."""
+    binary = os.environ.get("SY_BINARY", os.path.join(ROOT, "build", "switchyard"))
+    command = ["mpirun", "-np", str(ranks), "--bind-to", "none", "-x", "NCCL_NVLS_ENABLE"]
+    if os.geteuid() == 0:
+        command.append("--allow-run-as-root")
+    if ranks > (os.cpu_count() or 1):
+        command.append("--oversubscribe")
+    env = dict(os.environ, NCCL_NVLS_ENABLE="0")
+    with open(log_path, "w") as log:
+        code = subprocess.call(command + [binary] + args, stdout=log, stderr=subprocess.STDOUT, env=env)
+    if code != 0:
+        sys.exit("scaling: %s failed (exit %d); see %s" % (" ".join(args[:2]), code, log_path))
+    with open(log_path) as f:
+        return [json.loads(line) for line in f if line.startswith("{")]
+
+
+def bench_layer(config, sets, ranks, experts, ep, micro_batch, out_dir):
+    """bench moe at the run's MoE shape, then bench comm at its exchange size: the row's bench columns."""
+    def value(section, key, default):
+        return override(sets, section + "." + key, read_config_value(config, section, key, default))
+    seq = int(value("train", "seq_len", "128"))
+    d_ff = int(value("moe", "d_ff", "0")) or int(value("model", "d_ff", "512"))
+    chunks = int(value("moe", "dispatch_chunks", "1"))
+    args = ["bench", "moe", "--tokens", str(micro_batch * seq), "--d-model", value("model", "d_model", "256"),
+            "--d-ff", str(d_ff), "--experts", str(experts), "--ep", str(ep), "--top-k", value("moe", "top_k", "1"),
+            "--activation", value("model", "activation", "gelu"), "--chunks", str(chunks), "--json"]
+    if value("moe", "dropless", "false") == "true":
+        args.append("--dropless")
+    else:
+        args += ["--capacity-factor", value("moe", "capacity_factor", "1.25")]
+    moe = mpirun(ranks, args, os.path.join(out_dir, "bench-moe.log"))[-1]
+    row = {"moe_layer_ms": moe["whole_ms"]["total"], "moe_all_to_all_ms": moe["whole_ms"]["all_to_all"],
+           "moe_experts_ms": moe["whole_ms"]["experts"],
+           "moe_pipelined_ms": moe["pipelined_ms"]["total"] if moe["pipelined_ms"] else "",
+           "exchange_busbw_gbs": moe["exchange_busbw_gbs"] if ep > 1 else ""}
+    if ep > 1:
+        size = str(int(moe["exchange_bytes"]))
+        args = ["bench", "comm", "--op", "all_to_all", "--min-bytes", size, "--max-bytes", size, "--json"]
+        comm = mpirun(ranks, args, os.path.join(out_dir, "bench-comm.log"))[-1]
+        row["raw_all_to_all_busbw_gbs"] = comm["all_to_all_busbw_gbs"]
+        if comm["all_to_all_busbw_gbs"] > 0:
+            row["exchange_vs_raw"] = round(moe["exchange_busbw_gbs"] / comm["all_to_all_busbw_gbs"], 4)
+    return row
+
+
+BENCH_FIELDS = ["moe_layer_ms", "moe_all_to_all_ms", "moe_experts_ms", "moe_pipelined_ms", "exchange_busbw_gbs",
+                "raw_all_to_all_busbw_gbs", "exchange_vs_raw"]
 
 
 def row_of(mode, ranks, experts, micro_batch, seq, grad_accum, metrics):
@@ -141,6 +196,7 @@ def main():
     parser.add_argument("--experts-per-rank", type=int, default=0, help="weak scaling; 0: config experts at 1 rank")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--out", default="runs/scaling")
+    parser.add_argument("--bench", action="store_true", help="also bench moe and bench comm at each run's shape")
     parser.add_argument("--set", action="append", default=[], dest="sets")
     a = parser.parse_args()
     ranks_list = [int(r) for r in a.ranks.split(",")]
@@ -163,8 +219,11 @@ def main():
                 e, mb, ep = experts, micro // ranks, math.gcd(experts, ranks)
             extra = sets + ["train.micro_batch=%d" % mb, "moe.experts=%d" % e, "parallel.expert=%d" % ep]
             print("scaling: %s, %d rank(s), %d experts (ep %d), micro_batch %d" % (mode, ranks, e, ep, mb), flush=True)
-            metrics = run(a.config, ranks, extra, os.path.join(a.out, "%s-%d" % (mode, ranks)), a.steps)
+            run_dir = os.path.join(a.out, "%s-%d" % (mode, ranks))
+            metrics = run(a.config, ranks, extra, run_dir, a.steps)
             rows.append(row_of(mode, ranks, e, mb, seq, accum, metrics))
+            if a.bench:
+                rows[-1].update(bench_layer(a.config, sets, ranks, e, ep, mb, run_dir))
     for mode in {r["mode"] for r in rows}:
         sel = [r for r in rows if r["mode"] == mode]
         base = next((r for r in sel if r["ranks"] == min(x["ranks"] for x in sel)), None)
@@ -176,8 +235,10 @@ def main():
     fields = ["mode", "ranks", "experts", "micro_batch", "tokens_per_s", "tokens_per_s_per_rank", "efficiency",
               "step_ms"] + [p + "_ms" for p in PHASES] + ["idle_ms", "exposed_comm_ms", "exposed_comm_pct",
                                                          "expert_load_max_mean", "dropped_pct", "loss"]
+    if a.bench:
+        fields += BENCH_FIELDS
     with open(os.path.join(a.out, "scaling.csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
+        w = csv.DictWriter(f, fieldnames=fields, restval="")
         w.writeheader()
         w.writerows(rows)
     with open(os.path.join(a.out, "scaling.jsonl"), "w") as f:
@@ -190,6 +251,14 @@ def main():
         print("%-6s %5d %7d %12.0f %14.0f %7.1f%% %9.2f %9.2f %9.2f %8.1f%% %9.2f" % (
             r["mode"], r["ranks"], r["experts"], r["tokens_per_s"], r["tokens_per_s_per_rank"], 100 * r["efficiency"],
             r["step_ms"], r["all_to_all_ms"], r["grad_sync_ms"], r["exposed_comm_pct"], r["idle_ms"]))
+    if a.bench:
+        print("\n%-6s %5s %10s %10s %10s %10s %12s %12s %8s" % (
+            "mode", "ranks", "layer ms", "a2a ms", "experts ms", "piped ms", "exch GB/s", "raw a2a GB/s", "ratio"))
+        for r in rows:
+            print("%-6s %5d %10s %10s %10s %10s %12s %12s %8s" % (
+                r["mode"], r["ranks"], r["moe_layer_ms"], r["moe_all_to_all_ms"], r["moe_experts_ms"],
+                r["moe_pipelined_ms"] or "-", r["exchange_busbw_gbs"] or "-", r.get("raw_all_to_all_busbw_gbs", "-"),
+                r.get("exchange_vs_raw", "-")))
     for path in plot(rows, a.out):
         print("wrote " + path)
     print("wrote %s/scaling.csv and scaling.jsonl" % a.out)

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The scaling sweep end to end on CPU ranks: launch/scaling.sh runs configs/tiny-cpu.yaml weakly
-# scaled to 1 and 2 ranks (the experts spread over both, exchanges in 2 chunks) and must write
-# one CSV and JSONL row per run with the documented columns, efficiency 1 at one rank, and
-# exposed communication that adds up from its parts.
+# scaled to 1 and 2 ranks (the experts spread over both, exchanges in 2 chunks) with --bench, and
+# must write one CSV and JSONL row per run with the documented columns, efficiency 1 at one rank,
+# exposed communication that adds up from its parts, and the MoE layer benchmark's figures (the
+# exchange against the raw all-to-all at 2 ranks).
 set -euo pipefail
 binary=$1
 source_dir=$2
@@ -10,7 +11,7 @@ command -v mpirun >/dev/null 2>&1 || { echo "mpirun not installed"; exit 77; }
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 SY_BINARY="$binary" "$source_dir/launch/scaling.sh" "$source_dir/configs/tiny-cpu.yaml" --ranks 1,2 --mode weak \
-  --experts-per-rank 2 --steps 4 --out "$work/sweep" --set model.n_layers=2 --set moe.dispatch_chunks=2 \
+  --experts-per-rank 2 --steps 4 --out "$work/sweep" --set model.n_layers=2 --set moe.dispatch_chunks=2 --bench \
   >"$work/log" 2>&1 || { cat "$work/log"; for f in "$work"/sweep/*/train.log; do cat "$f"; done; exit 1; }
 cat "$work/log"
 csv="$work/sweep/scaling.csv"
@@ -30,5 +31,11 @@ for r in rows:
     exposed = float(r["all_to_all_ms"]) + float(r["grad_sync_ms"])
     assert abs(float(r["exposed_comm_ms"]) - exposed) < 2e-3, r
     assert 0 <= float(r["exposed_comm_pct"]) <= 100, r
+    assert float(r["moe_layer_ms"]) > 0 and float(r["moe_experts_ms"]) > 0, r
+one, two = rows
+assert one["exchange_busbw_gbs"] == "" and one["moe_pipelined_ms"] == "", one  # nothing moves at one rank
+assert float(two["moe_pipelined_ms"]) > 0, two  # 2 chunks beside whole exchanges
+ratio = float(two["exchange_busbw_gbs"]) / float(two["raw_all_to_all_busbw_gbs"])
+assert abs(float(two["exchange_vs_raw"]) - ratio) < 1e-3, two
 print("scaling sweep: 2 rows, columns and sums check out")
 PY
