@@ -78,9 +78,12 @@ Options parse(const std::vector<std::string>& args, bool gpu_per_rank) {
     } else if (a == "--activation") {
       SY_INPUT_CHECK(ErrorKind::invalid_argument, v == "gelu" || v == "relu" || v == "swiglu")
           << "bench moe: --activation must be gelu, relu or swiglu, got '" << v << "'";
-      o.activation = v == "gelu" ? ExpertActivation::gelu : v == "relu" ? ExpertActivation::relu : ExpertActivation::swiglu;
+      o.activation = v == "gelu"   ? ExpertActivation::gelu
+                     : v == "relu" ? ExpertActivation::relu
+                                   : ExpertActivation::swiglu;
     } else {
-      SY_INPUT_FAIL(ErrorKind::invalid_argument) << "bench moe: unknown argument '" << a << "' (see switchyard bench moe --help)";
+      SY_INPUT_FAIL(ErrorKind::invalid_argument)
+          << "bench moe: unknown argument '" << a << "' (see switchyard bench moe --help)";
     }
   }
   if (o.tokens == 0) o.tokens = o.device == Device::cuda ? 16384 : 512;
@@ -138,7 +141,8 @@ int run_moe_bench(const std::vector<std::string>& args) {
   OwnedTensor w_router = random_input({o.d_model, o.experts}, DType::f32, o.device, 1, stream);
   OwnedTensor w_in = random_input({local, o.d_model, f_in}, dtype, o.device, 2, stream);
   OwnedTensor w_out = random_input({local, o.d_ff, o.d_model}, dtype, o.device, 3, stream);
-  OwnedTensor dw_router({o.d_model, o.experts}, DType::f32, o.device), dw_in({local, o.d_model, f_in}, DType::f32, o.device);
+  OwnedTensor dw_router({o.d_model, o.experts}, DType::f32, o.device);
+  OwnedTensor dw_in({local, o.d_model, f_in}, DType::f32, o.device);
   OwnedTensor dw_out({local, o.d_ff, o.d_model}, DType::f32, o.device);
   for (const Tensor& g : {dw_router.view(), dw_in.view(), dw_out.view()}) fill_bytes(g, 0, stream);
   const MoeWeights weights{w_router, Tensor(), {w_in, w_out}};
@@ -194,8 +198,9 @@ int run_moe_bench(const std::vector<std::string>& args) {
 
   // Expert rows one rank executes (capacity padding included; dropless: the mean over ranks),
   // and their GEMM work: forward 2 GEMMs, backward 4.
-  const double expert_rows = o.dropless ? double(o.tokens) * o.top_k
-                                        : double(o.ep) * double(local) * double(router_capacity(config.router, o.tokens, true));
+  const double expert_rows =
+      o.dropless ? double(o.tokens) * o.top_k
+                 : double(o.ep) * double(local) * double(router_capacity(config.router, o.tokens, true));
   const double expert_flops = 3.0 * 2.0 * expert_rows * double(o.d_model) * double(f_in + o.d_ff);
   const double expert_tflops = expert_flops / (whole["experts"] * 1e-3) * 1e-12;
   // The four exchanges (dispatch and combine, forward and backward) each move a rank's send rows
@@ -210,7 +215,9 @@ int run_moe_bench(const std::vector<std::string>& args) {
     std::printf("tokens/rank %lld, d_model %lld, d_ff %lld, experts %d (local %lld), top-%d, %s, activation %s\n",
                 (long long)o.tokens, (long long)o.d_model, (long long)o.d_ff, o.experts, (long long)local, o.top_k,
                 o.dropless ? std::string("dropless").c_str() : capacity_text(o.capacity_factor).c_str(),
-                o.activation == ExpertActivation::gelu ? "gelu" : o.activation == ExpertActivation::relu ? "relu" : "swiglu");
+                o.activation == ExpertActivation::gelu   ? "gelu"
+                : o.activation == ExpertActivation::relu ? "relu"
+                                                         : "swiglu");
     std::printf("dropped %.2f%% of choices; aux %.4g, z %.4g; mean of %d forward+backward runs, slowest rank\n\n",
                 100.0 * stats.dropped_fraction, stats.aux_loss, stats.z_loss, o.repeats);
     const double total = total_of(whole), piped_total = pipelined ? total_of(piped) : 0.0;
