@@ -175,23 +175,36 @@ __global__ void __launch_bounds__(32 * kRowLanes)
   }
 }
 
-// dweight[c] += the chunks' partial sums of column c, in chunk order. The loads go out 8 chunks
-// at a time: with hundreds of chunks, one L2 round trip per chunk would bound the kernel.
-__global__ void rmsnorm_dweight_sum_kernel(float* dweight, int channels, int chunks) {
+// dweight[c] += the chunks' partial sums of column c: block (x) takes 32 columns, and its kRowLanes
+// lanes of each column add interleaved chunks (lane l: chunks l, l + kRowLanes, ...), 8 loads
+// in flight at a time; the lanes' sums then meet in lane order. A fixed tree: deterministic. One
+// thread per column walking all chunks took 8.4 us a call at 128 chunks on an H200.
+__global__ void __launch_bounds__(32 * kRowLanes) rmsnorm_dweight_sum_kernel(float* dweight, int channels,
+                                                                            int chunks) {
   constexpr int kBatch = 8;
-  const int c = blockIdx.x * blockDim.x + threadIdx.x;
-  if (c >= channels) return;
+  __shared__ float lanes[kRowLanes][33];
+  const int c = blockIdx.x * 32 + threadIdx.x, lane = threadIdx.y;
   float total = 0.0f;
-  for (int first = 0; first < chunks; first += kBatch) {
-    float v[kBatch];
+  if (c < channels) {
+    for (int first = lane; first < chunks; first += kBatch * kRowLanes) {
+      float v[kBatch];
 #pragma unroll
-    for (int b = 0; b < kBatch; ++b)
-      v[b] = first + b < chunks ? rmsnorm_dweight_partials[std::int64_t(first + b) * channels + c] : 0.0f;
+      for (int b = 0; b < kBatch; ++b) {
+        const int chunk = first + b * kRowLanes;
+        v[b] = chunk < chunks ? rmsnorm_dweight_partials[std::int64_t(chunk) * channels + c] : 0.0f;
+      }
 #pragma unroll
-    for (int b = 0; b < kBatch; ++b)
-      if (first + b < chunks) total += v[b];
+      for (int b = 0; b < kBatch; ++b)
+        if (first + b * kRowLanes < chunks) total += v[b];
+    }
   }
-  dweight[c] += total;
+  lanes[lane][threadIdx.x] = total;
+  __syncthreads();
+  if (lane == 0 && c < channels) {
+    float sum = 0.0f;
+    for (int l = 0; l < kRowLanes; ++l) sum += lanes[l][threadIdx.x];
+    dweight[c] += sum;
+  }
 }
 
 // Launches the forward; with a and b both given, the residual add is fused in (sum = a + b).
@@ -265,7 +278,8 @@ void launch_rmsnorm_backward(const Tensor& x, const Tensor& weight, const Tensor
   // The chunks' partial sums, added in chunk order (the element kernel's single chunk already
   // went straight to dweight).
   if (vec_dweight || chunks > 1) {
-    rmsnorm_dweight_sum_kernel<<<grid_for(channels, 256), 256, 0, s>>>(dweight.ptr<float>(), channels, chunks);
+    rmsnorm_dweight_sum_kernel<<<grid_for(channels, 32), dim3(32, kRowLanes), 0, s>>>(dweight.ptr<float>(), channels,
+                                                                                    chunks);
     SY_CUDA_LAUNCH();
   }
 }
