@@ -1,6 +1,7 @@
 // End to end on CPU: 20 steps of a small MoE model give the same losses at (dp=1), (dp=2),
-// (dp=2, ep=2), (tp=2) and (dp=2, tp=2, ep=2) for the same global batch. Ranks that a layout
-// does not need train further copies of it side by side, which must agree too.
+// (dp=2, ep=2), (tp=2) and (dp=2, tp=2, ep=2) for the same global batch, and with the last two
+// expert-parallel layouts' exchanges pipelined in 3 chunks. Ranks that a layout does not need
+// train further copies of it side by side, which must agree too.
 #include <cmath>
 #include <filesystem>
 
@@ -14,6 +15,7 @@ namespace {
 struct Layout {
   int ranks, tp, ep;
   const char* name;
+  int chunks = 1;  // moe.dispatch_chunks
 };
 
 // A learnable token stream: each token determines the next (t' = 5 t + 3 mod 64), with a
@@ -42,7 +44,8 @@ Config small_moe_config(const Layout& layout, const std::string& out_dir, const 
       "moe.dropless=true", "moe.loss_scope=global", "train.steps=20", "train.seq_len=16",
       "train.micro_batch=" + std::to_string(8 / dp), "train.grad_accum=2", "optimizer.lr=1e-2",
       "schedule.warmup_steps=2", "data.source=bin", "data.train=" + shard, "log.every=100", "log.progress=false", "eval.every=0",
-      "parallel.tensor=" + std::to_string(layout.tp), "parallel.expert=" + std::to_string(layout.ep)};
+      "parallel.tensor=" + std::to_string(layout.tp), "parallel.expert=" + std::to_string(layout.ep),
+      "moe.dispatch_chunks=" + std::to_string(layout.chunks)};
   std::vector<std::string> all = overrides;
   all.insert(all.end(), extra.begin(), extra.end());
   return parse_config("", "layout test", all);
@@ -57,8 +60,10 @@ TEST(TrainLayouts, SameLossesAtEveryLayout) {
   if (world.rank() == 0) write_pattern_shard(dir);
   world.barrier();
   std::vector<double> reference;
-  const Layout layouts[] = {{1, 1, 1, "dp=1"}, {2, 1, 1, "dp=2"}, {2, 1, 2, "dp=2 ep=2"}, {2, 2, 1, "tp=2"},
-                            {4, 2, 2, "dp=2 tp=2 ep=2"}};
+  const Layout layouts[] = {{1, 1, 1, "dp=1"},         {2, 1, 1, "dp=2"},
+                            {2, 1, 2, "dp=2 ep=2"},    {2, 2, 1, "tp=2"},
+                            {4, 2, 2, "dp=2 tp=2 ep=2"}, {2, 1, 2, "dp=2 ep=2, 3 chunks", 3},
+                            {4, 2, 2, "dp=2 tp=2 ep=2, 3 chunks", 3}};
   for (const Layout& layout : layouts) {
     if (layout.ranks > world.size()) continue;
     SCOPED_TRACE(layout.name);
