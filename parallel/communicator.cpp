@@ -26,9 +26,7 @@ void Communicator::check_rows_divisible(const char* op, const Tensor& big, const
       << small.describe();
 }
 
-std::int64_t Communicator::check_all_to_all(const Tensor& send, std::span<const std::int64_t> send_counts,
-                                            const Tensor& recv, std::span<const std::int64_t> recv_counts) const {
-  const char* op = "all_to_all";
+std::int64_t Communicator::check_row_operands(const char* op, const Tensor& send, const Tensor& recv) const {
   check_tensor(op, "send", send);
   check_tensor(op, "recv", recv);
   SY_CHECK(send.dtype() == recv.dtype()) << where(op) << ": send is " << send.describe() << ", recv is "
@@ -38,6 +36,13 @@ std::int64_t Communicator::check_all_to_all(const Tensor& send, std::span<const 
   const std::int64_t recv_row = recv.size(0) ? recv.numel() / recv.size(0) : 0;
   SY_CHECK(send.size(0) == 0 || recv.size(0) == 0 || row == recv_row)
       << where(op) << ": rows of send (" << send.describe() << ") and recv (" << recv.describe() << ") differ";
+  return send.size(0) ? row : recv_row;
+}
+
+std::int64_t Communicator::check_all_to_all(const Tensor& send, std::span<const std::int64_t> send_counts,
+                                            const Tensor& recv, std::span<const std::int64_t> recv_counts) const {
+  const char* op = "all_to_all";
+  const std::int64_t row = check_row_operands(op, send, recv);
   SY_CHECK(std::int64_t(send_counts.size()) == size_ && std::int64_t(recv_counts.size()) == size_)
       << where(op) << ": need one count per peer (" << size_ << "), got " << send_counts.size() << " send and "
       << recv_counts.size() << " recv counts";
@@ -52,21 +57,13 @@ std::int64_t Communicator::check_all_to_all(const Tensor& send, std::span<const 
                                        << send.size(0);
   SY_CHECK(recv_total <= recv.size(0)) << where(op) << ": recv counts add up to " << recv_total << " rows but recv has "
                                        << recv.size(0);
-  return send.size(0) ? row : recv_row;
+  return row;
 }
 
 std::size_t Communicator::check_exchange(const Tensor& send, std::span<const RowBlock> sends, const Tensor& recv,
                                          std::span<const RowBlock> recvs) const {
   const char* op = "exchange";
-  check_tensor(op, "send", send);
-  check_tensor(op, "recv", recv);
-  SY_CHECK(send.dtype() == recv.dtype()) << where(op) << ": send is " << send.describe() << ", recv is "
-                                         << recv.describe();
-  SY_CHECK(send.dim() >= 1 && recv.dim() >= 1) << where(op) << ": send and recv need a row axis";
-  const std::int64_t row = send.size(0) ? send.numel() / send.size(0) : 0;
-  const std::int64_t recv_row = recv.size(0) ? recv.numel() / recv.size(0) : 0;
-  SY_CHECK(send.size(0) == 0 || recv.size(0) == 0 || row == recv_row)
-      << where(op) << ": rows of send (" << send.describe() << ") and recv (" << recv.describe() << ") differ";
+  const std::int64_t row = check_row_operands(op, send, recv);
   auto check_blocks = [&](const char* arg, std::span<const RowBlock> blocks, const Tensor& t) {
     for (const RowBlock& b : blocks) {
       SY_CHECK(b.peer >= 0 && b.peer < size_) << where(op) << ": a " << arg << " block names peer " << b.peer
@@ -78,7 +75,7 @@ std::size_t Communicator::check_exchange(const Tensor& send, std::span<const Row
   };
   check_blocks("send", sends, send);
   check_blocks("recv", recvs, recv);
-  return std::size_t(send.size(0) ? row : recv_row) * dtype_size(send.dtype());
+  return std::size_t(row) * dtype_size(send.dtype());
 }
 
 std::unique_ptr<Communicator> make_world(Device device) {

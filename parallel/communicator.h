@@ -65,6 +65,8 @@ class Communicator {
   // Shared argument checks; they throw naming the op and the group.
   void check_tensor(const char* op, const char* arg, const Tensor& t) const;
   void check_rows_divisible(const char* op, const Tensor& big, const Tensor& small) const;
+  // Elements per row of send and recv, after checking that they are row tensors that agree.
+  std::int64_t check_row_operands(const char* op, const Tensor& send, const Tensor& recv) const;
   // Elements per row of an all_to_all operand, after checking the counts.
   std::int64_t check_all_to_all(const Tensor& send, std::span<const std::int64_t> send_counts, const Tensor& recv,
                                 std::span<const std::int64_t> recv_counts) const;
