@@ -123,11 +123,13 @@ if [ "$status_build" = ok ] && [ $run_bench = 1 ]; then
       train_status="$train_status; switch-base-8 K=$chunks: $(grep '^done' "$out/train-switch-base-8-k$chunks.log" ||
         echo FAILED)"
     done
-    # Weak scaling up to every GPU of the machine (1, 2, 4, 8).
+    # Weak scaling up to every GPU of the machine (1, 2, 4, 8), each run with its MoE layer
+    # benchmark and the raw all-to-all at the layer's message size.
     ranks=1; list=1
     while [ $((ranks * 2)) -le "$gpus" ]; do ranks=$((ranks * 2)); list="$list,$ranks"; done
     (cd "$root" && SY_BINARY="$build_dir/switchyard" timeout "$limit" launch/scaling.sh configs/switch-8gpu-ep8.yaml \
-      --ranks "$list" --mode weak --experts-per-rank 8 --steps 20 --out "$out/scaling") >"$out/scaling.log" 2>&1
+      --ranks "$list" --mode weak --experts-per-rank 8 --steps 20 --bench --out "$out/scaling") \
+      >"$out/scaling.log" 2>&1
   fi
 fi
 
@@ -148,7 +150,7 @@ for k in 1 4; do
   [ -f "$out/train-switch-base-8-k$k.log" ] && { echo; echo "switch-base-8, K=$k:"; grep -E "^(step|done)" \
     "$out/train-switch-base-8-k$k.log" | tail -3; }
 done
-[ -f "$out/scaling.log" ] && { echo; tail -8 "$out/scaling.log"; }
+[ -f "$out/scaling.log" ] && { echo; tail -16 "$out/scaling.log"; }
 grep -E "^\[  FAILED  \] [A-Za-z]" "$out/gtest-gpu.log" 2>/dev/null | sort -u
 for label in unit mpi gpu; do
   grep -E "^\s+[0-9]+ - .*\((Failed|Timeout|SEGFAULT|Subprocess aborted|Exception)" "$out/ctest-$label.log" 2>/dev/null
