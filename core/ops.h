@@ -200,6 +200,11 @@ struct AdamWParams {
   float weight_decay = 0.0f;  // decoupled: param -= lr * weight_decay * param
   int step = 1;               // 1-based, for bias correction
   float grad_scale = 1.0f;    // multiplies the gradient first (clipping, loss scaling)
+  // Clipping read on the device, so the host never waits for the norm: when set, [1] f32 on the
+  // params' device holding the sum of squared gradients, and the gradient is also multiplied by
+  // min(1, max_grad_norm / (sqrt(sum) + 1e-6)), computed in f32.
+  Tensor clip_sum_squares;
+  float max_grad_norm = 0.0f;
 };
 // AdamW on fp32 master weights. params, grads, m, v: [n] f32. param_copy (optional, may be
 // undefined): [n] bf16 or f32, receives the updated weights for the compute copy.

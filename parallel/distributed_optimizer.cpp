@@ -106,7 +106,7 @@ DistributedOptimizer::DistributedOptimizer(ParameterRegistry& registry, Communic
   }
 }
 
-float DistributedOptimizer::global_grad_norm() {
+void DistributedOptimizer::reduce_grad_squares() {
   fill_bytes(sum_squares_, 0, compute_);
   for (int g = 0; g < 2; ++g) {
     const ReduceGroup id = ReduceGroup(g);
@@ -117,8 +117,10 @@ float DistributedOptimizer::global_grad_norm() {
       sum_squares(grads.slice_rows(r.offset, r.numel), sum_squares_, compute_);
   }
   world_.all_reduce(sum_squares_, ReduceOp::sum, compute_);
-  copy(sum_squares_host_, sum_squares_, compute_);
-  synchronize(compute_);
+}
+
+float DistributedOptimizer::grad_norm() {
+  copy(sum_squares_host_, sum_squares_, compute_);  // waits for the stream
   return std::sqrt(sum_squares_host_.view().ptr<float>()[0]);
 }
 
@@ -155,21 +157,23 @@ void DistributedOptimizer::update_group(ReduceGroup id, const AdamWParams& hp) {
   }
 }
 
-float DistributedOptimizer::step(float lr, int step_number, float max_grad_norm) {
+void DistributedOptimizer::step(float lr, int step_number, float max_grad_norm) {
   SY_CHECK(step_number >= 1) << "DistributedOptimizer::step: step_number is 1-based, got " << step_number;
   sync_.finish();
   mark_phase(timer_, "grad_sync");
-  const float norm = global_grad_norm();
+  reduce_grad_squares();
   AdamWParams hp;
   hp.lr = lr;
   hp.beta1 = settings_.beta1;
   hp.beta2 = settings_.beta2;
   hp.eps = settings_.eps;
   hp.step = step_number;
-  hp.grad_scale = max_grad_norm > 0.0f ? std::min(1.0f, max_grad_norm / (norm + 1e-6f)) : 1.0f;
+  if (max_grad_norm > 0.0f) {
+    hp.clip_sum_squares = sum_squares_;
+    hp.max_grad_norm = max_grad_norm;
+  }
   for (const ReduceGroup id : {ReduceGroup::dp, ReduceGroup::edp})
     if (registry_.group(id).numel > 0) update_group(id, hp);
-  return norm;
 }
 
 void DistributedOptimizer::read_adam_state(ReduceGroup id, const Tensor& m, const Tensor& v) {

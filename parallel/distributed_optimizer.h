@@ -42,12 +42,14 @@ class DistributedOptimizer {
   // reductions, so that phase holds the part of them backward did not hide.
   void set_phase_timer(PhaseTimer* timer) { timer_ = timer; }
 
-  // Finishes the gradient sync, then returns the global L2 norm of the averaged gradients (before
-  // clipping), scales them by min(1, max_grad_norm / (norm + 1e-6)) inside AdamW (max_grad_norm
-  // <= 0: no clipping) and updates masters and compute copies. step_number is 1-based. The host
-  // waits for the norm; everything else is enqueued on the compute stream. Gradients are left as
+  // Finishes the gradient sync, forms the global L2 norm of the averaged gradients on the device,
+  // scales them by min(1, max_grad_norm / (norm + 1e-6)) inside AdamW (max_grad_norm <= 0: no
+  // clipping) and updates masters and compute copies. step_number is 1-based. Everything is
+  // enqueued on the compute stream: the host does not wait for the norm. Gradients are left as
   // they are: zero them (ParameterRegistry::zero_grads) before the next backward.
-  float step(float lr, int step_number, float max_grad_norm);
+  void step(float lr, int step_number, float max_grad_norm);
+  // The last step's gradient norm (before clipping); waits for the compute stream.
+  float grad_norm();
 
   // Adam state of a reduce group (dp or edp) in the group's flat layout: [group numel] f32 on any
   // device, each parameter's local m and v at its offset(), as the optimizer holds them without
@@ -72,7 +74,8 @@ class DistributedOptimizer {
     Tensor master_stage, copy_stage;   // ZeRO-1: the shard being updated, then gathered
   };
 
-  float global_grad_norm();
+  // sum_squares_ = the squared global gradient norm, on the device (summed over the world).
+  void reduce_grad_squares();
   const ParameterGroup& check_adam_state_args(const char* op, ReduceGroup group, const Tensor& m,
                                               const Tensor& v) const;
   void update_group(ReduceGroup group, const AdamWParams& hp);

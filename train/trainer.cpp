@@ -340,7 +340,7 @@ TrainResult train(const Config& c, MpiRuntime& runtime, int job) {
       model.backward(arena, stream,
                      last ? [&](const Parameter& p) { optimizer.grad_ready(p); } : std::function<void(const Parameter&)>());
     }
-    const float grad_norm = optimizer.step(float(lr), step + 1, float(c.train.max_grad_norm));
+    optimizer.step(float(lr), step + 1, float(c.train.max_grad_norm));
     phases.mark("optimizer");
     const double loss = mean_over(*host, mean_loss(losses));
     synchronize(stream);
@@ -374,6 +374,7 @@ TrainResult train(const Config& c, MpiRuntime& runtime, int job) {
 
     const bool log_now = (step + 1) % c.log.every == 0 || step == first_step || step + 1 == c.train.steps || eval_now;
     if (log_now) {
+      const float grad_norm = optimizer.grad_norm();
       double aux = 0, z = 0, dropped = 0, load_ratio = 0;
       const std::vector<RouterStats> stats = model.moe_stats(stream);
       for (const RouterStats& r : stats) {

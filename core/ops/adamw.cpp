@@ -4,6 +4,7 @@
 #include <type_traits>
 
 #include "core/ops.h"
+#include "core/ops/adamw_scale.h"
 #include "core/ops/cpu_common.h"
 #include "core/ops/cuda_ops.h"
 
@@ -21,10 +22,13 @@ void adamw_update_cpu(const Tensor& params, const Tensor& grads, const Tensor& m
   float* vp = v.ptr<float>();
   C* cp = param_copy.defined() ? param_copy.ptr<C>() : nullptr;
   const double beta1 = hp.beta1, beta2 = hp.beta2, lr = hp.lr;
+  const float scale = hp.clip_sum_squares.defined()
+                          ? adamw_clip_scale(hp.grad_scale, hp.max_grad_norm, hp.clip_sum_squares.ptr<float>()[0])
+                          : hp.grad_scale;
   const double bias_correction1 = 1.0 - std::pow(beta1, hp.step);
   const double bias_correction2 = 1.0 - std::pow(beta2, hp.step);
   for (std::int64_t i = 0; i < params.numel(); ++i) {
-    const double g = double(gp[i]) * double(hp.grad_scale);
+    const double g = double(gp[i]) * double(scale);
     double p = double(pp[i]) * (1.0 - lr * double(hp.weight_decay));
     const double m_new = beta1 * double(mp[i]) + (1.0 - beta1) * g;
     const double v_new = beta2 * double(vp[i]) + (1.0 - beta2) * g * g;
@@ -56,7 +60,12 @@ void adamw_update(const Tensor& params, const Tensor& grads, const Tensor& m, co
     SY_CHECK(param_copy.dtype() == DType::bf16 || param_copy.dtype() == DType::f32)
         << op << ": param_copy must be bf16 or f32, got " << param_copy.describe();
   }
-  check_same_device(op, {&params, &grads, &m, &v, &param_copy});
+  if (hp.clip_sum_squares.defined()) {
+    check_shape(op, "clip_sum_squares", hp.clip_sum_squares, {1});
+    check_dtype(op, "clip_sum_squares", hp.clip_sum_squares, DType::f32);
+    SY_CHECK(hp.max_grad_norm > 0.0f) << op << ": clip_sum_squares needs max_grad_norm > 0, got " << hp.max_grad_norm;
+  }
+  check_same_device(op, {&params, &grads, &m, &v, &param_copy, &hp.clip_sum_squares});
   SY_CHECK(hp.step >= 1) << op << ": step is 1-based, got " << hp.step;
   SY_CHECK(hp.beta1 >= 0.0f && hp.beta1 < 1.0f && hp.beta2 >= 0.0f && hp.beta2 < 1.0f)
       << op << ": betas must lie in [0, 1), got beta1 " << hp.beta1 << " and beta2 " << hp.beta2;

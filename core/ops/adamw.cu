@@ -3,6 +3,7 @@
 // the host in double and passed in.
 #include <cmath>
 
+#include "core/ops/adamw_scale.h"
 #include "core/ops/cuda_common.cuh"
 
 namespace sy::cuda {
@@ -12,6 +13,8 @@ constexpr int kBlock = 256;
 
 struct AdamWScalars {
   float beta1, beta2, eps, grad_scale;
+  const float* clip_sum_squares;  // null: no clipping on the device
+  float max_grad_norm;
   float decay;                  // 1 - lr * weight_decay
   float step_size;              // lr / (1 - beta1^step)
   float bias_correction2_sqrt;  // sqrt(1 - beta2^step)
@@ -20,7 +23,7 @@ struct AdamWScalars {
 // One element: param = param * decay - step_size * m / (sqrt(v) / sqrt(bc2) + eps) after the
 // moment updates; returns the new param.
 __device__ __forceinline__ float adamw_element(float& param, float grad, float& m, float& v, const AdamWScalars& s) {
-  const float g = grad * s.grad_scale;
+  const float g = grad * s.grad_scale;  // the clipped scale, set by the kernel
   m = s.beta1 * m + (1.0f - s.beta1) * g;
   v = s.beta2 * v + (1.0f - s.beta2) * g * g;
   param = param * s.decay - s.step_size * m / (sqrtf(v) / s.bias_correction2_sqrt + s.eps);
@@ -42,6 +45,8 @@ template <class C>
 __global__ void adamw_update_kernel(float* __restrict__ params, const float* __restrict__ grads, float* __restrict__ m,
                                     float* __restrict__ v, C* __restrict__ copy, std::int64_t n, std::int64_t vectors,
                                     AdamWScalars s) {
+  // One cached load per thread; the same f32 arithmetic as the CPU reference.
+  if (s.clip_sum_squares) s.grad_scale = adamw_clip_scale(s.grad_scale, s.max_grad_norm, *s.clip_sum_squares);
   const std::int64_t stride = std::int64_t(gridDim.x) * blockDim.x;
   const std::int64_t first = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x;
   for (std::int64_t i = first; i < vectors; i += stride) {
@@ -79,6 +84,8 @@ void adamw_update(const Tensor& params, const Tensor& grads, const Tensor& m, co
   s.beta2 = hp.beta2;
   s.eps = hp.eps;
   s.grad_scale = hp.grad_scale;
+  s.clip_sum_squares = hp.clip_sum_squares.defined() ? hp.clip_sum_squares.ptr<float>() : nullptr;
+  s.max_grad_norm = hp.max_grad_norm;
   s.decay = float(1.0 - double(hp.lr) * double(hp.weight_decay));
   s.step_size = float(double(hp.lr) / (1.0 - std::pow(double(hp.beta1), hp.step)));
   s.bias_correction2_sqrt = float(std::sqrt(1.0 - std::pow(double(hp.beta2), hp.step)));

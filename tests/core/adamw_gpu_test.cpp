@@ -52,5 +52,36 @@ TEST(AdamWGpu, MatchesCpuReference) {
   }
 }
 
+// Clipping read on the device from a [1] sum of squares, against the CPU reference reading the
+// same value: clipped (sum 400, max norm 1) and not (sum 0.25).
+TEST(AdamWGpu, ClipFromTheSumOfSquaresMatchesCpuReference) {
+  SY_REQUIRE_GPU();
+  const std::int64_t n = 4099;
+  for (const double sum_squares : {400.0, 0.25}) {
+    SCOPED_TRACE(::testing::Message() << "sum of squares " << sum_squares);
+    OwnedTensor params = random_tensor({n}, DType::f32, Device::cuda, 40);
+    OwnedTensor grads = random_tensor({n}, DType::f32, Device::cuda, 41);
+    OwnedTensor m = random_tensor({n}, DType::f32, Device::cuda, 42, 0.1f);
+    OwnedTensor v = zeros({n}, DType::f32, Device::cuda);
+    OwnedTensor sum({1}, DType::f32, Device::cuda), sum_c({1}, DType::f32, Device::cpu);
+    from_vector(sum, {sum_squares});
+    from_vector(sum_c, {sum_squares});
+    OwnedTensor pc = convert(params, DType::f32, Device::cpu), gc = convert(grads, DType::f32, Device::cpu);
+    OwnedTensor mc = convert(m, DType::f32, Device::cpu), vc = convert(v, DType::f32, Device::cpu);
+    AdamWParams hp;
+    hp.lr = 1e-2f;
+    hp.step = 2;
+    hp.max_grad_norm = 1.0f;
+    hp.clip_sum_squares = sum_c;
+    adamw_update(pc, gc, mc, vc, Tensor(), hp);
+    hp.clip_sum_squares = sum;
+    adamw_update(params, grads, m, v, Tensor(), hp);
+    device_synchronize();
+    EXPECT_LT(relative_error(params, pc), 1e-6);
+    EXPECT_LT(relative_error(m, mc), 1e-6);
+    EXPECT_LT(relative_error(v, vc), 1e-6);
+  }
+}
+
 }  // namespace
 }  // namespace sy::test

@@ -1,5 +1,6 @@
 // AdamW CPU reference: a two-step case worked by hand, a naive double loop on random data,
 // decoupled weight decay, the compute copy, and argument checks.
+#include <algorithm>
 #include <cmath>
 #include <string>
 
@@ -127,6 +128,34 @@ TEST(AdamW, CopyEqualsParamsRoundedToItsDtype) {
   }
 }
 
+// Clipping read from a device-side sum of squares gives bitwise the update of the scale the
+// host used to compute, min(1, max / (sqrt(sum) + 1e-6)) in f32: clipped, and not clipped.
+TEST(AdamW, ClipFromTheSumOfSquaresEqualsTheHostScale) {
+  const std::int64_t n = 41;
+  for (const float sum_squares : {100.0f, 0.04f}) {
+    SCOPED_TRACE(::testing::Message() << "sum of squares " << sum_squares);
+    const float max_norm = 1.0f;
+    AdamWParams host_scaled, device_scaled;
+    host_scaled.weight_decay = device_scaled.weight_decay = 0.1f;
+    host_scaled.step = device_scaled.step = 3;
+    host_scaled.grad_scale = std::min(1.0f, max_norm / (std::sqrt(sum_squares) + 1e-6f));
+    OwnedTensor sum({1}, DType::f32, Device::cpu);
+    from_vector(sum, {sum_squares});
+    device_scaled.clip_sum_squares = sum;
+    device_scaled.max_grad_norm = max_norm;
+    std::vector<std::vector<double>> results;
+    for (const AdamWParams& hp : {host_scaled, device_scaled}) {
+      OwnedTensor params = random_tensor({n}, DType::f32, Device::cpu, 20);
+      OwnedTensor grads = random_tensor({n}, DType::f32, Device::cpu, 21);
+      OwnedTensor m = random_tensor({n}, DType::f32, Device::cpu, 22, 0.1f);
+      OwnedTensor v = random_second_moment(n, 23);
+      adamw_update(params, grads, m, v, Tensor(), hp);
+      for (const Tensor& t : {params.view(), m.view(), v.view()}) results.push_back(to_vector(t));
+    }
+    for (int i = 0; i < 3; ++i) EXPECT_EQ(results[std::size_t(i)], results[std::size_t(i + 3)]);
+  }
+}
+
 TEST(AdamW, RejectsBadArguments) {
   OwnedTensor params({5}, DType::f32, Device::cpu), grads({5}, DType::f32, Device::cpu);
   OwnedTensor m({4}, DType::f32, Device::cpu), v({5}, DType::f32, Device::cpu);
@@ -149,6 +178,18 @@ TEST(AdamW, RejectsBadArguments) {
   step0.step = 0;
   EXPECT_NE(message_of([&] { adamw_update(params, grads, good_m, v, Tensor(), step0); })
                 .find("adamw_update: step is 1-based, got 0"),
+            std::string::npos);
+  OwnedTensor two({2}, DType::f32, Device::cpu), one({1}, DType::f32, Device::cpu);
+  AdamWParams wide_sum;
+  wide_sum.clip_sum_squares = two;
+  wide_sum.max_grad_norm = 1.0f;
+  EXPECT_NE(message_of([&] { adamw_update(params, grads, good_m, v, Tensor(), wide_sum); })
+                .find("adamw_update: clip_sum_squares must have shape [1], got f32[2] cpu"),
+            std::string::npos);
+  AdamWParams no_max;
+  no_max.clip_sum_squares = one;
+  EXPECT_NE(message_of([&] { adamw_update(params, grads, good_m, v, Tensor(), no_max); })
+                .find("adamw_update: clip_sum_squares needs max_grad_norm > 0, got 0"),
             std::string::npos);
 }
 
