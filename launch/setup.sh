@@ -35,6 +35,8 @@ have_cmake_package yaml-cpp || missing+=(libyaml-cpp-dev)
 have_cmake_package GTest || missing+=(libgtest-dev)
 # The default training job's English text.
 [ -d /usr/share/games/fortunes ] || missing+=(fortunes)
+# The scaling sweep's plots (launch/scaling.sh).
+/usr/bin/python3 -c "import matplotlib" 2>/dev/null || missing+=(python3-matplotlib)
 
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"

@@ -14,6 +14,12 @@ SY_BINARY="$binary" "$source_dir/launch/scaling.sh" "$source_dir/configs/tiny-cp
   --experts-per-rank 2 --steps 4 --out "$work/sweep" --set model.n_layers=2 --set moe.dispatch_chunks=2 --bench \
   >"$work/log" 2>&1 || { cat "$work/log"; for f in "$work"/sweep/*/train.log; do cat "$f"; done; exit 1; }
 cat "$work/log"
+# The plots, when some python3 has matplotlib (launch/setup.sh installs it).
+if python3 -c "import matplotlib" 2>/dev/null || /usr/bin/python3 -c "import matplotlib" 2>/dev/null; then
+  for plot in tokens_per_rank efficiency expert_load step_split_weak; do
+    [ -s "$work/sweep/$plot.png" ] || { echo "no $plot.png"; exit 1; }
+  done
+fi
 csv="$work/sweep/scaling.csv"
 [ "$(wc -l <"$csv")" -eq 3 ] || { echo "expected a header and 2 rows"; cat "$csv"; exit 1; }
 python3 - "$csv" "$work/sweep/scaling.jsonl" <<'PY'
