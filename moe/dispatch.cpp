@@ -35,7 +35,8 @@ std::vector<std::int64_t> rows_per_peer(const std::vector<std::int64_t>& per_blo
 void exchange_all(const DispatchPlan& plan, bool to_experts, const Tensor& from, const Tensor& to, Communicator& ep,
                   Arena& arena, StreamRef stream) {
   if (plan.chunks == 1) {
-    const Tensor staging = arena.alloc({plan.recv_rows, from.size(1)}, from.dtype());
+    const Tensor staging =
+        plan.local_experts > 1 ? arena.alloc({plan.recv_rows, from.size(1)}, from.dtype()) : Tensor();
     exchange_whole(plan, to_experts, from, to, staging, ep, stream);
     return;
   }
@@ -155,6 +156,14 @@ void exchange_whole(const DispatchPlan& plan, bool to_experts, const Tensor& fro
                                                << plan.chunks << " chunks and " << plan.peers << " ranks";
   const std::vector<std::int64_t> send = rows_per_peer(plan.send_rows_per_expert, plan.peers, plan.local_experts);
   const std::vector<std::int64_t> recv = rows_per_peer(plan.recv_rows_per_block, plan.peers, plan.local_experts);
+  if (plan.local_experts == 1) {  // one expert per rank: source-major is expert-major, nothing to regroup
+    if (to_experts) {
+      ep.all_to_all(from, send, to, recv, stream);
+    } else {
+      ep.all_to_all(from, recv, to, send, stream);
+    }
+    return;
+  }
   if (to_experts) {
     ep.all_to_all(from, send, staging, recv, stream);
     moe_regroup(staging, plan.recv_counts, to, true, stream);

@@ -70,7 +70,9 @@ void exchange_chunk(const DispatchPlan& plan, int chunk, bool to_experts, const 
                     Communicator& ep, StreamRef stream = {});
 
 // The K = 1 exchange: like exchange_chunk, through `staging` ([plan.recv_rows, d] or more rows,
-// source-major) with one block per peer and a regroup on the device. Collective over ep.
+// source-major) with one block per peer and a regroup on the device. With one expert per rank
+// the two orders coincide: one all-to-all straight between the sides, `staging` unused (it may be
+// undefined). Collective over ep.
 void exchange_whole(const DispatchPlan& plan, bool to_experts, const Tensor& from, const Tensor& to,
                     const Tensor& staging, Communicator& ep, StreamRef stream = {});
 

@@ -77,7 +77,7 @@ void MoeLayer::pipeline(const Tensor& send_in, const Tensor& expert_in, const Te
   // stream has waited for the last exchange: nothing that reuses their memory runs before.
   const std::size_t staging_mark = arena.mark();
   Tensor staging_in, staging_out;
-  if (chunks == 1) {
+  if (chunks == 1 && plan_.local_experts > 1) {
     staging_in = arena.alloc({plan_.recv_rows, send_in.size(1)}, send_in.dtype());
     staging_out = arena.alloc({plan_.recv_rows, send_in.size(1)}, send_in.dtype());
   }

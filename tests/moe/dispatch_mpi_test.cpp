@@ -43,15 +43,16 @@ HostRouting make_routing(std::int64_t tokens, std::int64_t first_token, int expe
   return r;
 }
 
-class Dispatch : public ::testing::TestWithParam<std::tuple<Device, bool, int>> {
+// (device, dropless, chunks, experts per rank)
+class Dispatch : public ::testing::TestWithParam<std::tuple<Device, bool, int, int>> {
  protected:
   void SetUp() override { SY_REQUIRE_BACKEND(std::get<0>(GetParam())); }
 };
 
 TEST_P(Dispatch, RoundTripEqualsSerialForwardAndBackward) {
-  const auto [device, dropless, chunks] = GetParam();
+  const auto [device, dropless, chunks, per_rank] = GetParam();
   Communicator& ep = world(device);
-  const int experts = 2 * ep.size();
+  const int experts = per_rank * ep.size();
   const std::int64_t tokens = 11, first = ep.rank() * tokens;
   const std::int64_t capacity = dropless ? 0 : 5;  // 11 * 2 / experts rounded down: some drop
   HostRouting host = make_routing(tokens, first, experts, capacity);
@@ -128,14 +129,14 @@ TEST_P(Dispatch, RoundTripEqualsSerialForwardAndBackward) {
   EXPECT_LT(relative_error(to_vector(dgate), want_dgate), tol);
 }
 
-std::string dispatch_name(const ::testing::TestParamInfo<std::tuple<Device, bool, int>>& info) {
+std::string dispatch_name(const ::testing::TestParamInfo<std::tuple<Device, bool, int, int>>& info) {
   return std::string(device_name(std::get<0>(info.param))) + (std::get<1>(info.param) ? "_dropless" : "_capacity") +
-         "_chunks" + std::to_string(std::get<2>(info.param));
+         "_chunks" + std::to_string(std::get<2>(info.param)) + "_local" + std::to_string(std::get<3>(info.param));
 }
 
 INSTANTIATE_TEST_SUITE_P(Modes, Dispatch,
                          ::testing::Combine(::testing::Values(Device::cpu, Device::cuda), ::testing::Bool(),
-                                            ::testing::Values(1, 3)),
+                                            ::testing::Values(1, 3), ::testing::Values(1, 2)),
                          dispatch_name);
 
 }  // namespace
