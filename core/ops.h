@@ -184,9 +184,8 @@ void cross_entropy_forward(const Tensor& logits, const Tensor& targets, const Te
 // dloss for every token (e.g. 1 / number of counted tokens). dlogits may alias logits.
 void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse, const Tensor& dlogits,
                             float grad_scale, int ignore_index, StreamRef stream = {});
-// Both at once, for training: losses and lse as cross_entropy_forward, dlogits as
-// cross_entropy_backward with grad_scale; dlogits may alias logits. On CUDA a row stays in
-// registers between the two, so the logits are read once instead of twice.
+// Both, for training: losses and lse as cross_entropy_forward, then dlogits as
+// cross_entropy_backward with grad_scale; dlogits may alias logits.
 void cross_entropy_forward_backward(const Tensor& logits, const Tensor& targets, const Tensor& losses,
                                     const Tensor& lse, const Tensor& dlogits, float grad_scale, int ignore_index,
                                     StreamRef stream = {});

@@ -21,15 +21,6 @@ Tensor upload_i32(const std::vector<std::int32_t>& values, const Shape& shape, A
   return t;
 }
 
-// Rows per peer of a [P * L] per-block count vector.
-std::vector<std::int64_t> rows_per_peer(const std::vector<std::int64_t>& per_block, int peers, int locals) {
-  std::vector<std::int64_t> rows(static_cast<std::size_t>(peers), 0);
-  for (int p = 0; p < peers; ++p)
-    for (int l = 0; l < locals; ++l)
-      rows[static_cast<std::size_t>(p)] += per_block[static_cast<std::size_t>(p * locals + l)];
-  return rows;
-}
-
 // Every chunk of one direction, in order, without overlap: the K = 1 exchange through a
 // staging buffer from the arena, or the K chunks' block exchanges.
 void exchange_all(const DispatchPlan& plan, bool to_experts, const Tensor& from, const Tensor& to, Communicator& ep,
@@ -86,6 +77,15 @@ DispatchPlan plan_dispatch(const Routing& routing, Communicator& ep, int chunks,
 
   plan.send_rows_per_expert.assign(my_counts.begin(), my_counts.end());
   plan.recv_rows_per_block.assign(recv_counts.begin(), recv_counts.end());
+  plan.send_rows_per_peer.assign(static_cast<std::size_t>(peers), 0);
+  plan.recv_rows_per_peer.assign(static_cast<std::size_t>(peers), 0);
+  for (int p = 0; p < peers; ++p) {
+    for (int l = 0; l < locals; ++l) {
+      const std::size_t block = static_cast<std::size_t>(p * locals + l);
+      plan.send_rows_per_peer[static_cast<std::size_t>(p)] += plan.send_rows_per_expert[block];
+      plan.recv_rows_per_peer[static_cast<std::size_t>(p)] += plan.recv_rows_per_block[block];
+    }
+  }
   for (const std::int64_t rows : plan.send_rows_per_expert) plan.send_rows += rows;
   plan.rows_per_local_expert.assign(static_cast<std::size_t>(locals), 0);
   plan.chunk_rows_per_local_expert.assign(static_cast<std::size_t>(pieces * locals), 0);
@@ -154,8 +154,8 @@ void exchange_whole(const DispatchPlan& plan, bool to_experts, const Tensor& fro
                     const Tensor& staging, Communicator& ep, StreamRef stream) {
   SY_CHECK(plan.chunks == 1 && plan.peers > 1) << "exchange_whole: needs one chunk and more than one ep rank, got "
                                                << plan.chunks << " chunks and " << plan.peers << " ranks";
-  const std::vector<std::int64_t> send = rows_per_peer(plan.send_rows_per_expert, plan.peers, plan.local_experts);
-  const std::vector<std::int64_t> recv = rows_per_peer(plan.recv_rows_per_block, plan.peers, plan.local_experts);
+  const std::vector<std::int64_t>& send = plan.send_rows_per_peer;
+  const std::vector<std::int64_t>& recv = plan.recv_rows_per_peer;
   if (plan.local_experts == 1) {  // one expert per rank: source-major is expert-major, nothing to regroup
     if (to_experts) {
       ep.all_to_all(from, send, to, recv, stream);

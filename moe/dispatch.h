@@ -36,6 +36,8 @@ struct DispatchPlan {
   int chunks = 1;             // K: 1 when P = 1 (nothing to overlap)
   std::vector<std::int64_t> send_rows_per_expert;   // [E]: this rank's rows for expert e (C each with capacity)
   std::vector<std::int64_t> recv_rows_per_block;    // [P * L]: rows from peer p for local expert l, at p L + l
+  std::vector<std::int64_t> send_rows_per_peer;     // [P]: the whole exchange's counts (K = 1)
+  std::vector<std::int64_t> recv_rows_per_peer;     // [P]
   std::vector<std::int64_t> rows_per_local_expert;  // [L]: all chunks together
   std::vector<std::int64_t> chunk_first_row;        // [K + 1]: chunk j is expert-side rows [first[j], first[j+1])
   std::vector<std::int64_t> chunk_rows_per_local_expert;  // [K * L]: the expert GEMMs' group sizes, chunk-major

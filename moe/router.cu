@@ -536,6 +536,14 @@ __device__ __forceinline__ int warp_weight_slot(int c) {
   return c / 256 * 256 + c % 256 / 8 * 4 + c % 8 / 4 * 128 + c % 4;
 }
 
+// Weight row `row` ([weights][kE] rows) at a lane's channels c .. c + 7 (c a multiple of 8): its
+// two conflict-free 16-byte reads in that layout.
+__device__ __forceinline__ void lane_weights(const float* w_t, int stride, int row, int c, float4& lo, float4& hi) {
+  const float* slots = w_t + row * stride + warp_weight_slot(c);
+  lo = *reinterpret_cast<const float4*>(slots);
+  hi = *reinterpret_cast<const float4*>(slots + 128);
+}
+
 // Copies Wr (and Wn when w_noise is set) into that layout, reading w's [d, E] floats in order
 // (coalesced), several per thread in flight. A block-wide copy; the caller synchronises after it.
 template <int kE>
@@ -632,15 +640,13 @@ __global__ void __launch_bounds__(kThreads, kJitter ? 1 : 2)
           for (int k = 0; k < 8; ++k) input[t][k] *= f[k];
         }
       }
-      const float* w_lane = w_t + c / 256 * 256 + 4 * lane;
 #pragma unroll
       for (int w = 0; w < 2; ++w) {
         if (w == 1 && !gaussian) break;
 #pragma unroll
         for (int e = 0; e < kE; ++e) {
-          const float* slots = w_lane + (w * kE + e) * stride;
-          const float4 lo = *reinterpret_cast<const float4*>(slots);
-          const float4 hi = *reinterpret_cast<const float4*>(slots + 128);
+          float4 lo, hi;
+          lane_weights(w_t, stride, w * kE + e, c, lo, hi);
 #pragma unroll
           for (int t = 0; t < kTokens; ++t) {
             float& sum = w == 0 ? acc[t][e] : noise_acc[t][e];
@@ -706,15 +712,13 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int t = 0; t < kTokens; ++t) load_vec<8>(dx + min(n0 + t, in.rows - 1) * d + c, cur[t]);
       float sum[kTokens][8] = {};
-      const float* w_lane = w_t + c / 256 * 256 + 4 * lane;
 #pragma unroll
       for (int w = 0; w < 2; ++w) {
         if (w == 1 && !gaussian) break;
 #pragma unroll
         for (int e = 0; e < kE; ++e) {
-          const float* slots = w_lane + (w * kE + e) * stride;
-          const float4 lo = *reinterpret_cast<const float4*>(slots);
-          const float4 hi = *reinterpret_cast<const float4*>(slots + 128);
+          float4 lo, hi;
+          lane_weights(w_t, stride, w * kE + e, c, lo, hi);
 #pragma unroll
           for (int t = 0; t < kTokens; ++t) {
             const float scale = w == 0 ? g[t][e] : gn[t][e];

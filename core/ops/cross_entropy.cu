@@ -1,9 +1,7 @@
 // Softmax cross-entropy on CUDA: one block per row for both passes, fp32 math. The forward reads
 // the logits once (online max and sum in a single pass); the backward reads them once more and
-// writes dlogits once, possibly over the logits themselves. For training, rows of up to two
-// 16-byte packs per thread take a fused kernel that holds the row in registers and does both with
-// one read; longer rows take the two passes. All move 16-byte packs when the row length and the
-// base addresses allow it, single elements otherwise.
+// writes dlogits once, possibly over the logits themselves. Both move 16-byte packs when the row
+// length and the base addresses allow it, single elements otherwise.
 //
 // A target outside [0, V) that is not ignore_index is treated as ignored here (loss 0, zero
 // gradient): the CPU path rejects it, but a kernel cannot raise, and reading logits[row, target]
@@ -141,47 +139,6 @@ __global__ void __launch_bounds__(kMaxThreads)
   }
 }
 
-// Forward and backward of one row in one pass: the row's packs stay in registers (kPacks per
-// thread) between the statistics and the gradient, so the logits are read once and dlogits
-// written once (the separate kernels read the row twice). The target logit is read before the
-// block's first barrier, so dlogits may alias logits.
-template <class T, int kVec, int kPacks>
-__global__ void __launch_bounds__(kMaxThreads)
-    cross_entropy_fused_kernel(const T* logits, const std::int32_t* targets, float* losses, float* lse, T* dlogits,
-                               int vocab, float grad_scale, int ignore_index) {
-  __shared__ MaxSum scratch[32];
-  const int row = blockIdx.x;
-  const std::int64_t base = std::int64_t(row) * vocab;
-  const auto* in = reinterpret_cast<const Pack<T, kVec>*>(logits + base);
-  auto* out = reinterpret_cast<Pack<T, kVec>*>(dlogits + base);
-  const int pack_count = vocab / kVec;
-  const std::int32_t target = targets[row];
-  const bool counted = target != ignore_index && target >= 0 && target < vocab;
-  const float target_logit = threadIdx.x == 0 && counted ? load_f32(logits + base + target) : 0.0f;
-  Pack<T, kVec> held[kPacks];
-  MaxSum stats{-INFINITY, 0.0f};
-#pragma unroll
-  for (int i = 0; i < kPacks; ++i) {
-    const int p = threadIdx.x + i * blockDim.x;
-    if (p >= pack_count) break;
-    held[i] = in[p];
-    add_pack(stats, held[i]);
-  }
-  stats = block_merge(stats, scratch);
-  const float row_lse = stats.max + logf(stats.sum);
-  if (threadIdx.x == 0) {
-    lse[row] = row_lse;
-    losses[row] = counted ? row_lse - target_logit : 0.0f;
-  }
-#pragma unroll
-  for (int i = 0; i < kPacks; ++i) {
-    const int p = threadIdx.x + i * blockDim.x;
-    if (p >= pack_count) break;
-    pack_gradient(held[i], p, row_lse, target, counted, grad_scale);
-    out[p] = held[i];
-  }
-}
-
 // Threads per block: enough warps to cover the row's packs once, at most kMaxThreads.
 int threads_for(int pack_count) {
   const int warps = (pack_count + 31) / 32;
@@ -238,40 +195,6 @@ void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const T
           x, t, lse.ptr<float>(), dx, vocab, grad_scale, ignore_index);
     }
   });
-  SY_CUDA_LAUNCH();
-}
-
-void cross_entropy_forward_backward(const Tensor& logits, const Tensor& targets, const Tensor& losses,
-                                    const Tensor& lse, const Tensor& dlogits, float grad_scale, int ignore_index,
-                                    StreamRef stream) {
-  check_sizes(logits);
-  const int rows = int(logits.size(0)), vocab = int(logits.size(1));
-  if (rows == 0) return;
-  bool fused = false;
-  dispatch_float(logits, [&](auto* type) {
-    using T = std::remove_pointer_t<decltype(type)>;
-    constexpr int kVec = 16 / sizeof(T);
-    const T* x = static_cast<const T*>(logits.data());
-    T* dx = static_cast<T*>(dlogits.data());
-    if (vocab % kVec != 0 || !aligned_16(x) || !aligned_16(dx)) return;
-    // Up to 2 packs per thread. Holding more costs more than the second read saves: at 8 packs
-    // (V = 32768 in bf16) the fused kernel took 1.18 ms per step on an H200 against 0.94 for the
-    // two passes, since a block's loads, its barrier and its stores no longer overlap.
-    const int pack_count = vocab / kVec, threads = threads_for(pack_count);
-    const int per_thread = (pack_count + threads - 1) / threads;
-    auto launch = [&](auto kernel) {
-      kernel<<<rows, threads, 0, to_cuda(stream)>>>(x, targets.ptr<std::int32_t>(), losses.ptr<float>(),
-                                                     lse.ptr<float>(), dx, vocab, grad_scale, ignore_index);
-      fused = true;
-    };
-    if (per_thread <= 1) launch(cross_entropy_fused_kernel<T, kVec, 1>);
-    else if (per_thread <= 2) launch(cross_entropy_fused_kernel<T, kVec, 2>);
-  });
-  if (!fused) {  // unaligned rows, or rows too long to hold: the two passes
-    cuda::cross_entropy_forward(logits, targets, losses, lse, ignore_index, stream);
-    cuda::cross_entropy_backward(logits, targets, lse, dlogits, grad_scale, ignore_index, stream);
-    return;
-  }
   SY_CUDA_LAUNCH();
 }
 

@@ -1,6 +1,6 @@
 // Cross-entropy CUDA kernels against the CPU reference on fresh random inputs, f32 and bf16:
 // the 16-byte vector path, the scalar path (odd V, unaligned rows), in place, targets out of
-// range, and the fused forward-backward pass of training.
+// range, and the forward-backward pass of training.
 #include "tests/testing.h"
 
 namespace sy::test {
@@ -141,9 +141,8 @@ TEST_P(CrossEntropyGpu, OutOfRangeTargetsAreTreatedAsIgnored) {
   EXPECT_LT(relative_error(dlogits, ref.dlogits), dlogits_tol(dt));
 }
 
-// The training pass against the CPU reference: rows held in registers (V = 1000 for both
-// dtypes, 8192 in bf16: two packs per thread), and the two passes (8192 in f32, 32768, 131072:
-// too long to hold; V = 1001: unaligned), out of place and in place over the logits.
+// The training pass against the CPU reference, on 16-byte rows (V = 1000, 8192, 32768, 131072)
+// and unaligned ones (V = 1001), out of place and in place over the logits.
 TEST_P(CrossEntropyGpu, ForwardBackwardMatchesCpuReference) {
   SY_REQUIRE_GPU();
   const DType dt = GetParam();
