@@ -69,16 +69,10 @@ def run(config, ranks, sets, out_dir, steps):
 
 
 def mpirun(ranks, args, log_path):
-    """Runs the switchyard binary on `ranks` processes as launch/train.sh would; returns its JSON lines."""
-    binary = os.environ.get("SY_BINARY", os.path.join(ROOT, "build", "switchyard"))
-    command = ["mpirun", "-np", str(ranks), "--bind-to", "none", "-x", "NCCL_NVLS_ENABLE"]
-    if os.geteuid() == 0:
-        command.append("--allow-run-as-root")
-    if ranks > (os.cpu_count() or 1):
-        command.append("--oversubscribe")
-    env = dict(os.environ, NCCL_NVLS_ENABLE="0")
+    """Runs `switchyard ARGS` on `ranks` processes through launch/train.sh; returns its JSON lines."""
+    command = [os.path.join(ROOT, "launch", "train.sh"), "-n", str(ranks)] + args
     with open(log_path, "w") as log:
-        code = subprocess.call(command + [binary] + args, stdout=log, stderr=subprocess.STDOUT, env=env)
+        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
     if code != 0:
         sys.exit("scaling: %s failed (exit %d); see %s" % (" ".join(args[:2]), code, log_path))
     with open(log_path) as f:

@@ -4,6 +4,7 @@
 #
 #   launch/train.sh -n N CONFIG [--set key.path=value]...
 #   launch/train.sh -n 16 --hostfile hosts CONFIG          # several nodes (N ranks in total)
+#   launch/train.sh -n N bench moe|comm [...]              # a benchmark, launched the same way
 #
 # Ranks are placed node by node (--map-by slot), so consecutive ranks, and with them each
 # tensor-parallel group, share a node.
@@ -30,4 +31,6 @@ mpi_args+=(-x NCCL_NVLS_ENABLE)
 for var in NCCL_DEBUG NCCL_SOCKET_IFNAME NCCL_IB_HCA SY_NCCL_TIMEOUT_S; do
   [ -n "${!var:-}" ] && mpi_args+=(-x "$var")
 done
-exec mpirun -np "$ranks" --map-by slot "${mpi_args[@]}" "$binary" train "$@"
+command=(train)
+[ "$1" = bench ] && command=()  # `bench moe ...` names its own command
+exec mpirun -np "$ranks" --map-by slot "${mpi_args[@]}" "$binary" "${command[@]}" "$@"
