@@ -28,8 +28,17 @@ for arg in "$@"; do
     *) echo "device_check.sh: unknown argument $arg" >&2; exit 2 ;;
   esac
 done
-# Every step has a time limit, so a hang still leaves the logs of the others.
+# Every step has a time limit, so a hang still leaves the logs of the others. The optional
+# runs after the suites are skipped once the whole check nears SY_TIME_BUDGET seconds, so a
+# runner with a wall-clock limit still gets the summary and the log archive.
 limit=${SY_STEP_TIMEOUT:-300}
+budget=${SY_TIME_BUDGET:-560}
+skipped_for_time=()
+# have_time SECONDS NAME: true when a step of about SECONDS still fits in the budget.
+have_time() {
+  if [ $((SECONDS + $1)) -le "$budget" ]; then return 0; fi
+  skipped_for_time+=("$2"); return 1
+}
 export NCCL_NVLS_ENABLE=0
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 if ! command -v nvcc >/dev/null 2>&1 && [ -x /usr/local/cuda/bin/nvcc ]; then export PATH=/usr/local/cuda/bin:$PATH; fi
@@ -49,9 +58,11 @@ status_build=ok
 tail -3 "$out/build.log"
 
 declare -A summary
-for label in unit mpi gpu; do
+# GPU tests first: the CPU suites also run in CI, so they are the first to give way to time.
+for label in gpu mpi unit; do
   if [ "$status_build" != ok ]; then summary[$label]="not run (build failed)"; continue; fi
   if [ $quick = 1 ] && [ "$label" != gpu ]; then summary[$label]="not run (--quick)"; continue; fi
+  if [ "$label" = unit ] && ! have_time 150 "unit suite"; then summary[$label]="not run (time)"; continue; fi
   if [ "$label" = gpu ] && [ -x "$build_dir/tests/gpu_tests" ]; then
     # The GPU suite in one process: a CUDA context per test, as ctest runs it, costs about a
     # minute of device time. A crash (no gtest summary) reruns it under ctest, test by test.
@@ -79,13 +90,13 @@ if [ "$status_build" = ok ]; then
   timeout "$limit" "$build_dir/switchyard" selfcheck >"$out/selfcheck.log" 2>&1
   selfcheck=$(tail -1 "$out/selfcheck.log")
   if [ $run_bench = 1 ]; then
-    timeout "$limit" "$build_dir/switchyard" bench ops >"$out/bench-ops.log" 2>&1
+    have_time 30 "bench ops" && timeout "$limit" "$build_dir/switchyard" bench ops >"$out/bench-ops.log" 2>&1
     gpus=$(nvidia-smi --list-gpus 2>/dev/null | wc -l)
     [ $quick = 1 ] && gpus=1
     # One MoE layer at the Switch benchmark shape, experts spread over every GPU.
-    [ $quick = 1 ] || timeout "$limit" mpirun --allow-run-as-root --bind-to none -np "$gpus" -x NCCL_NVLS_ENABLE \
+    [ $quick = 1 ] || ! have_time 30 "bench moe" || timeout "$limit" mpirun --allow-run-as-root --bind-to none -np "$gpus" -x NCCL_NVLS_ENABLE \
       "$build_dir/switchyard" bench moe >"$out/bench-moe.log" 2>&1
-    if [ "$gpus" -ge 2 ]; then
+    if [ "$gpus" -ge 2 ] && have_time 30 "bench comm"; then
       timeout "$limit" mpirun --allow-run-as-root --bind-to none -np "$gpus" -x NCCL_NVLS_ENABLE \
         "$build_dir/switchyard" bench comm >"$out/bench-comm.log" 2>&1
     fi
@@ -101,22 +112,27 @@ if [ "$status_build" = ok ] && [ $run_bench = 1 ]; then
     data_args=(--set data.source=synthetic --set eval.every=0)
   fi
   train_status="tiny: not run (--quick)"
-  if [ $quick = 0 ]; then
+  if [ $quick = 0 ] && have_time 30 "tiny"; then
     (cd "$root" && SY_BINARY="$build_dir/switchyard" timeout "$limit" launch/train.sh -n 1 configs/tiny-cpu.yaml \
       --set run.out_dir="$out/tiny" --set log.progress=false "${data_args[@]}") >"$out/train-tiny.log" 2>&1
     train_status="tiny: $(grep '^done' "$out/train-tiny.log" || echo FAILED)"
   fi
   # The single-GPU benchmark model (synthetic tokens): the throughput baseline.
-  (cd "$root" && SY_BINARY="$build_dir/switchyard" timeout "$limit" launch/train.sh -n 1 configs/bench-switch.yaml \
-    --set train.steps=20 --set log.every=5 --set run.out_dir="$out/bench-switch" --set log.progress=false) \
-    >"$out/train-bench-switch.log" 2>&1
-  train_status="$train_status; bench-switch: $(grep '^done' "$out/train-bench-switch.log" || echo FAILED)"
+  if have_time 40 "bench-switch"; then
+    (cd "$root" && SY_BINARY="$build_dir/switchyard" timeout "$limit" launch/train.sh -n 1 configs/bench-switch.yaml \
+      --set train.steps=20 --set log.every=5 --set run.out_dir="$out/bench-switch" --set log.progress=false) \
+      >"$out/train-bench-switch.log" 2>&1
+    train_status="$train_status; bench-switch: $(grep '^done' "$out/train-bench-switch.log" || echo FAILED)"
+  fi
   # Where the step's time goes: device time per kernel of one bench-switch step (Nsight Compute).
-  OUT_DIR="$out/profile" SY_BINARY="$build_dir/switchyard" timeout "$limit" "$root/bench/profile_step.sh" \
-    >"$out/profile-step.log" 2>&1 || echo "profile_step.sh failed (see profile-step.log)" >>"$out/profile-step.log"
+  if have_time 90 "profile"; then
+    OUT_DIR="$out/profile" SY_BINARY="$build_dir/switchyard" timeout "$limit" "$root/bench/profile_step.sh" \
+      >"$out/profile-step.log" 2>&1 || echo "profile_step.sh failed (see profile-step.log)" >>"$out/profile-step.log"
+  fi
   if [ "$gpus" -ge 2 ]; then
     # switch-base-8 with experts over 2 GPUs: whole exchanges, then pipelined in 4 chunks.
     for chunks in 1 4; do
+      have_time 40 "switch-base-8 K=$chunks" || continue
       (cd "$root" && SY_BINARY="$build_dir/switchyard" timeout "$limit" launch/train.sh -n 2 configs/switch-base-8.yaml \
         --set train.steps=60 --set moe.dispatch_chunks=$chunks --set run.out_dir="$out/sb8-k$chunks" \
         --set log.progress=false "${data_args[@]}") >"$out/train-switch-base-8-k$chunks.log" 2>&1
@@ -127,13 +143,13 @@ if [ "$status_build" = ok ] && [ $run_bench = 1 ]; then
     # benchmark and the raw all-to-all at the layer's message size.
     ranks=1; list=1
     while [ $((ranks * 2)) -le "$gpus" ]; do ranks=$((ranks * 2)); list="$list,$ranks"; done
-    (cd "$root" && SY_BINARY="$build_dir/switchyard" timeout "$limit" launch/scaling.sh configs/switch-8gpu-ep8.yaml \
+    have_time 120 "scaling sweep" && (cd "$root" && SY_BINARY="$build_dir/switchyard" timeout "$limit" launch/scaling.sh configs/switch-8gpu-ep8.yaml \
       --ranks "$list" --mode weak --experts-per-rank 8 --steps 20 --bench --out "$out/scaling") \
       >"$out/scaling.log" 2>&1
   fi
 fi
 
-if [ "$status_build" = ok ] && [ $run_compare = 1 ]; then
+if [ "$status_build" = ok ] && [ $run_compare = 1 ] && have_time 120 "compare"; then
   (cd "$root" && OUT_DIR="$out/compare" SY_BINARY="$build_dir/switchyard" timeout 420 bench/compare.sh) \
     >"$out/compare.log" 2>&1
 fi
@@ -161,6 +177,7 @@ printf "%-10s %s\n" "build" "$status_build"
 for label in unit mpi gpu; do printf "%-10s %s\n" "$label" "${summary[$label]}"; done
 printf "%-10s %s\n" "selfcheck" "$selfcheck"
 printf "%-10s %s\n" "train" "$train_status"
+[ ${#skipped_for_time[@]} = 0 ] || printf "%-10s %s\n" "skipped" "for time (SY_TIME_BUDGET=$budget s): ${skipped_for_time[*]}"
 mkdir -p "$dest"
 tar -czf "$dest/device-check-logs.tar.gz" -C "$out" .
 echo "logs: $dest/device-check-logs.tar.gz"
