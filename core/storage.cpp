@@ -44,11 +44,32 @@ Storage::Storage(Device device, std::size_t bytes) : bytes_(bytes), device_(devi
   }
 }
 
+Storage Storage::pinned_host(std::size_t bytes) {
+#ifdef SY_WITH_CUDA
+  int devices = 0;
+  void* data = nullptr;
+  if (bytes > 0 && cudaGetDeviceCount(&devices) == cudaSuccess && devices > 0) {
+    SY_CUDA(cudaMallocHost(&data, bytes));
+    Storage s;
+    s.data_ = data;
+    s.bytes_ = bytes;
+    s.pinned_ = true;
+    return s;
+  }
+  cudaGetLastError();  // no GPU: clear the error the count left, and use plain host memory
+#endif
+  return Storage(Device::cpu, bytes);
+}
+
 Storage::~Storage() { release(); }
 
 void Storage::release() {
   if (!data_) return;
-  if (device_ == Device::cpu) {
+  if (pinned_) {
+#ifdef SY_WITH_CUDA
+    cudaFreeHost(data_);
+#endif
+  } else if (device_ == Device::cpu) {
     std::free(data_);
   } else {
 #ifdef SY_WITH_CUDA
@@ -60,7 +81,10 @@ void Storage::release() {
 }
 
 Storage::Storage(Storage&& other) noexcept
-    : data_(std::exchange(other.data_, nullptr)), bytes_(std::exchange(other.bytes_, 0)), device_(other.device_) {}
+    : data_(std::exchange(other.data_, nullptr)),
+      bytes_(std::exchange(other.bytes_, 0)),
+      device_(other.device_),
+      pinned_(std::exchange(other.pinned_, false)) {}
 
 Storage& Storage::operator=(Storage&& other) noexcept {
   if (this != &other) {
@@ -68,6 +92,7 @@ Storage& Storage::operator=(Storage&& other) noexcept {
     data_ = std::exchange(other.data_, nullptr);
     bytes_ = std::exchange(other.bytes_, 0);
     device_ = other.device_;
+    pinned_ = std::exchange(other.pinned_, false);
   }
   return *this;
 }
@@ -83,6 +108,13 @@ OwnedTensor::OwnedTensor(const Shape& shape, DType dtype, Device device) {
   Tensor probe(nullptr, shape, dtype, device);
   storage_ = Storage(device, probe.bytes());
   view_ = Tensor(storage_.data(), shape, dtype, device);
+}
+
+OwnedTensor OwnedTensor::pinned_host(const Shape& shape, DType dtype) {
+  OwnedTensor t;
+  t.storage_ = Storage::pinned_host(Tensor(nullptr, shape, dtype, Device::cpu).bytes());
+  t.view_ = Tensor(t.storage_.data(), shape, dtype, Device::cpu);
+  return t;
 }
 
 Arena::Arena(Device device, std::size_t capacity_bytes, Growth growth) : device_(device), growth_(growth) {
@@ -131,25 +163,42 @@ void Arena::release_to(std::size_t mark) {
   used_ = mark;
 }
 
-void copy(const Tensor& dst, const Tensor& src, StreamRef stream) {
-  check_contiguous("copy", "dst", dst);
-  check_contiguous("copy", "src", src);
+namespace {
+// Enqueues the copy; true when it went through the device (host memory stays in use after).
+bool enqueue_copy(const char* op, const Tensor& dst, const Tensor& src, StreamRef stream) {
+  check_contiguous(op, "dst", dst);
+  check_contiguous(op, "src", src);
   SY_CHECK(dst.dtype() == src.dtype() && dst.numel() == src.numel())
-      << "copy: " << src.describe() << " into " << dst.describe() << " (dtype and size must match)";
-  if (src.bytes() == 0) return;
+      << op << ": " << src.describe() << " into " << dst.describe() << " (dtype and size must match)";
+  if (src.bytes() == 0) return false;
   if (dst.device() == Device::cpu && src.device() == Device::cpu) {
     std::memcpy(dst.data(), src.data(), src.bytes());
-    return;
+    return false;
   }
 #ifdef SY_WITH_CUDA
-  auto s = static_cast<cudaStream_t>(stream.handle);
-  SY_CUDA(cudaMemcpyAsync(dst.data(), src.data(), src.bytes(), cudaMemcpyDefault, s));
-  // A host destination must be complete when copy() returns, as on the CPU path.
-  if (dst.device() == Device::cpu || src.device() == Device::cpu) SY_CUDA(cudaStreamSynchronize(s));
+  SY_CUDA(cudaMemcpyAsync(dst.data(), src.data(), src.bytes(), cudaMemcpyDefault,
+                          static_cast<cudaStream_t>(stream.handle)));
+  return true;
 #else
-  SY_FAIL() << "copy between devices needs the CUDA backend";
+  (void)stream;
+  SY_FAIL() << op << " between devices needs the CUDA backend";
+  return false;
 #endif
 }
+}  // namespace
+
+void copy(const Tensor& dst, const Tensor& src, StreamRef stream) {
+  const bool on_device = enqueue_copy("copy", dst, src, stream);
+#ifdef SY_WITH_CUDA
+  // A host destination must be complete when copy() returns, as on the CPU path.
+  if (on_device && (dst.device() == Device::cpu || src.device() == Device::cpu))
+    SY_CUDA(cudaStreamSynchronize(static_cast<cudaStream_t>(stream.handle)));
+#else
+  (void)on_device;
+#endif
+}
+
+void copy_async(const Tensor& dst, const Tensor& src, StreamRef stream) { enqueue_copy("copy_async", dst, src, stream); }
 
 void fill_bytes(const Tensor& t, int byte, StreamRef stream) {
   check_contiguous("fill_bytes", "t", t);

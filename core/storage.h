@@ -15,6 +15,9 @@ class Storage {
  public:
   Storage() = default;
   Storage(Device device, std::size_t bytes);
+  // Host memory the GPU can copy from and to without staging (page-locked), so copy_async
+  // overlaps it with running kernels; plain host memory where there is no GPU.
+  static Storage pinned_host(std::size_t bytes);
   ~Storage();
   Storage(Storage&& other) noexcept;
   Storage& operator=(Storage&& other) noexcept;
@@ -32,6 +35,7 @@ class Storage {
   void* data_ = nullptr;
   std::size_t bytes_ = 0;
   Device device_ = Device::cpu;
+  bool pinned_ = false;
 };
 
 // Bytes this process holds in device Storage now (every cudaMalloc of the framework's tensors,
@@ -45,6 +49,7 @@ class OwnedTensor {
  public:
   OwnedTensor() = default;
   OwnedTensor(const Shape& shape, DType dtype, Device device);
+  static OwnedTensor pinned_host(const Shape& shape, DType dtype);  // see Storage::pinned_host
   const Tensor& view() const { return view_; }
   operator const Tensor&() const { return view_; }
 
@@ -91,6 +96,10 @@ class Arena {
 
 // Byte copy between any two devices; shapes and dtypes must match, both contiguous.
 void copy(const Tensor& dst, const Tensor& src, StreamRef stream = {});
+// The same, ordered on `stream` without waiting for it, also when one side is host memory: that
+// memory must be pinned (Storage::pinned_host) and stay untouched until the stream passes the
+// copy (an event recorded after it).
+void copy_async(const Tensor& dst, const Tensor& src, StreamRef stream);
 // Fills every byte with `byte` (tests poison outputs with 0xff: NaN in every float type).
 void fill_bytes(const Tensor& t, int byte, StreamRef stream = {});
 

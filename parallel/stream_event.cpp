@@ -30,6 +30,10 @@ void StreamEvent::wait_on(StreamRef stream) const {
     SY_CUDA(cudaStreamWaitEvent(static_cast<cudaStream_t>(stream.handle), static_cast<cudaEvent_t>(event_), 0));
 }
 
+void StreamEvent::synchronize() const {
+  if (event_) SY_CUDA(cudaEventSynchronize(static_cast<cudaEvent_t>(event_)));
+}
+
 #else  // CPU-only build
 
 StreamEvent::StreamEvent(Device device) {
@@ -38,6 +42,7 @@ StreamEvent::StreamEvent(Device device) {
 StreamEvent::~StreamEvent() = default;
 void StreamEvent::record(StreamRef) {}
 void StreamEvent::wait_on(StreamRef) const {}
+void StreamEvent::synchronize() const {}
 
 #endif
 

@@ -20,6 +20,8 @@ class StreamEvent {
   // Makes `stream` wait, on the device, for the last record(); the host does not block. The
   // event may be recorded again at once: the wait holds the state it saw when enqueued.
   void wait_on(StreamRef stream) const;
+  // Blocks the host until the work before the last record() is done.
+  void synchronize() const;
 
  private:
   void* event_ = nullptr;  // cudaEvent_t

@@ -22,6 +22,7 @@
 #include "parallel/stream_event.h"
 #include "train/checkpoint.h"
 #include "train/data_loader.h"
+#include "train/host_slots.h"
 #include "train/model.h"
 #include "train/prepare.h"
 #include "train/schedule.h"
@@ -143,11 +144,17 @@ double mean_over(Communicator& host, double value) {
   return value / host.size();
 }
 
-// Mean of the per-token losses of this rank (host read: the step's one synchronisation).
+// Mean of f32 values in host memory.
+double mean_of(const Tensor& host_values) {
+  const float* v = static_cast<const float*>(host_values.data());
+  return std::accumulate(v, v + host_values.numel(), 0.0) / double(host_values.numel());
+}
+
+// Mean of the per-token losses of this rank (a host read: waits for the stream).
 double mean_loss(const Tensor& losses) {
-  std::vector<float> host(std::size_t(losses.numel()));
-  copy(Tensor(host.data(), losses.shape(), DType::f32, Device::cpu), losses);
-  return std::accumulate(host.begin(), host.end(), 0.0) / double(host.size());
+  OwnedTensor host(losses.shape(), DType::f32, Device::cpu);
+  copy(host, losses);
+  return mean_of(host);
 }
 
 }  // namespace
@@ -248,18 +255,24 @@ TrainResult train(const Config& c, MpiRuntime& runtime, int job) {
   std::size_t first_block = arena_bytes(c, layout.tp_size(), layout.ep_size(), dtype, flash);
   if (device == Device::cuda) first_block = std::min(first_block, device_bytes_free() / 2);
   Arena arena(device, first_block, Arena::Growth::growable);
-  OwnedTensor inputs_host({b, t}, DType::i32, Device::cpu), targets_host({b, t}, DType::i32, Device::cpu);
+  // Batches go up and losses come back through pinned host buffers, two of each, so the host can
+  // prepare step i + 1 while the device still runs step i (see `quiet` below).
+  HostSlots batch_slots(device, {b, t}, DType::i32, 2), loss_slots(device, {c.train.grad_accum, n}, DType::f32, 1);
   OwnedTensor inputs_dev({b, t}, DType::i32, device), targets_dev({b, t}, DType::i32, device);
   OwnedTensor losses({c.train.grad_accum, n}, DType::f32, device), eval_losses({n}, DType::f32, device);
   auto load = [&](bool from_val, const DataPosition* at) {
     BatchSource& source = from_val ? *val : *data;
+    const int slot = batch_slots.acquire();  // the copies that last read this slot are done
+    const Tensor& inputs_host = batch_slots.tensor(slot, 0);
+    const Tensor& targets_host = batch_slots.tensor(slot, 1);
     if (at) {
       source.read(*at, inputs_host, targets_host);
     } else {
       source.next(inputs_host, targets_host);
     }
-    copy(inputs_dev, inputs_host, stream);
-    copy(targets_dev, targets_host, stream);
+    copy_async(inputs_dev, inputs_host, stream);
+    copy_async(targets_dev, targets_host, stream);
+    batch_slots.release(slot, stream);
   };
 
   std::FILE* metrics = nullptr;
@@ -314,13 +327,32 @@ TrainResult train(const Config& c, MpiRuntime& runtime, int job) {
 
   TrainResult result;
   const auto start = Clock::now();
+  auto last_finish = start;
   double window_seconds = 0;
   std::int64_t window_tokens = 0;
   int window_steps = 0;
-  for (int step = first_step; step < c.train.steps; ++step) {
-    const bool profiled = step + 1 == c.run.profile_step;
-    if (profiled) profiler_start();
-    const auto step_start = Clock::now();
+  const bool has_val = val != nullptr;
+  auto eval_due = [&](int step) {
+    return has_val && c.eval.every > 0 && ((step + 1) % c.eval.every == 0 || step + 1 == c.train.steps);
+  };
+  auto log_due = [&](int step) {
+    return (step + 1) % c.log.every == 0 || step == first_step || step + 1 == c.train.steps || eval_due(step);
+  };
+  auto checkpoint_due = [&](int step) {
+    return c.checkpoint.enabled &&
+           (step + 1 == c.train.steps || (c.checkpoint.every > 0 && (step + 1) % c.checkpoint.every == 0));
+  };
+  // A quiet step needs nothing from the host after it but its loss and phase times, so on the
+  // GPU the host enqueues the next step before reading them, and the device never waits for the
+  // host between steps. Steps that log (device statistics), evaluate or save (the parameters) are
+  // read before the next step changes what they read.
+  auto quiet = [&](int step) {
+    return device == Device::cuda && !log_due(step) && !checkpoint_due(step) && step + 1 != c.run.profile_step &&
+           step + 2 != c.run.profile_step;
+  };
+
+  auto enqueue = [&](int step) {
+    if (step + 1 == c.run.profile_step) profiler_start();
     const double lr = learning_rate(c, step);
     phases.start();
     step_started.record(stream);  // the last step's optimizer has read the gradients
@@ -342,12 +374,23 @@ TrainResult train(const Config& c, MpiRuntime& runtime, int job) {
     }
     optimizer.step(float(lr), step + 1, float(c.train.max_grad_norm));
     phases.mark("optimizer");
-    const double loss = mean_over(*host, mean_loss(losses));
-    synchronize(stream);
-    if (profiled) profiler_stop();
+    const int slot = loss_slots.acquire();
+    copy_async(loss_slots.tensor(slot, 0), losses, stream);
+    loss_slots.release(slot, stream);
+    return slot;
+  };
+
+  // Everything after the device has run the step: the loss, timing, eval, logging, checkpoint.
+  auto finish = [&](int step, int loss_slot) {
+    loss_slots.wait(loss_slot);  // the loss copy follows the optimizer: the step is done
+    const double loss = mean_over(*host, mean_of(loss_slots.tensor(loss_slot, 0)));
+    if (step + 1 == c.run.profile_step) profiler_stop();
     phases.collect();
     ++window_steps;
-    const double seconds = std::chrono::duration<double>(Clock::now() - step_start).count();
+    const auto now = Clock::now();
+    const double seconds = std::chrono::duration<double>(now - last_finish).count();
+    last_finish = now;
+    const double lr = learning_rate(c, step);
     result.losses.push_back(loss);
     if (step == first_step) result.first_loss = loss;
     result.final_loss = loss;
@@ -358,7 +401,7 @@ TrainResult train(const Config& c, MpiRuntime& runtime, int job) {
     }
 
     double val_loss = -1;
-    const bool eval_now = val && c.eval.every > 0 && ((step + 1) % c.eval.every == 0 || step + 1 == c.train.steps);
+    const bool eval_now = eval_due(step);
     if (eval_now) {
       double sum = 0;
       for (int i = 0; i < c.eval.batches; ++i) {
@@ -372,7 +415,7 @@ TrainResult train(const Config& c, MpiRuntime& runtime, int job) {
       result.final_val_loss = val_loss;
     }
 
-    const bool log_now = (step + 1) % c.log.every == 0 || step == first_step || step + 1 == c.train.steps || eval_now;
+    const bool log_now = log_due(step);
     if (log_now) {
       const float grad_norm = optimizer.grad_norm();
       double aux = 0, z = 0, dropped = 0, load_ratio = 0;
@@ -432,15 +475,26 @@ TrainResult train(const Config& c, MpiRuntime& runtime, int job) {
         std::fflush(metrics);
       }
     }
-    const bool last_step = step + 1 == c.train.steps;
-    if (c.checkpoint.enabled && (last_step || (c.checkpoint.every > 0 && (step + 1) % c.checkpoint.every == 0)))
-      save(step + 1);
+    if (checkpoint_due(step)) save(step + 1);
     if (progress && !log_now) {
       const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
       const int width = 30, filled = int(width * double(step + 1) / c.train.steps);
       std::fprintf(stderr, "\r[%s%s] %d/%d eta %s", std::string(std::size_t(filled), '#').c_str(),
                    std::string(std::size_t(width - filled), '.').c_str(), step + 1, c.train.steps,
                    duration_text(elapsed / (step + 1 - first_step) * (c.train.steps - step - 1)).c_str());
+    }
+  };
+
+  int pending = -1, pending_slot = 0;  // a quiet step not yet finished
+  for (int step = first_step; step < c.train.steps; ++step) {
+    const int slot = enqueue(step);
+    if (pending >= 0) finish(pending, pending_slot);
+    pending = -1;
+    if (quiet(step)) {
+      pending = step;
+      pending_slot = slot;
+    } else {
+      finish(step, slot);
     }
   }
   const double total_s = std::chrono::duration<double>(Clock::now() - start).count();

@@ -149,5 +149,18 @@ TEST(Storage, CudaAllocationWithoutGpuFailsClearly) {
   }
 }
 
+// Without a GPU, pinned host memory is plain host memory and copy_async copies at once.
+TEST(Storage, PinnedHostTensorsCopyAsynchronously) {
+  OwnedTensor pinned = OwnedTensor::pinned_host({3, 4}, DType::f32);
+  OwnedTensor plain({3, 4}, DType::f32, Device::cpu);
+  EXPECT_EQ(pinned.view().describe(), "f32[3, 4] cpu");
+  for (int i = 0; i < 12; ++i) plain.view().ptr<float>()[i] = float(i) * 0.5f;
+  copy_async(pinned, plain, {});
+  for (int i = 0; i < 12; ++i) EXPECT_EQ(pinned.view().ptr<float>()[i], float(i) * 0.5f);
+  OwnedTensor wrong({12}, DType::i32, Device::cpu);
+  expect_error([&] { copy_async(wrong, plain, {}); },
+               "copy_async: f32[3, 4] cpu into i32[12] cpu (dtype and size must match)");
+}
+
 }  // namespace
 }  // namespace sy::test

@@ -121,5 +121,33 @@ TEST(TrainLayouts, ResumeAtAnotherLayoutContinuesTheLossCurve) {
   if (world.rank() == 0) std::filesystem::remove_all(dir);
 }
 
+// On a GPU the host enqueues step i + 1 before it reads step i's loss, except around steps that
+// log, evaluate or save. Logging every step makes every step wait for the host; both runs must
+// give bitwise the same losses (every rank trains its own copy on its own GPU).
+TEST(TrainLayouts, StepsEnqueuedAheadGiveTheLossesOfStepsReadOneByOne) {
+  Communicator& world = sy::test::world(Device::cpu);
+  if (!mpi_runtime().has_gpu_per_rank()) GTEST_SKIP() << "needs a GPU per rank";
+  const std::string dir = (std::filesystem::temp_directory_path() / "sy_train_ahead").string();
+  if (world.rank() == 0) {
+    std::filesystem::remove_all(dir);
+    std::filesystem::create_directories(dir);
+    write_pattern_shard(dir);
+  }
+  world.barrier();
+  const std::string shard = dir + "/pattern_000000.bin";
+  const std::string out = dir + "/job" + std::to_string(world.rank());
+  const Layout one{1, 1, 1, "dp=1"};
+  const TrainResult each = train(small_moe_config(one, out, shard, {"run.device=cuda", "log.every=1"}), mpi_runtime(),
+                                 world.rank());
+  const TrainResult ahead = train(small_moe_config(one, out, shard, {"run.device=cuda", "log.every=7"}), mpi_runtime(),
+                                  world.rank());
+  ASSERT_EQ(each.losses.size(), 20u);
+  ASSERT_EQ(ahead.losses.size(), 20u);
+  EXPECT_LT(each.losses.back(), each.losses.front()) << "the loss must fall";
+  for (std::size_t s = 0; s < 20; ++s) EXPECT_EQ(ahead.losses[s], each.losses[s]) << "step " << s + 1;
+  world.barrier();
+  if (world.rank() == 0) std::filesystem::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace sy::test
