@@ -77,10 +77,11 @@ double run_attention(const AttentionCase& c, DType dtype, bool flash, const Opti
   OwnedTensor dout = random_input({c.batch, c.heads, c.seq, c.head_dim}, dtype, opt.device, 7);
   OwnedTensor out(q.view().shape(), dtype, opt.device), dq(q.view().shape(), dtype, opt.device);
   OwnedTensor dk(k.view().shape(), dtype, opt.device), dv(v.view().shape(), dtype, opt.device);
-  // probs/dprobs for the [T, T] path; lse/delta for flash.
+  // probs/dprobs for the [T, T] path; lse and the backward's scratch for flash.
   const Shape saved = flash ? Shape{c.batch, c.heads, c.seq} : Shape{c.batch, c.heads, c.seq, c.seq};
   const DType saved_dtype = flash ? DType::f32 : dtype;
-  OwnedTensor probs(saved, saved_dtype, opt.device), dprobs(saved, saved_dtype, opt.device);
+  OwnedTensor probs(saved, saved_dtype, opt.device);
+  OwnedTensor dprobs(flash ? flash_attention_scratch_shape(q) : saved, saved_dtype, opt.device);
   const bool gpu = opt.device == Device::cuda;
   Timing fwd = time_repeated(
       [&] {

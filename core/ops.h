@@ -126,15 +126,19 @@ void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const
 // q, k, v, out (and dout, dq, dk, dv) are views: D contiguous, any B, H, T strides (on CUDA,
 // 16-byte aligned with strides a multiple of 8). So attention reads q, k, v in place from the
 // token-major qkv projection, [B*T, (Hq + 2 Hkv) * D], and writes out (and dq, dk, dv) straight
-// into token-major rows, with no head-layout copies. lse and delta are contiguous.
+// into token-major rows, with no head-layout copies. lse and scratch are contiguous.
 bool flash_attention_supported(Device device, DType dtype, std::int64_t head_dim);
 bool flash_attention_supported(const Tensor& q);
 void flash_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
                              StreamRef stream = {});
-// dq, dk, dv written; delta: [B, Hq, T] f32 scratch. Deterministic: no atomics.
+// The f32 scratch the backward needs for q's shape and device: each row's delta and, on CUDA,
+// the dS tiles of the causal triangle in bf16 (B Hq T(T+64)/2 elements: 214 MB at B 16, Hq 12,
+// T 1024), which turn dQ into one product.
+Shape flash_attention_scratch_shape(const Tensor& q);
+// dq, dk, dv written; scratch: f32 of flash_attention_scratch_shape(q). Deterministic: no atomics.
 void flash_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                               const Tensor& lse, const Tensor& dout, const Tensor& dq, const Tensor& dk,
-                              const Tensor& dv, const Tensor& delta, StreamRef stream = {});
+                              const Tensor& dv, const Tensor& scratch, StreamRef stream = {});
 
 // ---- head layouts (between the attention block's linear layers and core attention) --------
 // Token-major rows hold head h's D columns contiguously at h*D; head-major is [B, H, T, D].

@@ -1,22 +1,30 @@
 #!/usr/bin/env bash
-# On a GPU machine: configure a Release CUDA build, run the whole suite (unit, mpi, gpu), the
-# op self-check and the op benchmark, then print a summary table. Logs go to $OUT when set
-# (else ./device-logs). NVLink multicast stays off (NCCL_NVLS_ENABLE=0).
+# On a GPU machine: a Release CUDA build, the GPU tests, the multi-rank tests on the GPUs, the
+# benchmarks and training runs, then a summary. Logs go to $OUT when set (else ./device-logs).
+# NVLink multicast stays off (NCCL_NVLS_ENABLE=0).
 #
 #   launch/device_check.sh [--no-bench] [--compare] [--quick]
 #
-# --compare also runs bench/compare.sh (switchyard against the PyTorch reference, eager and
-# compiled) on one GPU. --quick skips the CPU suites (unit, mpi: CI runs them), the tiny and
-# multi-GPU training runs and the MoE/comm benchmarks: GPU tests, op benchmark, the bench-switch
-# run and its per-kernel profile only, for iterating on kernels.
+# Steps run in order of importance under one time budget (SY_TIME_BUDGET seconds, default 540):
+# a step that no longer fits is skipped and named in the summary, and every step's timeout is
+# capped by what is left, so a runner with a wall-clock limit always gets the summary. Each step
+# prints one line as it ends.
+#   1. build; GPU tests; multi-rank tests with a GPU per rank (2 ranks, when there are 2 GPUs)
+#   2. --compare: bench/compare.sh (switchyard against the PyTorch reference, one GPU); else a
+#      20-step bench-switch run
+#   3. the per-kernel profile of one bench-switch step (Nsight Compute)
+#   4. with 2+ GPUs: switch-base-8 on 2 GPUs; bench moe and bench comm over every GPU; the weak
+#      scaling sweep (1, 2, 4, 8 up to the GPU count) with its layer benchmarks; switch-base-8
+#      with the exchange pipelined in 4 chunks
+#   5. op self-check, op benchmark, the default tiny job; the CPU unit suite (CI runs it too)
+# --quick stops after 3; --no-bench after 1.
 set -uo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-# Logs are written to a work folder and packed into one archive under $OUT at the end (the
-# device runner returns only a few files).
 dest=${OUT:-$root/device-logs}
 out=$(mktemp -d /tmp/device-check.XXXXXX)
 build_dir=${SY_BUILD_DIR:-$root/build-device}
+bin=$build_dir/switchyard
 run_bench=1
 run_compare=0
 quick=0
@@ -28,20 +36,56 @@ for arg in "$@"; do
     *) echo "device_check.sh: unknown argument $arg" >&2; exit 2 ;;
   esac
 done
-# Every step has a time limit, so a hang still leaves the logs of the others. The optional
-# runs after the suites are skipped once the whole check nears SY_TIME_BUDGET seconds, so a
-# runner with a wall-clock limit still gets the summary and the log archive.
-limit=${SY_STEP_TIMEOUT:-300}
-budget=${SY_TIME_BUDGET:-560}
-skipped_for_time=()
-# have_time SECONDS NAME: true when a step of about SECONDS still fits in the budget.
-have_time() {
-  if [ $((SECONDS + $1)) -le "$budget" ]; then return 0; fi
-  skipped_for_time+=("$2"); return 1
-}
 export NCCL_NVLS_ENABLE=0
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 if ! command -v nvcc >/dev/null 2>&1 && [ -x /usr/local/cuda/bin/nvcc ]; then export PATH=/usr/local/cuda/bin:$PATH; fi
+gpus=$(nvidia-smi --list-gpus 2>/dev/null | wc -l)
+budget=${SY_TIME_BUDGET:-540}
+step_limit=${SY_STEP_TIMEOUT:-300}
+summary=()
+skipped=()
+# Real text when the shards were carried in (data/fortunes) or the corpus is installed.
+data_args=()
+if ! compgen -G "$root/data/fortunes/train_*.bin" >/dev/null && [ ! -d /usr/share/games/fortunes ]; then
+  data_args=(--set data.source=synthetic --set eval.every=0)
+fi
+
+# step NAME SECONDS COMMAND...: runs COMMAND (output to $out/NAME.log) when about SECONDS still
+# fit in the budget, with a timeout of what is left; prints and records one line.
+step() {
+  local name=$1 need=$2
+  shift 2
+  if [ $((SECONDS + need)) -gt "$budget" ]; then
+    skipped+=("$name")
+    return 1
+  fi
+  local left=$((budget - SECONDS)) started=$SECONDS
+  timeout $((left < step_limit ? left : step_limit)) "$@" >"$out/$name.log" 2>&1
+  local rc=$?
+  local line="$(printf '%-22s rc %-3s %4ds  %s' "$name" "$rc" $((SECONDS - started)) "$(result_of "$name")")"
+  echo "$line"
+  summary+=("$line")
+  return 0
+}
+
+# The one line that sums up a step's log.
+result_of() {
+  local log=$out/$1.log
+  case "$1" in
+    gpu-tests | mpi-tests)
+      local ran failed
+      ran=$(grep -E "\[==========\] [0-9]+ tests? from .* ran" "$log" | tail -1 | sed 's/.*\] //')
+      failed=$(grep -cE "\[  FAILED  \] [A-Za-z]" "$log")
+      echo "${ran:-no gtest summary}; passed $(grep -E "\[  PASSED  \] [0-9]+" "$log" | tail -1 |
+        grep -oE "[0-9]+ tests?" | head -1), failed lines $failed, skipped $(grep -E "\[  SKIPPED \] [0-9]+" "$log" |
+        tail -1 | grep -oE "[0-9]+ tests?" | head -1)" ;;
+    compare) grep -E "^switchyard / torch compile" "$log" || echo "no ratio (see compare.log)" ;;
+    unit-suite) grep -E "tests passed" "$log" | tail -1 ;;
+    selfcheck) tail -1 "$log" ;;
+    profile) tail -1 "$log" ;;
+    *) grep -E "^done" "$log" | tail -1 | cut -c1-150 || true ;;
+  esac
+}
 
 {
   echo "== machine"
@@ -50,134 +94,73 @@ if ! command -v nvcc >/dev/null 2>&1 && [ -x /usr/local/cuda/bin/nvcc ]; then ex
   cmake --version | head -1
 } 2>&1 | tee "$out/machine.log"
 
-status_build=ok
-{
+build() {
   cmake -S "$root" -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=Release -DSY_CUDA=ON -DSY_WERROR=ON &&
     cmake --build "$build_dir" --parallel "$(nproc)"
-} >"$out/build.log" 2>&1 || status_build=FAILED
-tail -3 "$out/build.log"
+}
+train() {  # train RANKS CONFIG ARGS...: launch/train.sh with this build, no checkpoints
+  local ranks=$1 config=$2
+  shift 2
+  (cd "$root" && SY_BINARY="$bin" launch/train.sh -n "$ranks" "$config" --set log.progress=false \
+    --set checkpoint.enabled=false "$@")
+}
+on_gpus() { mpirun --allow-run-as-root --bind-to none -np "$1" -x NCCL_NVLS_ENABLE "${@:2}"; }
 
-declare -A summary
-# GPU tests first: the CPU suites also run in CI, so they are the first to give way to time.
-for label in gpu mpi unit; do
-  if [ "$status_build" != ok ]; then summary[$label]="not run (build failed)"; continue; fi
-  if [ $quick = 1 ] && [ "$label" != gpu ]; then summary[$label]="not run (--quick)"; continue; fi
-  if [ "$label" = unit ] && ! have_time 150 "unit suite"; then summary[$label]="not run (time)"; continue; fi
-  if [ "$label" = gpu ] && [ -x "$build_dir/tests/gpu_tests" ]; then
-    # The GPU suite in one process: a CUDA context per test, as ctest runs it, costs about a
-    # minute of device time. A crash (no gtest summary) reruns it under ctest, test by test.
-    timeout "$limit" "$build_dir/tests/gpu_tests" >"$out/gtest-gpu.log" 2>&1
-    ran=$(grep -E "^\[==========\] [0-9]+ tests? from .* ran" "$out/gtest-gpu.log" | tail -1)
-    if [ -n "$ran" ]; then
-      passed=$(grep -oE "^\[  PASSED  \] [0-9]+" "$out/gtest-gpu.log" | grep -oE "[0-9]+$" || echo 0)
-      failed=$(grep -oE "^\[  FAILED  \] [0-9]+ tests?, listed below" "$out/gtest-gpu.log" | grep -oE "^[^0-9]*[0-9]+" |
-        grep -oE "[0-9]+$" || echo 0)
-      skipped=$(grep -oE "^\[  SKIPPED \] [0-9]+" "$out/gtest-gpu.log" | grep -oE "[0-9]+$" || echo 0)
-      summary[$label]="${ran#*] }: passed ${passed:-0}, failed ${failed:-0} (skipped: ${skipped:-0})"
-      continue
-    fi
-  fi
-  jobs=$([ "$label" = gpu ] && echo 1 || echo 4)  # GPU tests one at a time: they share the device
-  timeout "$limit" ctest --test-dir "$build_dir" -L "^${label}\$" -j "$jobs" --output-on-failure --timeout 240 \
-    >"$out/ctest-$label.log" 2>&1
-  line=$(grep -E "tests passed|No tests were found" "$out/ctest-$label.log" | tail -1)
-  skipped=$(grep -c "(Skipped)" "$out/ctest-$label.log")
-  summary[$label]="${line:-no result} (skipped: $skipped)"
-done
-
-selfcheck="not run"
-if [ "$status_build" = ok ]; then
-  timeout "$limit" "$build_dir/switchyard" selfcheck >"$out/selfcheck.log" 2>&1
-  selfcheck=$(tail -1 "$out/selfcheck.log")
-  if [ $run_bench = 1 ]; then
-    have_time 30 "bench ops" && timeout "$limit" "$build_dir/switchyard" bench ops >"$out/bench-ops.log" 2>&1
-    gpus=$(nvidia-smi --list-gpus 2>/dev/null | wc -l)
-    [ $quick = 1 ] && gpus=1
-    # One MoE layer at the Switch benchmark shape, experts spread over every GPU.
-    [ $quick = 1 ] || ! have_time 30 "bench moe" || timeout "$limit" mpirun --allow-run-as-root --bind-to none -np "$gpus" -x NCCL_NVLS_ENABLE \
-      "$build_dir/switchyard" bench moe >"$out/bench-moe.log" 2>&1
-    if [ "$gpus" -ge 2 ] && have_time 30 "bench comm"; then
-      timeout "$limit" mpirun --allow-run-as-root --bind-to none -np "$gpus" -x NCCL_NVLS_ENABLE \
-        "$build_dir/switchyard" bench comm >"$out/bench-comm.log" 2>&1
-    fi
-  fi
+build_ok=0
+step build 60 build && [ -x "$bin" ] && build_ok=1
+if [ $build_ok = 1 ]; then
+  # The GPU suite in one process (a CUDA context per test, as ctest runs it, costs a minute).
+  step gpu-tests 60 "$build_dir/tests/gpu_tests"
+  # The multi-rank suite with a GPU per rank: NCCL exchanges, the training layouts on GPUs.
+  [ "$gpus" -ge 2 ] && step mpi-tests 90 on_gpus 2 "$build_dir/tests/mpi_tests"
 fi
-
-# Training on the GPU(s): the default job in bf16, and switch-base-8 with experts over 2 GPUs.
-train_status="not run"
-if [ "$status_build" = ok ] && [ $run_bench = 1 ]; then
-  # Real text when the shards were carried in (data/fortunes) or the corpus is installed.
-  data_args=()
-  if ! compgen -G "$root/data/fortunes/train_*.bin" >/dev/null && [ ! -d /usr/share/games/fortunes ]; then
-    data_args=(--set data.source=synthetic --set eval.every=0)
+if [ $build_ok = 1 ] && [ $run_bench = 1 ]; then
+  if [ $run_compare = 1 ]; then
+    step compare 150 env OUT_DIR="$out/compare" SY_BINARY="$bin" "$root/bench/compare.sh"
+  else
+    step bench-switch 40 train 1 configs/bench-switch.yaml --set train.steps=20 --set log.every=5 \
+      --set run.out_dir="$out/bench-switch"
   fi
-  train_status="tiny: not run (--quick)"
-  if [ $quick = 0 ] && have_time 30 "tiny"; then
-    (cd "$root" && SY_BINARY="$build_dir/switchyard" timeout "$limit" launch/train.sh -n 1 configs/tiny-cpu.yaml \
-      --set run.out_dir="$out/tiny" --set log.progress=false "${data_args[@]}") >"$out/train-tiny.log" 2>&1
-    train_status="tiny: $(grep '^done' "$out/train-tiny.log" || echo FAILED)"
-  fi
-  # The single-GPU benchmark model (synthetic tokens): the throughput baseline.
-  if have_time 40 "bench-switch"; then
-    (cd "$root" && SY_BINARY="$build_dir/switchyard" timeout "$limit" launch/train.sh -n 1 configs/bench-switch.yaml \
-      --set train.steps=20 --set log.every=5 --set run.out_dir="$out/bench-switch" --set log.progress=false) \
-      >"$out/train-bench-switch.log" 2>&1
-    train_status="$train_status; bench-switch: $(grep '^done' "$out/train-bench-switch.log" || echo FAILED)"
-  fi
-  # Where the step's time goes: device time per kernel of one bench-switch step (Nsight Compute).
-  if have_time 90 "profile"; then
-    OUT_DIR="$out/profile" SY_BINARY="$build_dir/switchyard" timeout "$limit" "$root/bench/profile_step.sh" \
-      >"$out/profile-step.log" 2>&1 || echo "profile_step.sh failed (see profile-step.log)" >>"$out/profile-step.log"
-  fi
-  if [ "$gpus" -ge 2 ]; then
-    # switch-base-8 with experts over 2 GPUs: whole exchanges, then pipelined in 4 chunks.
-    for chunks in 1 4; do
-      have_time 40 "switch-base-8 K=$chunks" || continue
-      (cd "$root" && SY_BINARY="$build_dir/switchyard" timeout "$limit" launch/train.sh -n 2 configs/switch-base-8.yaml \
-        --set train.steps=60 --set moe.dispatch_chunks=$chunks --set run.out_dir="$out/sb8-k$chunks" \
-        --set log.progress=false "${data_args[@]}") >"$out/train-switch-base-8-k$chunks.log" 2>&1
-      train_status="$train_status; switch-base-8 K=$chunks: $(grep '^done' "$out/train-switch-base-8-k$chunks.log" ||
-        echo FAILED)"
-    done
-    # Weak scaling up to every GPU of the machine (1, 2, 4, 8), each run with its MoE layer
-    # benchmark and the raw all-to-all at the layer's message size.
+  step profile 90 env OUT_DIR="$out/profile" SY_BINARY="$bin" "$root/bench/profile_step.sh"
+  if [ $quick = 0 ] && [ "$gpus" -ge 2 ]; then
+    step switch-base-8-k1 40 train 2 configs/switch-base-8.yaml --set train.steps=60 --set moe.dispatch_chunks=1 \
+      --set run.out_dir="$out/sb8-k1" "${data_args[@]}"
+    step bench-moe 30 on_gpus "$gpus" "$bin" bench moe
+    step bench-comm 30 on_gpus "$gpus" "$bin" bench comm
     ranks=1; list=1
     while [ $((ranks * 2)) -le "$gpus" ]; do ranks=$((ranks * 2)); list="$list,$ranks"; done
-    have_time 120 "scaling sweep" && (cd "$root" && SY_BINARY="$build_dir/switchyard" timeout "$limit" launch/scaling.sh configs/switch-8gpu-ep8.yaml \
-      --ranks "$list" --mode weak --experts-per-rank 8 --steps 20 --bench --out "$out/scaling") \
-      >"$out/scaling.log" 2>&1
+    step scaling 120 env SY_BINARY="$bin" "$root/launch/scaling.sh" configs/switch-8gpu-ep8.yaml --ranks "$list" \
+      --mode weak --experts-per-rank 8 --steps 20 --bench --out "$out/scaling"
+    step switch-base-8-k4 40 train 2 configs/switch-base-8.yaml --set train.steps=60 --set moe.dispatch_chunks=4 \
+      --set run.out_dir="$out/sb8-k4" "${data_args[@]}"
+  fi
+  if [ $quick = 0 ]; then
+    step selfcheck 20 "$bin" selfcheck
+    step bench-ops 30 "$bin" bench ops
+    step tiny 30 train 1 configs/tiny-cpu.yaml --set run.out_dir="$out/tiny" "${data_args[@]}"
+    step unit-suite 90 ctest --test-dir "$build_dir" -L '^unit$' -j "$(nproc)" --timeout 120
   fi
 fi
 
-if [ "$status_build" = ok ] && [ $run_compare = 1 ] && have_time 120 "compare"; then
-  (cd "$root" && OUT_DIR="$out/compare" SY_BINARY="$build_dir/switchyard" timeout 420 bench/compare.sh) \
-    >"$out/compare.log" 2>&1
-fi
-
 echo
-[ -f "$out/selfcheck.log" ] && cat "$out/selfcheck.log"
-[ -f "$out/bench-ops.log" ] && { echo; cat "$out/bench-ops.log"; }
-[ -f "$out/bench-moe.log" ] && { echo; cat "$out/bench-moe.log"; }
-[ -f "$out/train-bench-switch.log" ] && { echo; grep -E "^(model|step|done)" "$out/train-bench-switch.log"; }
-[ -f "$out/profile-step.log" ] && { echo; head -25 "$out/profile-step.log"; tail -1 "$out/profile-step.log"; }
-[ -f "$out/bench-comm.log" ] && { echo; cat "$out/bench-comm.log"; }
-[ -f "$out/compare.log" ] && { echo; tail -12 "$out/compare.log"; }
+[ -f "$out/compare.log" ] && { tail -12 "$out/compare.log"; echo; }
+[ -f "$out/bench-switch.log" ] && { grep -E "^(model|step|done)" "$out/bench-switch.log"; echo; }
+[ -f "$out/profile.log" ] && { head -25 "$out/profile.log"; echo; }
+[ -f "$out/bench-moe.log" ] && { cat "$out/bench-moe.log"; echo; }
+[ -f "$out/bench-comm.log" ] && { cat "$out/bench-comm.log"; echo; }
 for k in 1 4; do
-  [ -f "$out/train-switch-base-8-k$k.log" ] && { echo; echo "switch-base-8, K=$k:"; grep -E "^(step|done)" \
-    "$out/train-switch-base-8-k$k.log" | tail -3; }
+  [ -f "$out/switch-base-8-k$k.log" ] && { echo "switch-base-8, K=$k:"; grep -E "^(step|done)" \
+    "$out/switch-base-8-k$k.log" | tail -3; echo; }
 done
-[ -f "$out/scaling.log" ] && { echo; tail -16 "$out/scaling.log"; }
-grep -E "^\[  FAILED  \] [A-Za-z]" "$out/gtest-gpu.log" 2>/dev/null | sort -u
-for label in unit mpi gpu; do
-  grep -E "^\s+[0-9]+ - .*\((Failed|Timeout|SEGFAULT|Subprocess aborted|Exception)" "$out/ctest-$label.log" 2>/dev/null
-done
-echo
-echo "== device_check summary ($(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1))"
-printf "%-10s %s\n" "build" "$status_build"
-for label in unit mpi gpu; do printf "%-10s %s\n" "$label" "${summary[$label]}"; done
-printf "%-10s %s\n" "selfcheck" "$selfcheck"
-printf "%-10s %s\n" "train" "$train_status"
-[ ${#skipped_for_time[@]} = 0 ] || printf "%-10s %s\n" "skipped" "for time (SY_TIME_BUDGET=$budget s): ${skipped_for_time[*]}"
+[ -f "$out/scaling.log" ] && { tail -16 "$out/scaling.log"; echo; }
+[ -f "$out/bench-ops.log" ] && { cat "$out/bench-ops.log"; echo; }
+grep -hE "\[  FAILED  \] [A-Za-z]" "$out/gpu-tests.log" "$out/mpi-tests.log" 2>/dev/null | sort -u
+[ $build_ok = 1 ] || tail -30 "$out/build.log"
+echo "== device_check summary ($(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1), $gpus GPU(s))"
+printf '%s\n' "${summary[@]}"
+[ ${#skipped[@]} = 0 ] || echo "skipped for time (SY_TIME_BUDGET=$budget s): ${skipped[*]}"
 mkdir -p "$dest"
-tar -czf "$dest/device-check-logs.tar.gz" -C "$out" .
+# Logs, metrics, tables and plots only: profiler reports and anything large stay behind.
+(cd "$out" && find . -type f -size -4M ! -name '*.ncu-rep' ! -name '*.ckpt' -print0 |
+  tar -czf "$dest/device-check-logs.tar.gz" --null -T -)
 echo "logs: $dest/device-check-logs.tar.gz"

@@ -55,7 +55,7 @@ def override(overrides, key, default):
 def run(config, ranks, sets, out_dir, steps):
     args = [os.path.join(ROOT, "launch", "train.sh"), "-n", str(ranks), config]
     for s in sets + [
-        "data.source=synthetic", "eval.every=0", "log.progress=false", "checkpoint.every=0",
+        "data.source=synthetic", "eval.every=0", "log.progress=false", "checkpoint.enabled=false",
         "train.steps=%d" % steps, "log.every=%d" % max(1, steps // 2), "run.out_dir=" + out_dir,
     ]:
         args += ["--set", s]

@@ -461,16 +461,17 @@ void Model::backward(Arena& arena, StreamRef stream, const std::function<void(co
     Tensor dqkv = arena.alloc({n, qkv_cols}, dtype_);
     if (!b.probs.defined()) {
       // dq, dk, dv land in place in dqkv's columns; RoPE's transpose then rotates dq and dk back.
-      Tensor delta = arena.alloc(b.lse.shape(), DType::f32);
-      flash_attention_backward(heads_view(b.qkv, s.batch, local_heads_, s.seq, head_dim_, 0),
+      const Tensor q = heads_view(b.qkv, s.batch, local_heads_, s.seq, head_dim_, 0);
+      Tensor scratch = arena.alloc(flash_attention_scratch_shape(q), DType::f32);
+      flash_attention_backward(q,
                                heads_view(b.qkv, s.batch, local_kv_heads_, s.seq, head_dim_, q_cols),
                                heads_view(b.qkv, s.batch, local_kv_heads_, s.seq, head_dim_, q_cols + kv_cols),
                                heads_view(b.attn_rows, s.batch, local_heads_, s.seq, head_dim_, 0), b.lse,
                                heads_view(d_rows, s.batch, local_heads_, s.seq, head_dim_, 0),
                                heads_view(dqkv, s.batch, local_heads_, s.seq, head_dim_, 0),
                                heads_view(dqkv, s.batch, local_kv_heads_, s.seq, head_dim_, q_cols),
-                               heads_view(dqkv, s.batch, local_kv_heads_, s.seq, head_dim_, q_cols + kv_cols), delta,
-                               stream);
+                               heads_view(dqkv, s.batch, local_kv_heads_, s.seq, head_dim_, q_cols + kv_cols),
+                               scratch, stream);
       const Tensor dqk = heads_view(dqkv, s.batch, local_heads_ + local_kv_heads_, s.seq, head_dim_, 0);
       rope_backward(dqk, dqk, theta, stream);
     } else {

@@ -74,7 +74,10 @@ std::size_t arena_bytes(const Config& c, int tp, int ep, DType dtype, bool flash
   // Norm outputs, residuals, projections and the q/k/v heads (qkv rows and heads: twice).
   const double attention_saved = s * n * (9 * d + 2 * qkv) + 8 * n +
                                  (flash ? 4 * b * heads * t : s * b * heads * t * t);
-  const double attention_scratch = s * n * (4 * d + 2 * qkv) + (flash ? 4 * b * heads * t : s * b * heads * t * t);
+  // Flash: each row's delta and (on CUDA) the bf16 dS tiles of the causal triangle.
+  const double ds_tiles = 2 * b * heads * (64 * std::ceil(t / 64)) * (64 * std::ceil(t / 64) + 64) / 2;
+  const double attention_scratch =
+      s * n * (4 * d + 2 * qkv) + (flash ? 4 * b * heads * t + ds_tiles : s * b * heads * t * t);
   const double dense_ff = double(c.model.d_ff) / tp;
   const double dense_saved = s * n * dense_ff * (ff_in_factor + 1);
   const int moe_blocks = c.moe.every > 0 ? c.model.n_layers / c.moe.every : 0;

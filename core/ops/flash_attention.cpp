@@ -125,7 +125,7 @@ void backward_cpu(const Dims& d, const Tensor& q, const Tensor& k, const Tensor&
 }
 
 // q, k, v, out, dout, dq, dk, dv are [B, H, T, D] views: the last axis contiguous, the others
-// any stride (checked here). lse and delta are contiguous.
+// any stride (checked here). lse and scratch are contiguous.
 void check_head_view(const char* op, const char* name, const Tensor& t) {
   SY_CHECK(t.dim() == 4) << op << ": " << name << " must be [B, H, T, D], got " << t.describe();
   SY_CHECK(t.stride(3) == 1) << op << ": " << name << " must have a contiguous last axis (head dim), got "
@@ -195,6 +195,16 @@ bool flash_attention_supported(const Tensor& q) {
   return q.dim() == 4 && flash_attention_supported(q.device(), q.dtype(), q.size(3));
 }
 
+Shape flash_attention_scratch_shape(const Tensor& q) {
+  SY_CHECK(q.dim() == 4) << "flash_attention_scratch_shape: q must be [B, Hq, T, D], got " << q.describe();
+  if (q.is_cuda()) {
+    std::int64_t floats = 0;
+    SY_ON_CUDA(floats = cuda::flash_attention_scratch_floats(q.size(0), q.size(1), q.size(2)));
+    return {floats};
+  }
+  return {q.size(0) * q.size(1) * q.size(2)};  // the reference's rows (it keeps delta in double itself)
+}
+
 void flash_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
                              StreamRef stream) {
   const char* op = "flash_attention_forward";
@@ -209,15 +219,15 @@ void flash_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, 
 
 void flash_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                               const Tensor& lse, const Tensor& dout, const Tensor& dq, const Tensor& dk,
-                              const Tensor& dv, const Tensor& delta, StreamRef stream) {
+                              const Tensor& dv, const Tensor& scratch, StreamRef stream) {
   const char* op = "flash_attention_backward";
   const Dims d = check_args(op, q, k, v, lse, {{"out", &out}, {"dout", &dout}, {"dq", &dq}}, {{"dk", &dk}, {"dv", &dv}});
-  check_contiguous(op, "delta", delta);
-  check_shape(op, "delta", delta, lse.shape());
-  check_dtype(op, "delta", delta, DType::f32);
-  check_same_device(op, {&q, &k, &v, &out, &lse, &dout, &dq, &dk, &dv, &delta});
+  check_contiguous(op, "scratch", scratch);
+  check_shape(op, "scratch", scratch, flash_attention_scratch_shape(q));
+  check_dtype(op, "scratch", scratch, DType::f32);
+  check_same_device(op, {&q, &k, &v, &out, &lse, &dout, &dq, &dk, &dv, &scratch});
   if (q.is_cuda()) {
-    SY_ON_CUDA(cuda::flash_attention_backward(q, k, v, out, lse, dout, dq, dk, dv, delta, stream));
+    SY_ON_CUDA(cuda::flash_attention_backward(q, k, v, out, lse, dout, dq, dk, dv, scratch, stream));
     return;
   }
   // The reference computes each row's delta in double where it is used; the scratch stays unused.

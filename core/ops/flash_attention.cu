@@ -5,10 +5,12 @@
 // query row (online softmax) and saves only the row's log-sum-exp; the backward recomputes the
 // probabilities from it. Key tiles are 64 rows; a block is 4 warps. In the backward each warp
 // owns 16 rows of a 64-row tile; in the forward at D = 64 each warp owns 32 query rows (two m16
-// tiles sharing every K and V fragment), 128 per block. The backward is two kernels so that every output
-// element has one writer and the result is bitwise deterministic (no atomics): one walks the
-// query tiles of each key tile (dK, dV, summed over the g query heads of a kv head in
-// registers), the other walks the key tiles of each query tile (dQ).
+// tiles sharing every K and V fragment), 128 per block. The backward is two kernels so that every
+// output element has one writer and the result is bitwise deterministic (no atomics): one walks
+// the query tiles of each key tile (dK, dV, summed over the g query heads of a kv head in
+// registers) and also writes each 64 x 64 tile of dS in bf16 to a scratch buffer; the other walks
+// the key tiles of each query tile and forms dQ = scale dS K from those tiles, one product instead
+// of recomputing S, P and dP (three).
 //
 // Every [B, H, T, D] operand is a view with its own B, H and T strides (HeadView), so q, k and v
 // are read in place from the token-major qkv projection and out, dq, dk, dv are written straight
@@ -137,6 +139,14 @@ __device__ __forceinline__ void load_b_rows_k(std::uint32_t (&b)[4], SmemTile<D>
   ldmatrix_x4_trans(b, tile.at(k0 + (lane & 7) + (((lane >> 3) & 1) << 3), n0 / 8 + (lane >> 4)));
 }
 
+// A operand (16 x 16) for rows m0.. and columns k0.. of A, from a tile that holds A transposed
+// (its rows are the K dimension, e.g. dS^T for dQ = dS K): each 8 x 8 piece is read transposed.
+template <int D>
+__device__ __forceinline__ void load_a_rows_k(std::uint32_t (&a)[4], SmemTile<D> tile, int m0, int k0) {
+  const int lane = threadIdx.x % 32;
+  ldmatrix_x4_trans(a, tile.at(k0 + ((lane >> 4) << 3) + (lane & 7), m0 / 8 + ((lane >> 3) & 1)));
+}
+
 // acc[m][8][4] (MT m-tiles of 16 x 64) += A (rows row0 + 16 m.. of `a_tile`, 16 x D each) * B^T,
 // B rows n = 0..63 of `b_tile`. Each B fragment read from shared memory feeds all MT m-tiles.
 template <int D, int MT>
@@ -234,6 +244,18 @@ struct HeadView {
   std::int64_t batch, head, row;
   __device__ bf16* head_at(int b, int h) const { return data + b * batch + h * head; }
 };
+
+// The backward's dS scratch: per (batch, query head), the 64 x 64 bf16 tiles (query tile i, key
+// tile j <= i) of the causal triangle, tile (i, j) at index i (i + 1) / 2 + j.
+__host__ __device__ inline std::int64_t ds_tiles_per_head(int seq) {
+  const std::int64_t tiles = (seq + kTile - 1) / kTile;
+  return tiles * (tiles + 1) / 2;
+}
+__device__ __forceinline__ std::int64_t ds_tile_offset(const Shape& s, int batch, int head, int q_tile, int k_tile) {
+  const std::int64_t tile = (std::int64_t(batch) * s.heads + head) * ds_tiles_per_head(s.seq) +
+                            std::int64_t(q_tile) * (q_tile + 1) / 2 + k_tile;
+  return tile * kTile * kTile;
+}
 
 // ---- forward -----------------------------------------------------------------------------------
 // m16 tiles of query rows per warp in the forward: two at D = 64 (32 rows, 128 per block); one at
@@ -403,7 +425,8 @@ __device__ __forceinline__ void load_row_values(float* dst, const float* src, in
 template <int D>
 __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) flash_backward_dkdv_kernel(
     const HeadView q, const HeadView k, const HeadView v, const HeadView dout, const float* __restrict__ lse,
-    const float* __restrict__ delta, const HeadView dk, const HeadView dv, Shape s, float scale, float scale_log2) {
+    const float* __restrict__ delta, const HeadView dk, const HeadView dv, bf16* __restrict__ ds_tiles, Shape s,
+    float scale, float scale_log2) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int k_tile = gridDim.x - 1 - blockIdx.x;  // early keys see the most queries: start them first
   const int kv_head = blockIdx.y, batch = blockIdx.z;
@@ -472,76 +495,72 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) flash_backward_dkdv
       for (int e = 0; e < 4; ++e) ds[nt][e] = p[nt][e] * (ds[nt][e] - tile_delta[nt * 8 + 2 * t + (e & 1)]);
     }
     product_pv<D>(dk_acc, ds, qs(buf));
+    // dS^T in bf16, exactly the operand dK just used, for the dQ kernel: tile (q_tile, k_tile)
+    // of this query head, rows keys, columns queries.
+    const int head = kv_head * s.group() + step / per_head;
+    bf16* ds_tile = ds_tiles + ds_tile_offset(s, batch, head, q_tile, k_tile);
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+      bf16* at = ds_tile + (warp * 16 + g) * kTile + nt * 8 + 2 * t;
+      *reinterpret_cast<std::uint32_t*>(at) = pack_bf16(ds[nt][0], ds[nt][1]);
+      *reinterpret_cast<std::uint32_t*>(at + 8 * kTile) = pack_bf16(ds[nt][2], ds[nt][3]);
+    }
     __syncthreads();
   }
   store_rows<D>(dk.head_at(batch, kv_head), dk.row, dk_acc, key0, s.seq, scale, scale);
   store_rows<D>(dv.head_at(batch, kv_head), dv.row, dv_acc, key0, s.seq, 1.0f, 1.0f);
 }
 
-// dQ. Grid (query tiles, Hq, B): dS = P (dO V^T - delta), dQ = scale * dS K over the key tiles at
-// or left of the diagonal.
+// dQ. Grid (query tiles, Hq, B): dQ = scale * dS K over the key tiles at or left of the
+// diagonal, reading the dS^T tiles the dK/dV kernel wrote. Each step streams one dS^T tile and
+// one K tile (double-buffered); each warp owns 16 query rows.
 template <int D>
-__global__ void __launch_bounds__(kThreads) flash_backward_dq_kernel(
-    const HeadView q, const HeadView k, const HeadView v, const HeadView dout, const float* __restrict__ lse,
-    const float* __restrict__ delta, const HeadView dq, Shape s, float scale, float scale_log2) {
+__global__ void __launch_bounds__(kThreads) flash_backward_dq_kernel(const bf16* __restrict__ ds_tiles,
+                                                                     const HeadView k, const HeadView dq, Shape s,
+                                                                     float scale) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int q_tile = gridDim.x - 1 - blockIdx.x;
   const int head = blockIdx.y, batch = blockIdx.z, kv_head = head / s.group();
-  const std::int64_t q_off = (std::int64_t(batch) * s.heads + head) * s.seq;  // into lse, delta
   const bf16* k_head = k.head_at(batch, kv_head);
-  const bf16* v_head = v.head_at(batch, kv_head);
-  // Tiles: Q, dO, then K and V of buffer 0, then of buffer 1.
-  const SmemTile<D> qs = tile_at<D>(smem, 0), dos = tile_at<D>(smem, 1);
-  auto ks = [&](int buf) { return tile_at<D>(smem, 2 + 2 * buf); };
-  auto vs = [&](int buf) { return tile_at<D>(smem, 3 + 2 * buf); };
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
-  const int row0 = q_tile * kTile + warp * 16;
-
-  load_tile(qs, q.head_at(batch, head), q.row, q_tile * kTile, s.seq);
-  load_tile(dos, dout.head_at(batch, head), dout.row, q_tile * kTile, s.seq);
-  cp_async_commit();
-  load_tile(ks(0), k_head, k.row, 0, s.seq);
-  load_tile(vs(0), v_head, v.row, 0, s.seq);
-  cp_async_commit();
-  float row_lse[2], row_delta[2];
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int row = row0 + g + 8 * r;
-    row_lse[r] = row < s.seq ? lse[q_off + row] * kLog2e : 0.0f;
-    row_delta[r] = row < s.seq ? delta[q_off + row] : 0.0f;
-  }
-
+  const bf16* ds_row = ds_tiles + ds_tile_offset(s, batch, head, q_tile, 0);  // tile j at + j * 64 * 64
+  // Buffer b: the dS^T tile (64 x 64), then the K tile (64 x D).
+  auto dss = [&](int buf) {
+    return SmemTile<kTile>{reinterpret_cast<bf16*>(smem) + buf * (kTile * kTile + kTile * D)};
+  };
+  auto ks = [&](int buf) { return SmemTile<D>{dss(buf).base + kTile * kTile}; };
+  auto issue = [&](int j) {
+    load_tile(dss(j & 1), ds_row + std::int64_t(j) * kTile * kTile, kTile, 0, kTile);
+    load_tile(ks(j & 1), k_head, k.row, j * kTile, s.seq);
+    cp_async_commit();
+  };
+  const int warp = threadIdx.x / 32;
+  issue(0);
   float dq_acc[D / 8][4];
   zero(dq_acc);
   const int kv_tiles = q_tile + 1;
   for (int j = 0; j < kv_tiles; ++j) {
-    next_kv_tile<D>(ks((j + 1) & 1), vs((j + 1) & 1), k_head, k.row, v_head, v.row, j, kv_tiles, s.seq);
-    float p[8][4];
-    zero(p);
-    product_nt<D>(p, qs, warp * 16, ks(j & 1));
-    // Key tiles left of the diagonal are fully visible (rows past the end are never stored).
-    const bool masked = j == q_tile;
+    if (j + 1 < kv_tiles) {
+      issue(j + 1);  // buffer (j + 1) & 1 was last read in step j - 1, which ended with a barrier
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
 #pragma unroll
-    for (int nt = 0; nt < 8; ++nt) {
+    for (int kk = 0; kk < kTile / 16; ++kk) {
+      std::uint32_t a[4];
+      load_a_rows_k(a, dss(j & 1), warp * 16, kk * 16);
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int row = row0 + g + (e >= 2 ? 8 : 0), col = j * kTile + nt * 8 + 2 * t + (e & 1);
-        const bool visible = !masked || (col <= row && row < s.seq);
-        p[nt][e] = visible ? exp2f(fmaf(p[nt][e], scale_log2, -row_lse[e >> 1])) : 0.0f;
+      for (int dd = 0; dd < D / 16; ++dd) {
+        std::uint32_t b[4];
+        load_b_rows_k(b, ks(j & 1), kk * 16, dd * 16);
+        mma(dq_acc[2 * dd], a, b[0], b[1]);
+        mma(dq_acc[2 * dd + 1], a, b[2], b[3]);
       }
     }
-    float ds[8][4];
-    zero(ds);
-    product_nt<D>(ds, dos, warp * 16, vs(j & 1));  // dP
-#pragma unroll
-    for (int nt = 0; nt < 8; ++nt) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) ds[nt][e] = p[nt][e] * (ds[nt][e] - row_delta[e >> 1]);
-    }
-    product_pv<D>(dq_acc, ds, ks(j & 1));
     __syncthreads();
   }
-  store_rows<D>(dq.head_at(batch, head), dq.row, dq_acc, row0, s.seq, scale, scale);
+  store_rows<D>(dq.head_at(batch, head), dq.row, dq_acc, q_tile * kTile + warp * 16, s.seq, scale, scale);
 }
 
 template <int D>
@@ -549,6 +568,7 @@ constexpr std::size_t forward_smem_bytes() {
   return std::size_t(kForwardTiles<D> + 4) * kTile * D * sizeof(bf16);
 }
 constexpr std::size_t backward_smem_bytes(int d) { return 6 * kTile * d * sizeof(bf16) + 4 * kTile * sizeof(float); }
+constexpr std::size_t dq_smem_bytes(int d) { return 2 * (kTile * kTile + kTile * d) * sizeof(bf16); }
 
 // Raises a kernel's dynamic shared-memory limit once (the default is 48 KiB).
 template <class Kernel>
@@ -578,37 +598,45 @@ void forward_d(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& 
   SY_CUDA_LAUNCH();
 }
 
+// The scratch: each row's delta (f32), then from a 256-byte boundary the dS tiles (bf16).
+std::int64_t delta_floats(std::int64_t rows) { return (rows + 63) / 64 * 64; }
+
 template <int D>
 void backward_d(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
-                const Tensor& dout, const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& delta,
+                const Tensor& dout, const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& scratch,
                 StreamRef stream) {
   static const bool once = (allow_smem(flash_backward_dkdv_kernel<D>, backward_smem_bytes(D)),
-                            allow_smem(flash_backward_dq_kernel<D>, backward_smem_bytes(D)), true);
+                            allow_smem(flash_backward_dq_kernel<D>, dq_smem_bytes(D)), true);
   (void)once;
   const Shape s = shape_of(q, k);
   const float scale = 1.0f / std::sqrt(float(D)), scale_log2 = kLog2e * scale;
   const std::int64_t rows = lse.numel();
+  float* delta = static_cast<float*>(scratch.data());
+  bf16* ds_tiles = reinterpret_cast<bf16*>(delta + delta_floats(rows));
   constexpr int kDeltaThreads = 256;
   flash_delta_kernel<D><<<grid_for(rows * (D / 8), kDeltaThreads), kDeltaThreads, 0, to_cuda(stream)>>>(
-      view_of(out), view_of(dout), static_cast<float*>(delta.data()), s, rows);
+      view_of(out), view_of(dout), delta, s, rows);
   SY_CUDA_LAUNCH();
   const unsigned tiles = unsigned((s.seq + kTile - 1) / kTile);
-  const float* lse_p = static_cast<const float*>(lse.data());
-  const float* delta_p = static_cast<const float*>(delta.data());
   flash_backward_dkdv_kernel<D><<<dim3(tiles, unsigned(s.kv_heads), unsigned(q.size(0))), kThreads,
                                   backward_smem_bytes(D), to_cuda(stream)>>>(
-      view_of(q), view_of(k), view_of(v), view_of(dout), lse_p, delta_p, view_of(dk), view_of(dv), s, scale,
-      scale_log2);
+      view_of(q), view_of(k), view_of(v), view_of(dout), static_cast<const float*>(lse.data()), delta, view_of(dk),
+      view_of(dv), ds_tiles, s, scale, scale_log2);
   SY_CUDA_LAUNCH();
-  flash_backward_dq_kernel<D><<<dim3(tiles, unsigned(s.heads), unsigned(q.size(0))), kThreads, backward_smem_bytes(D),
-                                to_cuda(stream)>>>(view_of(q), view_of(k), view_of(v), view_of(dout), lse_p, delta_p,
-                                                   view_of(dq), s, scale, scale_log2);
+  flash_backward_dq_kernel<D><<<dim3(tiles, unsigned(s.heads), unsigned(q.size(0))), kThreads, dq_smem_bytes(D),
+                                to_cuda(stream)>>>(ds_tiles, view_of(k), view_of(dq), s, scale);
   SY_CUDA_LAUNCH();
 }
 
 }  // namespace
 
 bool flash_attention_head_dim_supported(std::int64_t head_dim) { return head_dim == 64 || head_dim == 128; }
+
+std::int64_t flash_attention_scratch_floats(std::int64_t batch, std::int64_t heads, std::int64_t seq) {
+  SY_CHECK(seq <= INT_MAX / 2) << "flash attention: sequence length " << seq << " is too long";
+  const std::int64_t ds_elements = batch * heads * ds_tiles_per_head(int(seq)) * kTile * kTile;
+  return delta_floats(batch * heads * seq) + ds_elements / 2;  // two bf16 per float
+}
 
 void flash_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
                              StreamRef stream) {
@@ -622,12 +650,12 @@ void flash_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, 
 
 void flash_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                               const Tensor& lse, const Tensor& dout, const Tensor& dq, const Tensor& dk,
-                              const Tensor& dv, const Tensor& delta, StreamRef stream) {
+                              const Tensor& dv, const Tensor& scratch, StreamRef stream) {
   if (q.numel() == 0) return;
   if (q.size(3) == 64) {
-    backward_d<64>(q, k, v, out, lse, dout, dq, dk, dv, delta, stream);
+    backward_d<64>(q, k, v, out, lse, dout, dq, dk, dv, scratch, stream);
   } else {
-    backward_d<128>(q, k, v, out, lse, dout, dq, dk, dv, delta, stream);
+    backward_d<128>(q, k, v, out, lse, dout, dq, dk, dv, scratch, stream);
   }
 }
 

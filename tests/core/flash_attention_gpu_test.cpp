@@ -38,7 +38,7 @@ TEST_P(FlashAttentionGpu, MatchesCpuReference) {
   OwnedTensor v = random_tensor(kv_shape, DType::bf16, Device::cuda, seed + 2);
   OwnedTensor dout = random_tensor(q_shape, DType::bf16, Device::cuda, seed + 3);
   OwnedTensor out(q_shape, DType::bf16, Device::cuda), lse(row_shape, DType::f32, Device::cuda);
-  OwnedTensor delta(row_shape, DType::f32, Device::cuda);
+  OwnedTensor delta(flash_attention_scratch_shape(q), DType::f32, Device::cuda);
   OwnedTensor dq(q_shape, DType::bf16, Device::cuda), dk(kv_shape, DType::bf16, Device::cuda);
   OwnedTensor dv(kv_shape, DType::bf16, Device::cuda);
   for (OwnedTensor* t : {&out, &lse, &delta, &dq, &dk, &dv}) poison(*t);
@@ -53,7 +53,7 @@ TEST_P(FlashAttentionGpu, MatchesCpuReference) {
   OwnedTensor qc = convert(q, DType::f64, Device::cpu), kc = convert(k, DType::f64, Device::cpu);
   OwnedTensor vc = convert(v, DType::f64, Device::cpu), doc = convert(dout, DType::f64, Device::cpu);
   OwnedTensor outc(q_shape, DType::f64, Device::cpu), lsec(row_shape, DType::f32, Device::cpu);
-  OwnedTensor deltac(row_shape, DType::f32, Device::cpu);
+  OwnedTensor deltac(flash_attention_scratch_shape(qc), DType::f32, Device::cpu);
   OwnedTensor dqc(q_shape, DType::f64, Device::cpu), dkc(kv_shape, DType::f64, Device::cpu);
   OwnedTensor dvc(kv_shape, DType::f64, Device::cpu);
   flash_attention_forward(qc, kc, vc, outc, lsec);
@@ -92,6 +92,16 @@ Tensor heads_in_rows(const Tensor& rows, std::int64_t batch, std::int64_t heads,
 // The model's layout: q, k, v read in place from qkv projection rows, out and dq, dk, dv written
 // in place into rows. The CPU reference runs on the same views of f64 copies; every element of
 // the output buffers must be written (they start poisoned).
+// The backward's scratch on CUDA: the rows' delta rounded up to 64 floats, then the 64 x 64 bf16
+// dS tiles of the causal triangle (3 per head at T = 100: two tiles of rows).
+TEST(FlashAttentionGpuScratch, HoldsDeltaAndTheCausalDsTiles) {
+  SY_REQUIRE_GPU();
+  const Tensor q(nullptr, {1, 2, 100, 64}, DType::bf16, Device::cuda);
+  EXPECT_EQ(flash_attention_scratch_shape(q), (Shape{256 + 2 * 3 * 64 * 64 / 2}));
+  const Tensor q_cpu(nullptr, {1, 2, 100, 64}, DType::f32, Device::cpu);
+  EXPECT_EQ(flash_attention_scratch_shape(q_cpu), (Shape{200}));
+}
+
 TEST(FlashAttentionGpuViews, TokenMajorRowsMatchCpuReference) {
   SY_REQUIRE_GPU();
   for (const Case s : {Case{2, 12, 4, 200, 64}, Case{1, 4, 2, 130, 128}}) {
@@ -102,7 +112,10 @@ TEST(FlashAttentionGpuViews, TokenMajorRowsMatchCpuReference) {
     OwnedTensor qkv = random_tensor({n, cols}, DType::bf16, Device::cuda, 950 + std::uint64_t(s.dim), 2.0f);
     OwnedTensor drows = random_tensor({n, q_cols}, DType::bf16, Device::cuda, 951 + std::uint64_t(s.dim));
     OwnedTensor rows({n, q_cols}, DType::bf16, Device::cuda), dqkv({n, cols}, DType::bf16, Device::cuda);
-    OwnedTensor lse(row_shape, DType::f32, Device::cuda), delta(row_shape, DType::f32, Device::cuda);
+    OwnedTensor lse(row_shape, DType::f32, Device::cuda);
+    OwnedTensor delta(flash_attention_scratch_shape(Tensor(nullptr, {s.batch, s.heads, s.seq, s.dim}, DType::bf16,
+                                                           Device::cuda)),
+                      DType::f32, Device::cuda);
     for (OwnedTensor* t : {&rows, &dqkv, &lse, &delta}) poison(*t);
     auto run = [&](const Tensor& qkv_t, const Tensor& rows_t, const Tensor& lse_t, const Tensor& drows_t,
                    const Tensor& dqkv_t, const Tensor& delta_t) {
@@ -121,7 +134,8 @@ TEST(FlashAttentionGpuViews, TokenMajorRowsMatchCpuReference) {
 
     OwnedTensor qkvc = convert(qkv, DType::f64, Device::cpu), drowsc = convert(drows, DType::f64, Device::cpu);
     OwnedTensor rowsc({n, q_cols}, DType::f64, Device::cpu), dqkvc({n, cols}, DType::f64, Device::cpu);
-    OwnedTensor lsec(row_shape, DType::f32, Device::cpu), deltac(row_shape, DType::f32, Device::cpu);
+    OwnedTensor lsec(row_shape, DType::f32, Device::cpu);
+    OwnedTensor deltac({s.batch * s.heads * s.seq}, DType::f32, Device::cpu);
     run(qkvc, rowsc, lsec, drowsc, dqkvc, deltac);
     // bf16 operands and outputs (as in MatchesCpuReference); here the backward's error includes
     // the forward's, since the reference recomputes its own out and lse.

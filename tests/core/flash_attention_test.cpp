@@ -62,7 +62,7 @@ TEST_P(FlashAttentionHeads, BackwardMatchesFiniteDifferencesAndProbsAttention) {
   OwnedTensor v = random_tensor(kv_shape, DType::f64, Device::cpu, 136);
   OwnedTensor dout = random_tensor(q_shape, DType::f64, Device::cpu, 137);
   OwnedTensor out(q_shape, DType::f64, Device::cpu), lse({batch, h.heads, seq}, DType::f32, Device::cpu);
-  OwnedTensor delta({batch, h.heads, seq}, DType::f32, Device::cpu);
+  OwnedTensor delta(flash_attention_scratch_shape(q), DType::f32, Device::cpu);
   auto loss = [&] {
     flash_attention_forward(q, k, v, out, lse);
     return weighted_sum(out, dout);
@@ -107,7 +107,8 @@ TEST(FlashAttention, TokenMajorViewsMatchHeadMajorCopies) {
   OwnedTensor qkv = random_tensor({n, cols}, DType::f64, Device::cpu, 140, 2.0f);
   OwnedTensor drows = random_tensor({n, heads * dim}, DType::f64, Device::cpu, 141);
   OwnedTensor rows({n, heads * dim}, DType::f64, Device::cpu), dqkv({n, cols}, DType::f64, Device::cpu);
-  OwnedTensor lse({batch, heads, seq}, DType::f32, Device::cpu), delta({batch, heads, seq}, DType::f32, Device::cpu);
+  OwnedTensor lse({batch, heads, seq}, DType::f32, Device::cpu);
+  OwnedTensor delta({batch * heads * seq}, DType::f32, Device::cpu);  // the CPU scratch: one value per row
   poison(rows);
   poison(dqkv);
   auto q_of = [&](const Tensor& t) { return heads_in_rows(t, batch, heads, seq, dim, 0); };
@@ -165,11 +166,11 @@ TEST(FlashAttention, RejectsBadArguments) {
   expect_error([&] { flash_attention_forward(q, k4, k4, out, lse); },
                "flash_attention_forward: n_heads 6 is not a multiple of n_kv_heads 4");
   OwnedTensor dq({1, 6, 4, 8}, DType::f32, Device::cpu), dk({1, 2, 4, 8}, DType::f32, Device::cpu);
-  OwnedTensor dv_bf16({1, 2, 4, 8}, DType::bf16, Device::cpu), delta({1, 6, 4}, DType::f32, Device::cpu);
+  OwnedTensor dv_bf16({1, 2, 4, 8}, DType::bf16, Device::cpu), delta({24}, DType::f32, Device::cpu);
   expect_error([&] { flash_attention_backward(q, k, v, out, lse, out, dq, dk, dv_bf16, delta); },
                "flash_attention_backward: dv must be f32, got bf16[1, 2, 4, 8] cpu");
   expect_error([&] { flash_attention_backward(q, k, v, out, lse, out, dq, dk, dk, lse_short); },
-               "flash_attention_backward: delta must have shape [1, 6, 4], got f32[1, 6, 3] cpu");
+               "flash_attention_backward: scratch must have shape [24], got f32[1, 6, 3] cpu");
 }
 
 }  // namespace
