@@ -60,7 +60,8 @@ step() {
     return 1
   fi
   local left=$((budget - SECONDS)) started=$SECONDS
-  timeout $((left < step_limit ? left : step_limit)) "$@" >"$out/$name.log" 2>&1
+  # Through bash -c, so COMMAND may also be one of the exported functions below.
+  timeout $((left < step_limit ? left : step_limit)) bash -c '"$@"' "$name" "$@" >"$out/$name.log" 2>&1
   local rc=$?
   local line="$(printf '%-22s rc %-3s %4ds  %s' "$name" "$rc" $((SECONDS - started)) "$(result_of "$name")")"
   echo "$line"
@@ -105,6 +106,8 @@ train() {  # train RANKS CONFIG ARGS...: launch/train.sh with this build, no che
     --set checkpoint.enabled=false "$@")
 }
 on_gpus() { mpirun --allow-run-as-root --bind-to none -np "$1" -x NCCL_NVLS_ENABLE "${@:2}"; }
+export root build_dir bin
+export -f build train on_gpus
 
 build_ok=0
 step build 60 build && [ -x "$bin" ] && build_ok=1
