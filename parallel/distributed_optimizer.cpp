@@ -48,9 +48,12 @@ DistributedOptimizer::DistributedOptimizer(ParameterRegistry& registry, Communic
       settings_(settings),
       sync_(registry, dp, edp, settings.zero1, compute),
       compute_(compute),
+      bucket_squares_({1}, DType::f32, registry.options().device),
       sum_squares_({1}, DType::f32, registry.options().device),
       sum_squares_host_({1}, DType::f32, Device::cpu) {
   const Device device = registry.options().device;
+  fill_bytes(bucket_squares_, 0);
+  sync_.set_bucket_reduced([this](ReduceGroup id, int bucket, StreamRef stream) { add_bucket_squares(id, bucket, stream); });
   SY_CHECK(world.device() == device) << "DistributedOptimizer: group " << world.name() << " moves "
                                      << device_name(world.device()) << " tensors but parameters live on "
                                      << device_name(device);
@@ -99,23 +102,27 @@ DistributedOptimizer::DistributedOptimizer(ParameterRegistry& registry, Communic
     // Across tp, split parameters hold distinct elements (each tp rank counts its own) and
     // replicated ones hold the same gradient (tp rank 0 counts it). Across ep, expert parameters
     // are distinct experts, so every ep rank counts its own: the world sum adds them up.
-    plan.norm_ranges =
-        ranges(shard_windows, [](const Parameter& p) { return p.spec().tp.split() || p.spec().tp.index == 0; });
+    plan.norm_ranges.resize(group.buckets.size());
+    for (std::size_t i = 0; i < shard_windows.size(); ++i)
+      plan.norm_ranges[std::size_t(sync_.segments(id)[i].bucket)] = ranges(
+          {shard_windows[i]}, [](const Parameter& p) { return p.spec().tp.split() || p.spec().tp.index == 0; });
     plan.decay_ranges = ranges(update_windows, [](const Parameter& p) { return p.spec().weight_decay; });
     plan.plain_ranges = ranges(update_windows, [](const Parameter& p) { return !p.spec().weight_decay; });
   }
 }
 
+// Buckets are reduced in backward's order, which is the same every step: the sum is deterministic.
+void DistributedOptimizer::add_bucket_squares(ReduceGroup id, int bucket, StreamRef stream) {
+  const Tensor& grads = settings_.zero1 ? sync_.shard_grad(id) : registry_.group(id).grad;
+  for (const Range& r : plans_[int(id)].norm_ranges[std::size_t(bucket)])
+    sum_squares(grads.slice_rows(r.offset, r.numel), bucket_squares_, stream);
+}
+
+// Runs after GradSync::finish, so every bucket's squares are in; bucket_squares_ restarts at 0
+// on the compute stream, which the next step's first bucket waits for.
 void DistributedOptimizer::reduce_grad_squares() {
-  fill_bytes(sum_squares_, 0, compute_);
-  for (int g = 0; g < 2; ++g) {
-    const ReduceGroup id = ReduceGroup(g);
-    const ParameterGroup& group = registry_.group(id);
-    if (group.numel == 0) continue;
-    const Tensor& grads = settings_.zero1 ? sync_.shard_grad(id) : group.grad;
-    for (const Range& r : plans_[g].norm_ranges)
-      sum_squares(grads.slice_rows(r.offset, r.numel), sum_squares_, compute_);
-  }
+  copy(sum_squares_, bucket_squares_, compute_);
+  fill_bytes(bucket_squares_, 0, compute_);
   world_.all_reduce(sum_squares_, ReduceOp::sum, compute_);
 }
 

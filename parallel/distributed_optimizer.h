@@ -1,5 +1,6 @@
 // DistributedOptimizer: one training step's tail. Finishes gradient synchronisation, computes
-// the global gradient norm, clips, and applies AdamW, either to the whole local buffers or,
+// the global gradient norm (each bucket's share is summed on the synchronisation stream as soon
+// as the bucket is reduced, so under backward), clips, and applies AdamW, either to the whole local buffers or,
 // under ZeRO-1, to this rank's shard (Adam state exists for the shard only) followed by an
 // all_gather of the updated masters and compute copies.
 //
@@ -66,7 +67,7 @@ class DistributedOptimizer {
     std::int64_t numel = 0;
   };
   struct GroupPlan {
-    std::vector<Range> norm_ranges;    // gradient elements this rank counts in the norm
+    std::vector<std::vector<Range>> norm_ranges;  // per bucket: gradient elements this rank counts in the norm
     std::vector<Range> decay_ranges;   // AdamW with weight decay
     std::vector<Range> plain_ranges;   // AdamW without
     Storage m_storage, v_storage, master_stage_storage, copy_stage_storage;
@@ -74,6 +75,8 @@ class DistributedOptimizer {
     Tensor master_stage, copy_stage;   // ZeRO-1: the shard being updated, then gathered
   };
 
+  // Adds the squares of a reduced bucket's counted elements to bucket_squares_ (on `stream`).
+  void add_bucket_squares(ReduceGroup group, int bucket, StreamRef stream);
   // sum_squares_ = the squared global gradient norm, on the device (summed over the world).
   void reduce_grad_squares();
   const ParameterGroup& check_adam_state_args(const char* op, ReduceGroup group, const Tensor& m,
@@ -87,6 +90,7 @@ class DistributedOptimizer {
   PhaseTimer* timer_ = nullptr;
   StreamRef compute_;
   GroupPlan plans_[2];  // dp, edp
+  OwnedTensor bucket_squares_;    // [1] f32: this step's buckets so far, on the sync stream
   OwnedTensor sum_squares_;       // [1] f32 on the parameters' device
   OwnedTensor sum_squares_host_;  // [1] f32 on the CPU
 };

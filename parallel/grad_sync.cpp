@@ -111,6 +111,7 @@ void GradSync::reduce_bucket(ReduceGroup group_id, int bucket_index) {
     s.comm->all_reduce(grads, ReduceOp::sum, comm);
   }
   if (average_scale_ != 1.0f) scale(reduced, average_scale_, reduced, comm);
+  if (bucket_reduced_) bucket_reduced_(group_id, bucket_index, comm);
 }
 
 void GradSync::finish() {

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "core/storage.h"
@@ -38,6 +39,10 @@ class GradSync {
   // `param`'s gradient is complete for this step (with gradient accumulation: report it in the
   // last micro-batch's backward only). Starts its bucket's reduction when it is the last one.
   void grad_ready(const Parameter& param);
+  // Called on the communication stream after each bucket's reduction (and averaging), with the
+  // group and bucket: the optimizer adds the bucket's squared norm there, under backward.
+  using BucketReduced = std::function<void(ReduceGroup group, int bucket, StreamRef comm)>;
+  void set_bucket_reduced(BucketReduced callback) { bucket_reduced_ = std::move(callback); }
   // Waits for every bucket (the compute stream waits on the communication stream; the host does
   // not block) and starts the next step's bookkeeping. Every trainable parameter must be ready.
   void finish();
@@ -73,6 +78,7 @@ class GradSync {
   StreamEvent comm_done_;
   GroupState groups_[kReduceGroups];  // none stays empty
   std::vector<char> ready_;  // per parameter, this step
+  BucketReduced bucket_reduced_;
 };
 
 }  // namespace sy
