@@ -74,11 +74,12 @@ result_of() {
   local log=$out/$1.log
   case "$1" in
     gpu-tests | mpi-tests)
-      local ran failed
-      ran=$(grep -E "\[==========\] [0-9]+ tests? from .* ran" "$log" | tail -1 | sed 's/.*\] //')
-      failed=$(grep -cE "\[  FAILED  \] [A-Za-z]" "$log")
-      echo "${ran:-no gtest summary}; passed $(grep -E "\[  PASSED  \] [0-9]+" "$log" | tail -1 |
-        grep -oE "[0-9]+ tests?" | head -1), failed lines $failed, skipped $(grep -E "\[  SKIPPED \] [0-9]+" "$log" |
+      local plain ran failed
+      plain=$(sed 's/\x1b\[[0-9;]*m//g' "$log")  # gtest colours its output under mpirun
+      ran=$(grep -E "\[==========\] [0-9]+ tests? from .* ran" <<<"$plain" | tail -1 | sed 's/.*\] //')
+      failed=$(grep -cE "\[  FAILED  \] [A-Za-z]" <<<"$plain")
+      echo "${ran:-no gtest summary}; passed $(grep -E "\[  PASSED  \] [0-9]+" <<<"$plain" | tail -1 |
+        grep -oE "[0-9]+ tests?" | head -1), failed lines $failed, skipped $(grep -E "\[  SKIPPED \] [0-9]+" <<<"$plain" |
         tail -1 | grep -oE "[0-9]+ tests?" | head -1)" ;;
     compare) grep -E "^switchyard / torch compile" "$log" || echo "no ratio (see compare.log)" ;;
     unit-suite) grep -E "tests passed" "$log" | tail -1 ;;

@@ -12,10 +12,9 @@
 // peer p, piece j of block (p, l). With K = 1 this is the plain expert-major layout.
 //
 // How rows move: a chunk's pieces go straight to their expert-side rows, L blocks per peer
-// (Communicator::exchange). With K = 1 a peer's rows are one block on the send side, and they
-// move as NCCL's all-to-all moves them fastest, one block per peer, into a source-major staging
-// buffer that a device pass regroups: on 2 H200s, 4 blocks per peer moved 32 MiB at 129 GB/s
-// of bus bandwidth against 193 GB/s for one.
+// (Communicator::exchange). With one expert per rank and K = 1 that is one block per peer in
+// peer order on both sides, which NCCL's all-to-all moves. (A source-major all-to-all plus a
+// regroup pass was measured slower than the L-block exchange on 2 H200s: bench/SCALING.md.)
 #pragma once
 
 #include <cstdint>
@@ -44,7 +43,6 @@ struct DispatchPlan {
   std::int64_t send_rows = 0;
   std::int64_t recv_rows = 0;
   Tensor offsets;      // [E + 1] i32 on the device: start row of each expert on the send side
-  Tensor recv_counts;  // [P, L] i32 on the device (P > 1): recv_rows_per_block, for the regroup
 
   std::int64_t chunk_rows(int chunk) const {
     return chunk_first_row[std::size_t(chunk) + 1] - chunk_first_row[std::size_t(chunk)];
@@ -70,13 +68,6 @@ Tensor dispatch_permute(const Tensor& x, const Routing& routing, const DispatchP
 // the way back (combine forward, dispatch backward). Collective over ep.
 void exchange_chunk(const DispatchPlan& plan, int chunk, bool to_experts, const Tensor& from, const Tensor& to,
                     Communicator& ep, StreamRef stream = {});
-
-// The K = 1 exchange: like exchange_chunk, through `staging` ([plan.recv_rows, d] or more rows,
-// source-major) with one block per peer and a regroup on the device. With one expert per rank
-// the two orders coincide: one all-to-all straight between the sides, `staging` unused (it may be
-// undefined). Collective over ep.
-void exchange_whole(const DispatchPlan& plan, bool to_experts, const Tensor& from, const Tensor& to,
-                    const Tensor& staging, Communicator& ep, StreamRef stream = {});
 
 // The whole of dispatch and combine, one chunk after another without overlap (tests, and the
 // pieces a pipelined layer runs). With one rank in the group the two sides coincide and nothing

@@ -152,25 +152,6 @@ void combine_backward_cpu(const Tensor& dout, const Tensor& y, const ChoiceRows&
   }
 }
 
-// Visits the P x L blocks in both orders: fn(source-major start, expert-major start, rows).
-template <class Fn>
-void for_each_block(const Tensor& counts, Fn&& fn) {
-  const std::int64_t peers = counts.size(0), locals = counts.size(1);
-  const std::int32_t* cp = counts.ptr<std::int32_t>();
-  std::vector<std::int64_t> expert_major_start(std::size_t(peers * locals));
-  std::int64_t row = 0;
-  for (std::int64_t l = 0; l < locals; ++l)
-    for (std::int64_t p = 0; p < peers; ++p) {
-      expert_major_start[std::size_t(p * locals + l)] = row;
-      row += cp[p * locals + l];
-    }
-  row = 0;
-  for (std::int64_t b = 0; b < peers * locals; ++b) {
-    fn(row, expert_major_start[std::size_t(b)], std::int64_t(cp[b]));
-    row += cp[b];
-  }
-}
-
 }  // namespace
 
 void moe_expert_offsets(const Tensor& counts, std::int64_t capacity, const Tensor& offsets, StreamRef stream) {
@@ -259,32 +240,6 @@ void moe_combine_backward(const Tensor& dout, const Tensor& y, const Tensor& exp
   cpu::dispatch_float(dout, [&](auto* type) {
     combine_backward_cpu<std::remove_pointer_t<decltype(type)>>(dout, y, choice_rows(expert, slot, offsets),
                                                                 expert.size(1), gate, dy, dgate);
-  });
-}
-
-void moe_regroup(const Tensor& in, const Tensor& counts, const Tensor& out, bool to_expert_major, StreamRef stream) {
-  const char* op = "moe_regroup";
-  check_contiguous(op, "counts", counts);
-  check_dtype(op, "counts", counts, DType::i32);
-  SY_CHECK(counts.dim() == 2) << op << ": counts must be [P, L], got " << counts.describe();
-  check_rows(op, "in", in, in.dim() == 2 ? in.size(1) : -1, in.dtype());
-  check_rows(op, "out", out, in.size(1), in.dtype());
-  check_same_device(op, {&in, &counts, &out});
-  if (in.is_cuda()) {
-    SY_ON_CUDA(cuda::moe_regroup(in, counts, out, to_expert_major, stream));
-    return;
-  }
-  const std::size_t row_bytes = std::size_t(in.size(1)) * dtype_size(in.dtype());
-  const char* src = static_cast<const char*>(in.data());
-  char* dst = static_cast<char*>(out.data());
-  for_each_block(counts, [&](std::int64_t source_major, std::int64_t expert_major, std::int64_t rows) {
-    const std::int64_t from = to_expert_major ? source_major : expert_major;
-    const std::int64_t to = to_expert_major ? expert_major : source_major;
-    SY_CHECK(from + rows <= in.size(0) && to + rows <= out.size(0))
-        << op << ": counts need " << from + rows << " rows of in and " << to + rows << " of out, have " << in.size(0)
-        << " and " << out.size(0);
-    std::copy(src + std::size_t(from) * row_bytes, src + std::size_t(from + rows) * row_bytes,
-              dst + std::size_t(to) * row_bytes);
   });
 }
 

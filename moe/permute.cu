@@ -95,29 +95,6 @@ __global__ void combine_backward_kernel(const T* dout, const T* y, const std::in
   if (threadIdx.x == 0) dgate[c] = dot;
 }
 
-// Block (p, l) = blockIdx.x moves its rows between source-major and expert-major positions;
-// blockIdx.y strides over the block's rows. Each CTA finds both start rows by summing counts
-// (P x L is small). Rows move as 4-byte words when the row width allows, else 2-byte words.
-template <class Word>
-__global__ void regroup_kernel(const Word* in, const std::int32_t* counts, Word* out, int peers, int locals,
-                               std::int64_t row_words, bool to_expert_major) {
-  const int b = blockIdx.x, p = b / locals, l = b % locals;
-  std::int64_t source_major = 0, expert_major = 0;
-  for (int q = 0; q < peers * locals; ++q) {
-    const int qp = q / locals, ql = q % locals;
-    if (q < b) source_major += counts[q];
-    if (ql < l || (ql == l && qp < p)) expert_major += counts[q];
-  }
-  const std::int64_t from = to_expert_major ? source_major : expert_major;
-  const std::int64_t to = to_expert_major ? expert_major : source_major;
-  const int rows = counts[b];
-  for (int r = blockIdx.y; r < rows; r += gridDim.y) {
-    const Word* src = in + (from + r) * row_words;
-    Word* dst = out + (to + r) * row_words;
-    for (std::int64_t w = threadIdx.x; w < row_words; w += blockDim.x) dst[w] = src[w];
-  }
-}
-
 const std::int32_t* i32(const Tensor& t) { return static_cast<const std::int32_t*>(t.data()); }
 
 // Whether rows of width d in these tensors can move as 16-byte vectors of 8 elements.
@@ -201,23 +178,6 @@ void moe_combine_backward(const Tensor& dout, const Tensor& y, const Tensor& exp
     if (rows_vectorizable(dout.size(1), {&dout, &y, &dy})) launch(combine_backward_kernel<T, 8>);
     else launch(combine_backward_kernel<T, 1>);
   });
-  SY_CUDA_LAUNCH();
-}
-
-void moe_regroup(const Tensor& in, const Tensor& counts, const Tensor& out, bool to_expert_major, StreamRef stream) {
-  const int peers = int(counts.size(0)), locals = int(counts.size(1));
-  if (peers * locals == 0) return;
-  const std::int64_t row_bytes = in.size(1) * std::int64_t(dtype_size(in.dtype()));
-  const dim3 grid(unsigned(peers * locals), 64);
-  if (row_bytes % 4 == 0) {
-    regroup_kernel<std::uint32_t><<<grid, kRowThreads, 0, to_cuda(stream)>>>(
-        static_cast<const std::uint32_t*>(in.data()), i32(counts), static_cast<std::uint32_t*>(out.data()), peers,
-        locals, row_bytes / 4, to_expert_major);
-  } else {
-    regroup_kernel<std::uint16_t><<<grid, kRowThreads, 0, to_cuda(stream)>>>(
-        static_cast<const std::uint16_t*>(in.data()), i32(counts), static_cast<std::uint16_t*>(out.data()), peers,
-        locals, row_bytes / 2, to_expert_major);
-  }
   SY_CUDA_LAUNCH();
 }
 

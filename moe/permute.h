@@ -35,12 +35,4 @@ void moe_combine_backward(const Tensor& dout, const Tensor& y, const Tensor& exp
                           const Tensor& offsets, const Tensor& gate, const Tensor& dy, const Tensor& dgate,
                           StreamRef stream = {});
 
-// Reorders row blocks between source-major and expert-major order. counts: [P, L] i32, the rows
-// that source rank p holds for local expert l. Source-major: blocks (p, l) in order p, then l
-// (how all_to_all delivers them); expert-major: blocks in order l, then p (what one batched or
-// grouped GEMM per expert wants). to_expert_major selects the direction; in and out hold
-// sum(counts) rows (or more: extra rows are left as they are).
-void moe_regroup(const Tensor& in, const Tensor& counts, const Tensor& out, bool to_expert_major,
-                 StreamRef stream = {});
-
 }  // namespace sy

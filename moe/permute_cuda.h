@@ -16,6 +16,5 @@ void moe_combine(const Tensor& y, const Tensor& expert, const Tensor& slot, cons
 void moe_combine_backward(const Tensor& dout, const Tensor& y, const Tensor& expert, const Tensor& slot,
                           const Tensor& offsets, const Tensor& gate, const Tensor& dy, const Tensor& dgate,
                           StreamRef stream);
-void moe_regroup(const Tensor& in, const Tensor& counts, const Tensor& out, bool to_expert_major, StreamRef stream);
 
 }  // namespace sy::cuda

@@ -430,11 +430,13 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) flash_backward_dkdv
   extern __shared__ __align__(128) unsigned char smem[];
   const int k_tile = gridDim.x - 1 - blockIdx.x;  // early keys see the most queries: start them first
   const int kv_head = blockIdx.y, batch = blockIdx.z;
-  // Tiles: K, V, then Q and dO of buffer 0, then of buffer 1; then the row values.
+  // Tiles: K, V, then Q and dO of buffer 0, then of buffer 1; the dS^T staging tile (64 x 64);
+  // then the row values.
   const SmemTile<D> ks = tile_at<D>(smem, 0), vs = tile_at<D>(smem, 1);
   auto qs = [&](int buf) { return tile_at<D>(smem, 2 + 2 * buf); };
   auto dos = [&](int buf) { return tile_at<D>(smem, 3 + 2 * buf); };
-  float* row_lse = reinterpret_cast<float*>(tile_at<D>(smem, 6).base);  // [2][64]
+  const SmemTile<kTile> ds_stage{tile_at<D>(smem, 6).base};
+  float* row_lse = reinterpret_cast<float*>(ds_stage.base + kTile * kTile);  // [2][64]
   float* row_delta = row_lse + 2 * kTile;                               // [2][64]
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
   const int key0 = k_tile * kTile + warp * 16;
@@ -496,16 +498,24 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) flash_backward_dkdv
     }
     product_pv<D>(dk_acc, ds, qs(buf));
     // dS^T in bf16, exactly the operand dK just used, for the dQ kernel: tile (q_tile, k_tile)
-    // of this query head, rows keys, columns queries.
+    // of this query head, rows keys, columns queries. Each warp stages its 16 rows in shared
+    // memory (swizzled: the 8 rows of a store hit 8 bank groups) and writes them out as whole
+    // 128-byte rows, 16 bytes a lane.
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+      *reinterpret_cast<std::uint32_t*>(ds_stage.at(warp * 16 + g, nt) + 2 * t) = pack_bf16(ds[nt][0], ds[nt][1]);
+      *reinterpret_cast<std::uint32_t*>(ds_stage.at(warp * 16 + g + 8, nt) + 2 * t) = pack_bf16(ds[nt][2], ds[nt][3]);
+    }
+    __syncwarp();
     const int head = kv_head * s.group() + step / per_head;
     bf16* ds_tile = ds_tiles + ds_tile_offset(s, batch, head, q_tile, k_tile);
 #pragma unroll
-    for (int nt = 0; nt < 8; ++nt) {
-      bf16* at = ds_tile + (warp * 16 + g) * kTile + nt * 8 + 2 * t;
-      *reinterpret_cast<std::uint32_t*>(at) = pack_bf16(ds[nt][0], ds[nt][1]);
-      *reinterpret_cast<std::uint32_t*>(at + 8 * kTile) = pack_bf16(ds[nt][2], ds[nt][3]);
+    for (int i = 0; i < 4; ++i) {
+      const int row = warp * 16 + 4 * i + lane / 8, chunk = lane % 8;
+      *reinterpret_cast<uint4*>(ds_tile + row * kTile + chunk * 8) =
+          *reinterpret_cast<const uint4*>(ds_stage.at(row, chunk));
     }
-    __syncthreads();
+    __syncthreads();  // also orders this step's staging reads before the next step's writes
   }
   store_rows<D>(dk.head_at(batch, kv_head), dk.row, dk_acc, key0, s.seq, scale, scale);
   store_rows<D>(dv.head_at(batch, kv_head), dv.row, dv_acc, key0, s.seq, 1.0f, 1.0f);
@@ -567,7 +577,9 @@ template <int D>
 constexpr std::size_t forward_smem_bytes() {
   return std::size_t(kForwardTiles<D> + 4) * kTile * D * sizeof(bf16);
 }
-constexpr std::size_t backward_smem_bytes(int d) { return 6 * kTile * d * sizeof(bf16) + 4 * kTile * sizeof(float); }
+constexpr std::size_t backward_smem_bytes(int d) {
+  return (6 * kTile * d + kTile * kTile) * sizeof(bf16) + 4 * kTile * sizeof(float);
+}
 constexpr std::size_t dq_smem_bytes(int d) { return 2 * (kTile * kTile + kTile * d) * sizeof(bf16); }
 
 // Raises a kernel's dynamic shared-memory limit once (the default is 48 KiB).

@@ -99,24 +99,5 @@ TEST(MoePermute, GatherSumIsTheTransposeOfScatter) {
   EXPECT_NEAR(weighted_sum(send, rows), weighted_sum(x, dx), 1e-12);
 }
 
-TEST(MoePermute, RegroupSwapsSourceAndExpertMajorOrder) {
-  // P = 2 sources, L = 3 local experts; source 1 sends nothing to expert 1.
-  OwnedTensor counts = ints({1, 2, 1, 2, 0, 1}, {2, 3});
-  // Source-major rows, labelled by (source, expert, row): 100*s + 10*l + r.
-  OwnedTensor in = reals({0, 10, 11, 20, 100, 101, 120}, {7, 1});
-  OwnedTensor out = reals(std::vector<double>(8, -1.0), {8, 1});
-  moe_regroup(in, counts, out, true);
-  EXPECT_EQ(to_vector(out), (std::vector<double>{0, 100, 101, 10, 11, 20, 120, -1}));
-  OwnedTensor back = reals(std::vector<double>(7, -1.0), {7, 1});
-  moe_regroup(out, counts, back, false);
-  EXPECT_EQ(to_vector(back), to_vector(in));
-}
-
-TEST(MoePermute, RegroupRejectsCountsPastTheBuffer) {
-  OwnedTensor counts = ints({3, 3}, {1, 2});
-  OwnedTensor in({4, 2}, DType::f32, Device::cpu), out({6, 2}, DType::f32, Device::cpu);
-  expect_error([&] { moe_regroup(in, counts, out, true); }, "moe_regroup: counts need 6 rows of in and 6 of out, have 4 and 6");
-}
-
 }  // namespace
 }  // namespace sy::test
