@@ -17,7 +17,8 @@
 #      scaling sweep (1, 2, 4, 8 up to the GPU count) with its layer benchmarks; switch-base-8
 #      with the exchange pipelined in 4 chunks
 #   5. op self-check, op benchmark, the default tiny job; the CPU unit suite (CI runs it too)
-# --quick stops after 3; --no-bench after 1.
+# --quick stops after 3; --no-bench after 1. SY_ONLY="build gpu-tests ..." runs only the named
+# steps; SY_GTEST_FILTER narrows the GPU tests (a gtest filter).
 set -uo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -55,6 +56,7 @@ fi
 step() {
   local name=$1 need=$2
   shift 2
+  if [ -n "${SY_ONLY:-}" ] && [[ " $SY_ONLY " != *" $name "* ]]; then return 1; fi
   if [ $((SECONDS + need)) -gt "$budget" ]; then
     skipped+=("$name")
     return 1
@@ -114,7 +116,7 @@ build_ok=0
 step build 60 build && [ -x "$bin" ] && build_ok=1
 if [ $build_ok = 1 ]; then
   # The GPU suite in one process (a CUDA context per test, as ctest runs it, costs a minute).
-  step gpu-tests 60 "$build_dir/tests/gpu_tests"
+  step gpu-tests 60 "$build_dir/tests/gpu_tests" --gtest_filter="${SY_GTEST_FILTER:-*}"
   # The multi-rank suite with a GPU per rank: NCCL exchanges, the training layouts on GPUs.
   [ "$gpus" -ge 2 ] && step mpi-tests 90 on_gpus 2 "$build_dir/tests/mpi_tests"
 fi

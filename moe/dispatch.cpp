@@ -13,9 +13,16 @@ std::vector<std::int32_t> download_i32(const Tensor& t, StreamRef stream) {
   return values;
 }
 
-// Every chunk of one direction, in order, without overlap.
+// Every chunk of one direction, in order, without overlap: the K = 1 exchange through a
+// staging buffer from the arena, or the K chunks' block exchanges.
 void exchange_all(const DispatchPlan& plan, bool to_experts, const Tensor& from, const Tensor& to, Communicator& ep,
-                  StreamRef stream) {
+                  Arena& arena, StreamRef stream) {
+  if (plan.chunks == 1) {
+    const Tensor staging =
+        plan.local_experts > 1 ? arena.alloc({plan.recv_rows, from.size(1)}, from.dtype()) : Tensor();
+    exchange_whole(plan, to_experts, from, to, staging, ep, stream);
+    return;
+  }
   for (int j = 0; j < plan.chunks; ++j) exchange_chunk(plan, j, to_experts, from, to, ep, stream);
 }
 
@@ -39,6 +46,7 @@ DispatchPlan plan_dispatch(const Routing& routing, Communicator& ep, int chunks,
     // Fixed-size exchange: C rows per expert from every rank, padding included.
     my_counts.assign(static_cast<std::size_t>(routing.experts), std::int32_t(plan.capacity));
     recv_counts.assign(static_cast<std::size_t>(peers * locals), std::int32_t(plan.capacity));
+    plan.blocks = RegroupBlocks::uniform(peers, locals, plan.capacity);
   } else if (peers == 1) {
     my_counts = download_i32(routing.expert_counts, stream);
     recv_counts = my_counts;
@@ -52,6 +60,7 @@ DispatchPlan plan_dispatch(const Routing& routing, Communicator& ep, int chunks,
     ep.all_to_all(send, ones, recv, ones, stream);
     my_counts = download_i32(routing.expert_counts, stream);
     recv_counts = download_i32(recv, stream);
+    plan.blocks = RegroupBlocks::of(recv);
   }
   mark_phase(timer, "all_to_all");  // the counts exchange and its host read
   plan.offsets = arena.alloc({routing.experts + 1}, DType::i32);
@@ -104,15 +113,6 @@ void exchange_chunk(const DispatchPlan& plan, int chunk, bool to_experts, const 
                     Communicator& ep, StreamRef stream) {
   SY_CHECK(chunk >= 0 && chunk < plan.chunks) << "exchange_chunk: chunk " << chunk << " of " << plan.chunks;
   const int peers = plan.peers, locals = plan.local_experts, pieces = plan.chunks;
-  if (pieces == 1 && locals == 1) {
-    // One block per peer on both sides, in peer order: NCCL's all-to-all, its fastest form.
-    if (to_experts) {
-      ep.all_to_all(from, plan.send_rows_per_peer, to, plan.recv_rows_per_peer, stream);
-    } else {
-      ep.all_to_all(from, plan.recv_rows_per_peer, to, plan.send_rows_per_peer, stream);
-    }
-    return;
-  }
   // Send side: expert e = p L + l goes to peer p; its rows start after the experts before it.
   std::vector<RowBlock> send_side, expert_side;
   std::int64_t expert_start = 0;
@@ -142,13 +142,36 @@ void exchange_chunk(const DispatchPlan& plan, int chunk, bool to_experts, const 
   }
 }
 
+void exchange_whole(const DispatchPlan& plan, bool to_experts, const Tensor& from, const Tensor& to,
+                    const Tensor& staging, Communicator& ep, StreamRef stream) {
+  SY_CHECK(plan.chunks == 1 && plan.peers > 1) << "exchange_whole: needs one chunk and more than one ep rank, got "
+                                               << plan.chunks << " chunks and " << plan.peers << " ranks";
+  const std::vector<std::int64_t>& send = plan.send_rows_per_peer;
+  const std::vector<std::int64_t>& recv = plan.recv_rows_per_peer;
+  if (plan.local_experts == 1) {  // one expert per rank: source-major is expert-major, nothing to regroup
+    if (to_experts) {
+      ep.all_to_all(from, send, to, recv, stream);
+    } else {
+      ep.all_to_all(from, recv, to, send, stream);
+    }
+    return;
+  }
+  if (to_experts) {
+    ep.all_to_all(from, send, staging, recv, stream);
+    moe_regroup(staging, plan.blocks, to, true, stream);
+  } else {
+    moe_regroup(from, plan.blocks, staging, false, stream);
+    ep.all_to_all(staging, recv, to, send, stream);
+  }
+}
+
 Tensor dispatch_forward(const Tensor& x, const Routing& routing, const DispatchPlan& plan, Communicator& ep,
                         Arena& arena, StreamRef stream, PhaseTimer* timer) {
   Tensor send = dispatch_permute(x, routing, plan, arena, stream);
   mark_phase(timer, "permute");
   if (plan.peers == 1) return send;  // the two sides coincide
   Tensor expert_in = arena.alloc({plan.recv_rows, x.size(1)}, x.dtype());
-  exchange_all(plan, true, send, expert_in, ep, stream);
+  exchange_all(plan, true, send, expert_in, ep, arena, stream);
   mark_phase(timer, "all_to_all");
   return expert_in;
 }
@@ -158,7 +181,7 @@ void dispatch_backward(const Tensor& d_expert_in, const Routing& routing, const 
   Tensor d_send = d_expert_in;
   if (plan.peers > 1) {
     d_send = arena.alloc({plan.send_rows, dx.size(1)}, dx.dtype());
-    exchange_all(plan, false, d_expert_in, d_send, ep, stream);
+    exchange_all(plan, false, d_expert_in, d_send, ep, arena, stream);
     mark_phase(timer, "all_to_all");
   }
   moe_gather_rows_sum(d_send, routing.expert, routing.slot, plan.offsets, dx, stream);
@@ -170,7 +193,7 @@ Tensor combine_forward(const Tensor& expert_out, const Routing& routing, const D
   Tensor returned = expert_out;
   if (plan.peers > 1) {
     returned = arena.alloc({plan.send_rows, out.size(1)}, out.dtype());
-    exchange_all(plan, false, expert_out, returned, ep, stream);
+    exchange_all(plan, false, expert_out, returned, ep, arena, stream);
     mark_phase(timer, "all_to_all");
   }
   moe_combine(returned, routing.expert, routing.slot, plan.offsets, routing.gate, out, stream);
@@ -187,7 +210,7 @@ Tensor combine_backward(const Tensor& dout, const Tensor& returned, const Routin
   mark_phase(timer, "combine");
   if (plan.peers == 1) return d_returned;
   Tensor d_expert_out = arena.alloc({plan.recv_rows, d}, dout.dtype());
-  exchange_all(plan, true, d_returned, d_expert_out, ep, stream);
+  exchange_all(plan, true, d_returned, d_expert_out, ep, arena, stream);
   mark_phase(timer, "all_to_all");
   return d_expert_out;
 }

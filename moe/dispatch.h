@@ -12,9 +12,11 @@
 // peer p, piece j of block (p, l). With K = 1 this is the plain expert-major layout.
 //
 // How rows move: a chunk's pieces go straight to their expert-side rows, L blocks per peer
-// (Communicator::exchange). With one expert per rank and K = 1 that is one block per peer in
-// peer order on both sides, which NCCL's all-to-all moves. (A source-major all-to-all plus a
-// regroup pass was measured slower than the L-block exchange on 2 H200s: bench/SCALING.md.)
+// (Communicator::exchange). With K = 1 a peer's rows are one block on the send side, and they
+// move as NCCL's all-to-all moves them fastest, one block per peer, into a source-major staging
+// buffer that a device pass regroups (with one expert per rank the two orders coincide and the
+// all-to-all goes straight between the sides). On 2 H200s the L-block exchange moved 30 MiB at
+// 141 GB/s of bus bandwidth with L = 4 but 93 GB/s with L = 8 (bench/SCALING.md).
 #pragma once
 
 #include <cstdint>
@@ -22,6 +24,7 @@
 
 #include "core/phase_timer.h"
 #include "core/storage.h"
+#include "moe/permute.h"
 #include "moe/routing.h"
 #include "parallel/communicator.h"
 
@@ -43,6 +46,7 @@ struct DispatchPlan {
   std::int64_t send_rows = 0;
   std::int64_t recv_rows = 0;
   Tensor offsets;      // [E + 1] i32 on the device: start row of each expert on the send side
+  RegroupBlocks blocks;  // the expert side's P x L blocks, for the K = 1 regroup
 
   std::int64_t chunk_rows(int chunk) const {
     return chunk_first_row[std::size_t(chunk) + 1] - chunk_first_row[std::size_t(chunk)];
@@ -68,6 +72,13 @@ Tensor dispatch_permute(const Tensor& x, const Routing& routing, const DispatchP
 // the way back (combine forward, dispatch backward). Collective over ep.
 void exchange_chunk(const DispatchPlan& plan, int chunk, bool to_experts, const Tensor& from, const Tensor& to,
                     Communicator& ep, StreamRef stream = {});
+
+// The K = 1 exchange: like exchange_chunk, through `staging` ([plan.recv_rows, d] or more rows,
+// source-major) with one block per peer and a regroup on the device. With one expert per rank
+// the two orders coincide: one all-to-all straight between the sides, `staging` unused (it may be
+// undefined). Collective over ep.
+void exchange_whole(const DispatchPlan& plan, bool to_experts, const Tensor& from, const Tensor& to,
+                    const Tensor& staging, Communicator& ep, StreamRef stream = {});
 
 // The whole of dispatch and combine, one chunk after another without overlap (tests, and the
 // pieces a pipelined layer runs). With one rank in the group the two sides coincide and nothing

@@ -56,7 +56,7 @@ StreamEvent& MoeLayer::event(std::size_t index) {
 // and back(j) beside compute(j + 1). One stream keeps every rank's NCCL calls in the same order.
 template <class Compute>
 void MoeLayer::pipeline(const Tensor& send_in, const Tensor& expert_in, const Tensor& expert_out,
-                        const Tensor& send_out, StreamRef stream, Compute&& compute) {
+                        const Tensor& send_out, Arena& arena, StreamRef stream, Compute&& compute) {
   Communicator* tp = groups_.tp && groups_.tp->size() > 1 ? groups_.tp : nullptr;
   const int chunks = plan_.chunks;
   auto tp_sum = [&](int j, StreamRef on) {
@@ -73,8 +73,20 @@ void MoeLayer::pipeline(const Tensor& send_in, const Tensor& expert_in, const Te
   }
   Communicator& ep = *groups_.ep;
   const StreamRef comm = comm_.handle ? comm_ : stream;
+  // K = 1 moves whole blocks through staging buffers (moe/dispatch.h), released once the layer's
+  // stream has waited for the last exchange: nothing that reuses their memory runs before.
+  const std::size_t staging_mark = arena.mark();
+  Tensor staging_in, staging_out;
+  if (chunks == 1 && plan_.local_experts > 1) {
+    staging_in = arena.alloc({plan_.recv_rows, send_in.size(1)}, send_in.dtype());
+    staging_out = arena.alloc({plan_.recv_rows, send_in.size(1)}, send_in.dtype());
+  }
   auto move = [&](int j, bool to_experts, const Tensor& from, const Tensor& to) {
-    exchange_chunk(plan_, j, to_experts, from, to, ep, comm);
+    if (chunks == 1) {
+      exchange_whole(plan_, to_experts, from, to, to_experts ? staging_in : staging_out, ep, comm);
+    } else {
+      exchange_chunk(plan_, j, to_experts, from, to, ep, comm);
+    }
   };
   // Events: 0 inputs ready, 1 all back, 2 + j chunk j arrived, 2 + K + j chunk j computed.
   event(0).record(stream);
@@ -99,6 +111,7 @@ void MoeLayer::pipeline(const Tensor& send_in, const Tensor& expert_in, const Te
   event(1).record(comm);
   event(1).wait_on(stream);
   mark_phase(timer_, "all_to_all");
+  arena.release_to(staging_mark);
 }
 
 void MoeLayer::forward(const Tensor& x, const MoeWeights& weights, bool training, RngKey key, std::int64_t first_token,
@@ -124,7 +137,7 @@ void MoeLayer::forward(const Tensor& x, const MoeWeights& weights, bool training
   const std::size_t act_mark = arena.mark();
   activations_.act = arena.alloc({rows, experts_.config().d_ff}, x.dtype());
   activations_.recompute_act = false;
-  pipeline(send, expert_in_, expert_out, returned_, stream, [&](int j) {
+  pipeline(send, expert_in_, expert_out, returned_, arena, stream, [&](int j) {
     const ExpertActivations saved{chunk_view(activations_.h, j), chunk_view(activations_.act, j)};
     experts_.forward(chunk_view(expert_in_, j), chunk_rows(j), weights.experts, saved, chunk_view(expert_out, j),
                      stream);
@@ -165,7 +178,7 @@ void MoeLayer::backward(const Tensor& dout, const MoeWeights& weights, Arena& ar
   auto leading = [&](const Tensor& t, std::int64_t n) {
     return t.defined() ? expert_layout(t.reshape({t.numel() / t.size(-1), t.size(-1)}).slice_rows(0, n)) : Tensor();
   };
-  pipeline(d_returned, d_expert_out, d_expert_in, d_send, stream, [&](int j) {
+  pipeline(d_returned, d_expert_out, d_expert_in, d_send, arena, stream, [&](int j) {
     const std::int64_t n = plan_.chunk_rows(j);
     const ExpertActivations chunk{chunk_view(saved.h, j), chunk_view(saved.act, j), saved.recompute_act};
     experts_.backward(chunk_view(expert_in_, j), chunk_rows(j), weights.experts, chunk, chunk_view(d_expert_out, j),

@@ -94,7 +94,7 @@ class MoeLayer {
   // describes; with one ep rank the sides coincide and only compute and the tp sums run.
   template <class Compute>
   void pipeline(const Tensor& send_in, const Tensor& expert_in, const Tensor& expert_out, const Tensor& send_out,
-                StreamRef stream, Compute&& compute);
+                Arena& arena, StreamRef stream, Compute&& compute);
   StreamEvent& event(std::size_t index);
 
   MoeLayerConfig config_;

@@ -152,6 +152,26 @@ void combine_backward_cpu(const Tensor& dout, const Tensor& y, const ChoiceRows&
   }
 }
 
+// Visits the P x L blocks in both orders: fn(source-major start, expert-major start, rows).
+template <class Fn>
+void for_each_block(const RegroupBlocks& blocks, Fn&& fn) {
+  const std::int64_t peers = blocks.peers, locals = blocks.locals;
+  const std::int32_t* cp = blocks.counts.defined() ? blocks.counts.ptr<std::int32_t>() : nullptr;
+  auto count = [&](std::int64_t b) { return cp ? std::int64_t(cp[b]) : blocks.uniform_rows; };
+  std::vector<std::int64_t> expert_major_start(std::size_t(peers * locals));
+  std::int64_t row = 0;
+  for (std::int64_t l = 0; l < locals; ++l)
+    for (std::int64_t p = 0; p < peers; ++p) {
+      expert_major_start[std::size_t(p * locals + l)] = row;
+      row += count(p * locals + l);
+    }
+  row = 0;
+  for (std::int64_t b = 0; b < peers * locals; ++b) {
+    fn(row, expert_major_start[std::size_t(b)], count(b));
+    row += count(b);
+  }
+}
+
 }  // namespace
 
 void moe_expert_offsets(const Tensor& counts, std::int64_t capacity, const Tensor& offsets, StreamRef stream) {
@@ -240,6 +260,46 @@ void moe_combine_backward(const Tensor& dout, const Tensor& y, const Tensor& exp
   cpu::dispatch_float(dout, [&](auto* type) {
     combine_backward_cpu<std::remove_pointer_t<decltype(type)>>(dout, y, choice_rows(expert, slot, offsets),
                                                                 expert.size(1), gate, dy, dgate);
+  });
+}
+
+RegroupBlocks RegroupBlocks::of(const Tensor& counts) {
+  SY_CHECK(counts.dim() == 2) << "moe_regroup: counts must be [P, L], got " << counts.describe();
+  return {int(counts.size(0)), int(counts.size(1)), counts, 0};
+}
+
+void moe_regroup(const Tensor& in, const RegroupBlocks& blocks, const Tensor& out, bool to_expert_major,
+                 StreamRef stream) {
+  const char* op = "moe_regroup";
+  check_rows(op, "in", in, in.dim() == 2 ? in.size(1) : -1, in.dtype());
+  check_rows(op, "out", out, in.size(1), in.dtype());
+  SY_CHECK(blocks.peers >= 0 && blocks.locals >= 0 && blocks.uniform_rows >= 0)
+      << op << ": " << blocks.peers << " x " << blocks.locals << " blocks of " << blocks.uniform_rows << " rows";
+  if (blocks.counts.defined()) {
+    check_contiguous(op, "counts", blocks.counts);
+    check_dtype(op, "counts", blocks.counts, DType::i32);
+    check_shape(op, "counts", blocks.counts, {blocks.peers, blocks.locals});
+    check_same_device(op, {&in, &blocks.counts, &out});
+  } else {
+    check_same_device(op, {&in, &out});
+  }
+  if (in.is_cuda()) {
+    const std::int32_t* counts = blocks.counts.defined() ? blocks.counts.ptr<std::int32_t>() : nullptr;
+    SY_ON_CUDA(cuda::moe_regroup(in, blocks.peers, blocks.locals, counts, blocks.uniform_rows, out, to_expert_major,
+                                 stream));
+    return;
+  }
+  const std::size_t row_bytes = std::size_t(in.size(1)) * dtype_size(in.dtype());
+  const char* src = static_cast<const char*>(in.data());
+  char* dst = static_cast<char*>(out.data());
+  for_each_block(blocks, [&](std::int64_t source_major, std::int64_t expert_major, std::int64_t rows) {
+    const std::int64_t from = to_expert_major ? source_major : expert_major;
+    const std::int64_t to = to_expert_major ? expert_major : source_major;
+    SY_CHECK(from + rows <= in.size(0) && to + rows <= out.size(0))
+        << op << ": the blocks need " << from + rows << " rows of in and " << to + rows << " of out, have " << in.size(0)
+        << " and " << out.size(0);
+    std::copy(src + std::size_t(from) * row_bytes, src + std::size_t(from + rows) * row_bytes,
+              dst + std::size_t(to) * row_bytes);
   });
 }
 

@@ -95,6 +95,31 @@ __global__ void combine_backward_kernel(const T* dout, const T* y, const std::in
   if (threadIdx.x == 0) dgate[c] = dot;
 }
 
+// Block (p, l) = blockIdx.x moves its rows between source-major and expert-major positions;
+// blockIdx.y strides over the block's rows. Each CTA finds both start rows by summing the block
+// sizes (P x L is small): counts, or uniform_rows each when counts is null. Rows move as 4-byte
+// words when the row width allows, else 2-byte words.
+template <class Word>
+__global__ void regroup_kernel(const Word* in, const std::int32_t* counts, std::int64_t uniform_rows, Word* out,
+                               int peers, int locals, std::int64_t row_words, bool to_expert_major) {
+  const int b = blockIdx.x, p = b / locals, l = b % locals;
+  auto count = [&](int q) { return counts ? std::int64_t(counts[q]) : uniform_rows; };
+  std::int64_t source_major = 0, expert_major = 0;
+  for (int q = 0; q < peers * locals; ++q) {
+    const int qp = q / locals, ql = q % locals;
+    if (q < b) source_major += count(q);
+    if (ql < l || (ql == l && qp < p)) expert_major += count(q);
+  }
+  const std::int64_t from = to_expert_major ? source_major : expert_major;
+  const std::int64_t to = to_expert_major ? expert_major : source_major;
+  const std::int64_t rows = count(b);
+  for (std::int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+    const Word* src = in + (from + r) * row_words;
+    Word* dst = out + (to + r) * row_words;
+    for (std::int64_t w = threadIdx.x; w < row_words; w += blockDim.x) dst[w] = src[w];
+  }
+}
+
 const std::int32_t* i32(const Tensor& t) { return static_cast<const std::int32_t*>(t.data()); }
 
 // Whether rows of width d in these tensors can move as 16-byte vectors of 8 elements.
@@ -178,6 +203,23 @@ void moe_combine_backward(const Tensor& dout, const Tensor& y, const Tensor& exp
     if (rows_vectorizable(dout.size(1), {&dout, &y, &dy})) launch(combine_backward_kernel<T, 8>);
     else launch(combine_backward_kernel<T, 1>);
   });
+  SY_CUDA_LAUNCH();
+}
+
+void moe_regroup(const Tensor& in, int peers, int locals, const std::int32_t* counts, std::int64_t uniform_rows,
+                 const Tensor& out, bool to_expert_major, StreamRef stream) {
+  if (peers * locals == 0) return;
+  const std::int64_t row_bytes = in.size(1) * std::int64_t(dtype_size(in.dtype()));
+  const dim3 grid(unsigned(peers * locals), 64);
+  if (row_bytes % 4 == 0) {
+    regroup_kernel<std::uint32_t><<<grid, kRowThreads, 0, to_cuda(stream)>>>(
+        static_cast<const std::uint32_t*>(in.data()), counts, uniform_rows, static_cast<std::uint32_t*>(out.data()),
+        peers, locals, row_bytes / 4, to_expert_major);
+  } else {
+    regroup_kernel<std::uint16_t><<<grid, kRowThreads, 0, to_cuda(stream)>>>(
+        static_cast<const std::uint16_t*>(in.data()), counts, uniform_rows, static_cast<std::uint16_t*>(out.data()),
+        peers, locals, row_bytes / 2, to_expert_major);
+  }
   SY_CUDA_LAUNCH();
 }
 

@@ -35,4 +35,23 @@ void moe_combine_backward(const Tensor& dout, const Tensor& y, const Tensor& exp
                           const Tensor& offsets, const Tensor& gate, const Tensor& dy, const Tensor& dgate,
                           StreamRef stream = {});
 
+// The P x L row blocks moe_regroup moves: counts ([P, L] i32 on the rows' device, the rows that
+// source rank p holds for local expert l), or, with counts undefined, uniform_rows rows in every
+// block (capacity mode: the sizes are known on the host, so no device copy and no wait).
+struct RegroupBlocks {
+  int peers = 0, locals = 0;
+  Tensor counts;
+  std::int64_t uniform_rows = 0;
+
+  static RegroupBlocks of(const Tensor& counts);
+  static RegroupBlocks uniform(int peers, int locals, std::int64_t rows) { return {peers, locals, Tensor(), rows}; }
+};
+
+// Reorders row blocks between source-major and expert-major order. Source-major: blocks (p, l)
+// in order p, then l (how all_to_all delivers them); expert-major: blocks in order l, then p
+// (what one batched or grouped GEMM per expert wants). to_expert_major selects the direction; in
+// and out hold the blocks' rows (or more: extra rows are left as they are).
+void moe_regroup(const Tensor& in, const RegroupBlocks& blocks, const Tensor& out, bool to_expert_major,
+                 StreamRef stream = {});
+
 }  // namespace sy

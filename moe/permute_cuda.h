@@ -1,6 +1,8 @@
 // CUDA implementations behind moe/permute.h (arguments already checked by the dispatchers).
 #pragma once
 
+#include <cstdint>
+
 #include "core/stream.h"
 #include "core/tensor.h"
 
@@ -16,5 +18,8 @@ void moe_combine(const Tensor& y, const Tensor& expert, const Tensor& slot, cons
 void moe_combine_backward(const Tensor& dout, const Tensor& y, const Tensor& expert, const Tensor& slot,
                           const Tensor& offsets, const Tensor& gate, const Tensor& dy, const Tensor& dgate,
                           StreamRef stream);
+// counts: [P, L] i32 on the device, or null for `uniform_rows` rows in every block.
+void moe_regroup(const Tensor& in, int peers, int locals, const std::int32_t* counts, std::int64_t uniform_rows,
+                 const Tensor& out, bool to_expert_major, StreamRef stream);
 
 }  // namespace sy::cuda

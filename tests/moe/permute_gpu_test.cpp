@@ -42,8 +42,8 @@ class MoePermuteGpu : public ::testing::TestWithParam<DType> {};
 TEST_P(MoePermuteGpu, EveryMovementMatchesCpuReference) {
   SY_REQUIRE_GPU();
   const DType dt = GetParam();
-  // 64 and 1040 move as 16-byte vectors (1040 takes two passes of a block); 67: the element-wise
-  // paths.
+  // 64 and 1040 move as 16-byte vectors (1040 takes two passes of a block); 67 bf16 rows are not
+  // 4-byte multiples: the element-wise paths and the 2-byte regroup path.
   for (std::int64_t width : {64, 67, 1040}) {
     for (std::int64_t capacity : {0, 70}) {
       SCOPED_TRACE(::testing::Message() << "d=" << width << " capacity=" << capacity);
@@ -92,6 +92,31 @@ TEST_P(MoePermuteGpu, EveryMovementMatchesCpuReference) {
       EXPECT_LT(relative_error(dx, dxc), tol);
       EXPECT_LT(relative_error(dy, dyc), tol);
       EXPECT_LT(relative_error(dgate, dgatec), dt == DType::f32 ? 1e-5 : 1e-2);
+
+      // Regroup: 4 sources x 2 local experts with uneven counts, both directions.
+      std::vector<double> block_counts{3, 0, 5, 7, 1, 2, 0, 4};
+      OwnedTensor counts({4, 2}, DType::i32, Device::cuda), countsc({4, 2}, DType::i32, Device::cpu);
+      from_vector(counts, block_counts);
+      from_vector(countsc, block_counts);
+      OwnedTensor in = random_tensor({22, width}, dt, Device::cuda, 10);
+      OwnedTensor inc = convert(in, DType::f64, Device::cpu);
+      for (bool to_expert_major : {true, false}) {
+        OwnedTensor moved({22, width}, dt, Device::cuda), movedc({22, width}, DType::f64, Device::cpu);
+        poison(moved);
+        moe_regroup(in, RegroupBlocks::of(counts), moved, to_expert_major);
+        moe_regroup(inc, RegroupBlocks::of(countsc), movedc, to_expert_major);
+        device_synchronize();
+        EXPECT_EQ(relative_error(moved, movedc), 0.0);
+        // Capacity mode's uniform blocks: 4 x 2 blocks of 2 rows (16 of the 22), no counts tensor.
+        OwnedTensor uniform({22, width}, dt, Device::cuda), uniformc({22, width}, DType::f64, Device::cpu);
+        poison(uniform);
+        poison(uniformc);
+        moe_regroup(in, RegroupBlocks::uniform(4, 2, 2), uniform, to_expert_major);
+        moe_regroup(inc, RegroupBlocks::uniform(4, 2, 2), uniformc, to_expert_major);
+        device_synchronize();
+        EXPECT_EQ(relative_error(convert(uniform, DType::f64, Device::cpu).view().slice_rows(0, 16),
+                                 uniformc.view().slice_rows(0, 16)), 0.0);
+      }
     }
   }
 }

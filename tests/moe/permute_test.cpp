@@ -99,5 +99,41 @@ TEST(MoePermute, GatherSumIsTheTransposeOfScatter) {
   EXPECT_NEAR(weighted_sum(send, rows), weighted_sum(x, dx), 1e-12);
 }
 
+TEST(MoePermute, RegroupSwapsSourceAndExpertMajorOrder) {
+  // P = 2 sources, L = 3 local experts; source 1 sends nothing to expert 1.
+  OwnedTensor counts = ints({1, 2, 1, 2, 0, 1}, {2, 3});
+  // Source-major rows, labelled by (source, expert, row): 100*s + 10*l + r.
+  OwnedTensor in = reals({0, 10, 11, 20, 100, 101, 120}, {7, 1});
+  OwnedTensor out = reals(std::vector<double>(8, -1.0), {8, 1});
+  moe_regroup(in, RegroupBlocks::of(counts), out, true);
+  EXPECT_EQ(to_vector(out), (std::vector<double>{0, 100, 101, 10, 11, 20, 120, -1}));
+  OwnedTensor back = reals(std::vector<double>(7, -1.0), {7, 1});
+  moe_regroup(out, RegroupBlocks::of(counts), back, false);
+  EXPECT_EQ(to_vector(back), to_vector(in));
+}
+
+TEST(MoePermute, RegroupOfUniformBlocksNeedsNoCounts) {
+  // P = 3 sources, L = 2 local experts, 2 rows each (capacity mode): the same as the counts.
+  OwnedTensor in = reals({0, 1, 10, 11, 100, 101, 110, 111, 200, 201, 210, 211}, {12, 1});
+  OwnedTensor by_counts = reals(std::vector<double>(12, -1.0), {12, 1});
+  OwnedTensor uniform = reals(std::vector<double>(12, -1.0), {12, 1});
+  moe_regroup(in, RegroupBlocks::of(ints({2, 2, 2, 2, 2, 2}, {3, 2})), by_counts, true);
+  moe_regroup(in, RegroupBlocks::uniform(3, 2, 2), uniform, true);
+  EXPECT_EQ(to_vector(uniform), (std::vector<double>{0, 1, 100, 101, 200, 201, 10, 11, 110, 111, 210, 211}));
+  EXPECT_EQ(to_vector(uniform), to_vector(by_counts));
+  OwnedTensor back = reals(std::vector<double>(12, -1.0), {12, 1});
+  moe_regroup(uniform, RegroupBlocks::uniform(3, 2, 2), back, false);
+  EXPECT_EQ(to_vector(back), to_vector(in));
+}
+
+TEST(MoePermute, RegroupRejectsCountsPastTheBuffer) {
+  OwnedTensor counts = ints({3, 3}, {1, 2});
+  OwnedTensor in({4, 2}, DType::f32, Device::cpu), out({6, 2}, DType::f32, Device::cpu);
+  expect_error([&] { moe_regroup(in, RegroupBlocks::of(counts), out, true); },
+               "moe_regroup: the blocks need 6 rows of in and 6 of out, have 4 and 6");
+  expect_error([&] { moe_regroup(in, RegroupBlocks{2, 2, counts, 0}, out, true); },
+               "moe_regroup: counts must have shape [2, 2], got i32[1, 2] cpu");
+}
+
 }  // namespace
 }  // namespace sy::test
