@@ -42,8 +42,8 @@ class MoePermuteGpu : public ::testing::TestWithParam<DType> {};
 TEST_P(MoePermuteGpu, EveryMovementMatchesCpuReference) {
   SY_REQUIRE_GPU();
   const DType dt = GetParam();
-  // 64 and 1040 move as 16-byte vectors (1040 takes two passes of a block); 67 bf16 rows are not
-  // 4-byte multiples: the element-wise paths and the 2-byte regroup path.
+  // 64 and 1040 move as 16-byte vectors (1040 takes two passes of a block); 67: the element-wise
+  // paths, and the 4-byte (f32) and 2-byte (bf16) regroup paths.
   for (std::int64_t width : {64, 67, 1040}) {
     for (std::int64_t capacity : {0, 70}) {
       SCOPED_TRACE(::testing::Message() << "d=" << width << " capacity=" << capacity);
