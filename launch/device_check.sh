@@ -135,7 +135,7 @@ if [ $build_ok = 1 ] && [ $run_bench = 1 ]; then
     step bench-comm 30 on_gpus "$gpus" "$bin" bench comm
     ranks=1; list=1
     while [ $((ranks * 2)) -le "$gpus" ]; do ranks=$((ranks * 2)); list="$list,$ranks"; done
-    step scaling 120 env SY_BINARY="$bin" "$root/launch/scaling.sh" configs/switch-8gpu-ep8.yaml --ranks "$list" \
+    step scaling 60 env SY_BINARY="$bin" "$root/launch/scaling.sh" configs/switch-8gpu-ep8.yaml --ranks "$list" \
       --mode weak --experts-per-rank 8 --steps 20 --bench --out "$out/scaling"
     step switch-base-8-k4 40 train 2 configs/switch-base-8.yaml --set train.steps=60 --set moe.dispatch_chunks=4 \
       --set run.out_dir="$out/sb8-k4" "${data_args[@]}"
