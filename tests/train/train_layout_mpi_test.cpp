@@ -32,6 +32,19 @@ std::string write_pattern_shard(const std::string& dir) {
   return path;
 }
 
+// A fresh temporary folder holding the pattern shard (rank 0 writes, everyone waits); returns
+// the folder. The shard is <folder>/pattern_000000.bin.
+std::string fresh_shard_dir(Communicator& world, const std::string& name) {
+  const std::string dir = (std::filesystem::temp_directory_path() / name).string();
+  if (world.rank() == 0) {
+    std::filesystem::remove_all(dir);
+    std::filesystem::create_directories(dir);
+    write_pattern_shard(dir);
+  }
+  world.barrier();
+  return dir;
+}
+
 Config small_moe_config(const Layout& layout, const std::string& out_dir, const std::string& shard,
                         std::vector<std::string> extra = {}) {
   const int dp = layout.ranks / layout.tp;
@@ -53,12 +66,8 @@ Config small_moe_config(const Layout& layout, const std::string& out_dir, const 
 
 TEST(TrainLayouts, SameLossesAtEveryLayout) {
   Communicator& world = sy::test::world(Device::cpu);
-  const std::string dir = (std::filesystem::temp_directory_path() / "sy_train_layouts").string();
-  if (world.rank() == 0) std::filesystem::create_directories(dir);
-  world.barrier();
+  const std::string dir = fresh_shard_dir(world, "sy_train_layouts");
   const std::string shard = dir + "/pattern_000000.bin";
-  if (world.rank() == 0) write_pattern_shard(dir);
-  world.barrier();
   std::vector<double> reference;
   const Layout layouts[] = {{1, 1, 1, "dp=1"},         {2, 1, 1, "dp=2"},
                             {2, 1, 2, "dp=2 ep=2"},    {2, 2, 1, "tp=2"},
@@ -89,13 +98,7 @@ TEST(TrainLayouts, SameLossesAtEveryLayout) {
 TEST(TrainLayouts, ResumeAtAnotherLayoutContinuesTheLossCurve) {
   Communicator& world = sy::test::world(Device::cpu);
   if (world.size() < 4) GTEST_SKIP() << "needs 4 ranks";
-  const std::string dir = (std::filesystem::temp_directory_path() / "sy_train_resume").string();
-  if (world.rank() == 0) {
-    std::filesystem::remove_all(dir);
-    std::filesystem::create_directories(dir);
-    write_pattern_shard(dir);
-  }
-  world.barrier();
+  const std::string dir = fresh_shard_dir(world, "sy_train_resume");
   const std::string shard = dir + "/pattern_000000.bin";
   const std::string saved = dir + "/saved/checkpoints/step_10.ckpt";
 
@@ -127,13 +130,7 @@ TEST(TrainLayouts, ResumeAtAnotherLayoutContinuesTheLossCurve) {
 TEST(TrainLayouts, StepsEnqueuedAheadGiveTheLossesOfStepsReadOneByOne) {
   Communicator& world = sy::test::world(Device::cpu);
   if (!mpi_runtime().has_gpu_per_rank()) GTEST_SKIP() << "needs a GPU per rank";
-  const std::string dir = (std::filesystem::temp_directory_path() / "sy_train_ahead").string();
-  if (world.rank() == 0) {
-    std::filesystem::remove_all(dir);
-    std::filesystem::create_directories(dir);
-    write_pattern_shard(dir);
-  }
-  world.barrier();
+  const std::string dir = fresh_shard_dir(world, "sy_train_ahead");
   const std::string shard = dir + "/pattern_000000.bin";
   const std::string out = dir + "/job" + std::to_string(world.rank());
   const Layout one{1, 1, 1, "dp=1"};
