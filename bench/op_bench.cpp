@@ -108,6 +108,13 @@ double run_attention(const AttentionCase& c, DType dtype, bool flash, const Opti
                                                                                (fwd.median_ms + bwd.median_ms) * 1e-9 /
                                                                                ceiling_tflops);
   std::printf("\n");
+  if (flash && flash_attention_wgmma_supported(q)) {
+    // The Hopper forward beside the mma.sync one (training uses the latter until this wins).
+    Timing wg = time_repeated([&] { flash_attention_forward_wgmma(q, k, v, out, probs, stream); }, gpu, stream, 2,
+                              opt.repeats);
+    std::printf("%-30s %5s %-5s fwd %8.3f ms %s | %.2fx the mma.sync forward\n", "", "", "wgmma", wg.median_ms,
+                flops_text(fwd_flops / wg.median_ms * 1e-9).c_str(), fwd.median_ms / wg.median_ms);
+  }
   return fwd.median_ms + bwd.median_ms;
 }
 

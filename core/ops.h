@@ -131,6 +131,13 @@ bool flash_attention_supported(Device device, DType dtype, std::int64_t head_dim
 bool flash_attention_supported(const Tensor& q);
 void flash_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
                              StreamRef stream = {});
+// The same forward on Hopper's warpgroup MMA (wgmma): CUDA, bf16, head dim 64, an sm_90 GPU
+// (flash_attention_wgmma_supported says). Same arguments and results as flash_attention_forward
+// up to rounding. `switchyard bench ops` times the two side by side; training keeps
+// flash_attention_forward until this one has measured faster.
+bool flash_attention_wgmma_supported(const Tensor& q);
+void flash_attention_forward_wgmma(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                                   const Tensor& lse, StreamRef stream = {});
 // The f32 scratch the backward needs for q's shape and device: each row's delta and, on CUDA,
 // the dS tiles of the causal triangle in bf16 (B Hq T(T+64)/2 elements: 214 MB at B 16, Hq 12,
 // T 1024), which turn dQ into one product.

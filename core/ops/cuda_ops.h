@@ -54,6 +54,9 @@ void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const
 
 bool flash_attention_head_dim_supported(std::int64_t head_dim);
 std::int64_t flash_attention_scratch_floats(std::int64_t batch, std::int64_t heads, std::int64_t seq);
+bool flash_attention_wgmma_supported(std::int64_t head_dim);
+void flash_attention_forward_wgmma(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                                   const Tensor& lse, StreamRef stream);
 void flash_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
                              StreamRef stream);
 void flash_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,

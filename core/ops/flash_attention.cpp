@@ -217,6 +217,25 @@ void flash_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, 
   cpu::dispatch_float(q, [&](auto* type) { forward_cpu<std::remove_pointer_t<decltype(type)>>(d, q, k, v, out, lse); });
 }
 
+bool flash_attention_wgmma_supported(const Tensor& q) {
+#ifdef SY_WITH_CUDA
+  return q.dim() == 4 && q.is_cuda() && q.dtype() == DType::bf16 && cuda::flash_attention_wgmma_supported(q.size(3));
+#else
+  (void)q;
+  return false;
+#endif
+}
+
+void flash_attention_forward_wgmma(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                                   const Tensor& lse, StreamRef stream) {
+  const char* op = "flash_attention_forward_wgmma";
+  check_args(op, q, k, v, lse, {{"out", &out}}, {});
+  check_same_device(op, {&q, &k, &v, &out, &lse});
+  SY_CHECK(flash_attention_wgmma_supported(q))
+      << op << ": needs bf16 with head dim 64 on an sm_90 GPU, got q " << q.describe();
+  SY_ON_CUDA(cuda::flash_attention_forward_wgmma(q, k, v, out, lse, stream));
+}
+
 void flash_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                               const Tensor& lse, const Tensor& dout, const Tensor& dq, const Tensor& dk,
                               const Tensor& dv, const Tensor& scratch, StreamRef stream) {

@@ -2,6 +2,7 @@
 // random inputs: out, lse, dq, dk and dv for MHA, GQA and MQA, head dims 64 and 128, sequence
 // lengths that are and are not multiples of the 64-row tile. Also: repeated runs are bitwise
 // equal (the backward has no atomics).
+#include <array>
 #include <sstream>
 
 #include "tests/testing.h"
@@ -151,6 +152,61 @@ TEST(FlashAttentionGpuSupport, Bf16WithHeadDim64Or128Only) {
   EXPECT_TRUE(flash_attention_supported(OwnedTensor({1, 2, 8, 128}, DType::bf16, Device::cuda)));
   EXPECT_FALSE(flash_attention_supported(OwnedTensor({1, 2, 8, 32}, DType::bf16, Device::cuda)));
   EXPECT_FALSE(flash_attention_supported(OwnedTensor({1, 2, 8, 64}, DType::f32, Device::cuda)));
+}
+
+// The Hopper forward (wgmma) against the f64 CPU reference and the mma.sync forward, on
+// head-major tensors (MHA, GQA, MQA; lengths that are and are not multiples of 64 and 128) and
+// on the model's token-major views. Outputs start poisoned: every row must be written.
+TEST(FlashAttentionGpuWgmma, ForwardMatchesCpuReferenceAndTheMmaKernel) {
+  SY_REQUIRE_GPU();
+  if (!flash_attention_wgmma_supported(OwnedTensor({1, 1, 8, 64}, DType::bf16, Device::cuda)))
+    GTEST_SKIP() << "not an sm_90 GPU";
+  for (const Case s : {Case{2, 12, 4, 200, 64}, Case{1, 4, 1, 1024, 64}, Case{1, 2, 2, 130, 64}, Case{1, 3, 3, 1, 64}}) {
+    SCOPED_TRACE(::testing::Message() << "B " << s.batch << " Hq " << s.heads << " Hkv " << s.kv_heads << " T "
+                                      << s.seq);
+    const Shape q_shape{s.batch, s.heads, s.seq, s.dim}, kv_shape{s.batch, s.kv_heads, s.seq, s.dim};
+    const Shape row_shape{s.batch, s.heads, s.seq};
+    const std::uint64_t seed = 970 + std::uint64_t(s.seq + s.heads);
+    OwnedTensor q = random_tensor(q_shape, DType::bf16, Device::cuda, seed, 2.0f);
+    OwnedTensor k = random_tensor(kv_shape, DType::bf16, Device::cuda, seed + 1, 2.0f);
+    OwnedTensor v = random_tensor(kv_shape, DType::bf16, Device::cuda, seed + 2);
+    OwnedTensor out(q_shape, DType::bf16, Device::cuda), lse(row_shape, DType::f32, Device::cuda);
+    OwnedTensor out_mma(q_shape, DType::bf16, Device::cuda), lse_mma(row_shape, DType::f32, Device::cuda);
+    for (OwnedTensor* t : {&out, &lse, &out_mma, &lse_mma}) poison(*t);
+    flash_attention_forward_wgmma(q, k, v, out, lse);
+    flash_attention_forward(q, k, v, out_mma, lse_mma);
+    device_synchronize();
+    OwnedTensor qc = convert(q, DType::f64, Device::cpu), kc = convert(k, DType::f64, Device::cpu);
+    OwnedTensor vc = convert(v, DType::f64, Device::cpu);
+    OwnedTensor outc(q_shape, DType::f64, Device::cpu), lsec(row_shape, DType::f32, Device::cpu);
+    flash_attention_forward(qc, kc, vc, outc, lsec);
+    EXPECT_LT(relative_error(out, outc), 1e-2);
+    EXPECT_LT(relative_error(lse, lsec), 1e-4);
+    EXPECT_LT(relative_error(out, out_mma), 1e-2);
+    EXPECT_LT(relative_error(lse, lse_mma), 1e-5);
+  }
+  // Token-major views inside qkv rows, as the model calls it.
+  const Case s{2, 12, 4, 200, 64};
+  const std::int64_t n = s.batch * s.seq, cols = (s.heads + 2 * s.kv_heads) * s.dim, q_cols = s.heads * s.dim;
+  OwnedTensor qkv = random_tensor({n, cols}, DType::bf16, Device::cuda, 990, 2.0f);
+  OwnedTensor rows({n, q_cols}, DType::bf16, Device::cuda), lse({s.batch, s.heads, s.seq}, DType::f32, Device::cuda);
+  poison(rows);
+  poison(lse);
+  auto views = [&](const Tensor& t, const Tensor& r) {
+    return std::array<Tensor, 4>{heads_in_rows(t, s.batch, s.heads, s.seq, s.dim, 0),
+                                 heads_in_rows(t, s.batch, s.kv_heads, s.seq, s.dim, q_cols),
+                                 heads_in_rows(t, s.batch, s.kv_heads, s.seq, s.dim, q_cols + s.kv_heads * s.dim),
+                                 heads_in_rows(r, s.batch, s.heads, s.seq, s.dim, 0)};
+  };
+  const auto g = views(qkv, rows);
+  flash_attention_forward_wgmma(g[0], g[1], g[2], g[3], lse);
+  device_synchronize();
+  OwnedTensor qkvc = convert(qkv, DType::f64, Device::cpu), rowsc({n, q_cols}, DType::f64, Device::cpu);
+  OwnedTensor lsec({s.batch, s.heads, s.seq}, DType::f32, Device::cpu);
+  const auto c = views(qkvc, rowsc);
+  flash_attention_forward(c[0], c[1], c[2], c[3], lsec);
+  EXPECT_LT(relative_error(rows, rowsc), 1e-2);
+  EXPECT_LT(relative_error(lse, lsec), 1e-4);
 }
 
 }  // namespace

@@ -1,0 +1,201 @@
+// Flash attention forward on Hopper's warpgroup MMA (wgmma.mma_async, sm_90a) for head dim 64.
+//
+// A block is two warpgroups (256 threads) over 128 query rows, 64 per warpgroup; each warp owns
+// 16 rows, the rows a warp owns in the mma.sync kernels (flash_attention.cu), so the online
+// softmax and the row stores are the same code. Per key tile of 64:
+//   S = Q K^T   wgmma m64n64k16 x 4, Q and K straight from shared memory (K-major)
+//   P           online softmax in registers (the accumulator of a warp is the mma.sync layout)
+//   O += P V    wgmma m64n64k16 x 4, P from registers as the A operand, V from shared memory
+//               read N-major (its rows are the K dimension)
+// Unlike mma.sync, no operand passes through registers on its way from shared memory, which is
+// what bounds the mma.sync forward. The tiles keep the 128-byte swizzle of SmemTile<64> (16-byte
+// chunk c of row r at c ^ (r % 8)), which is the wgmma 128-byte swizzle when a tile starts on a
+// 1024-byte boundary. Loads stay cp.async, double-buffered, so a proxy fence makes them visible
+// to the tensor cores' (async) reads.
+#include "core/ops/cuda_ops.h"
+#include "core/ops/flash_attention_tiles.cuh"
+
+namespace sy::cuda {
+namespace {
+
+constexpr int kWgThreads = 256;  // two warpgroups
+constexpr int kWgRows = 128;     // query rows per block, 64 per warpgroup
+
+// ---- PTX wrappers (PTX ISA: asynchronous warpgroup-level matrix instructions) -------------------
+// Shared-memory matrix descriptor: start address, leading and stride byte offsets (each >> 4 in
+// 14 bits), base offset 0 (tiles on 1024-byte boundaries), 128-byte swizzle (mode 1, bits 62-63).
+__device__ __forceinline__ std::uint64_t smem_desc(const void* p, std::uint32_t leading_bytes,
+                                                   std::uint32_t stride_bytes) {
+  auto encode = [](std::uint64_t x) { return (x & 0x3FFFF) >> 4; };
+  return encode(smem_addr(p)) | encode(leading_bytes) << 16 | encode(stride_bytes) << 32 | std::uint64_t(1) << 62;
+}
+// A K-major 64 x 64 tile (rows are M or N, 128 bytes of K each): 8-row groups 1024 bytes apart;
+// the leading offset is unused under swizzling. Column block kk (16 of K) starts 32 bytes on.
+__device__ __forceinline__ std::uint64_t k_major_desc(SmemTile<64> tile, int kk) {
+  return smem_desc(tile.base + kk * 16, 16, 1024);
+}
+// An N-major 64 x 64 tile (rows are K, 128 bytes of N each): 8-row K groups 1024 bytes apart;
+// N = 64 is one swizzle atom, so the leading offset (between atoms along N) is unused. Row block
+// kk (16 of K) starts 2048 bytes on.
+__device__ __forceinline__ std::uint64_t n_major_desc(SmemTile<64> tile, int kk) {
+  return smem_desc(tile.base + kk * 16 * 64, 16, 1024);
+}
+
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+// After a wait: the accumulators count as written here, so no read of them moves above the wait.
+__device__ __forceinline__ void fence_operands(float (&d)[8][4]) {
+#pragma unroll
+  for (int i = 0; i < 8; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) asm volatile("" : "+f"(d[i][j])::"memory");
+}
+// Shared memory written by cp.async (the generic proxy) becomes visible to wgmma (the async proxy).
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+
+// d (64 x 64 per warpgroup, the mma.sync accumulator layout per warp) = or += A B, A and B K-major
+// in shared memory.
+__device__ __forceinline__ void wgmma_ss(float (&d)[8][4], std::uint64_t a, std::uint64_t b, int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]),
+        "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]),
+        "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]),
+        "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]),
+        "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]),
+        "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),
+        "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]),
+        "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
+      : "l"(a), "l"(b), "r"(accumulate));
+}
+// d += A B, A (16 of K) in registers in the mma.sync A layout, B N-major in shared memory.
+__device__ __forceinline__ void wgmma_rs_bn(float (&d)[8][4], const std::uint32_t (&a)[4], std::uint64_t b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
+      : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]),
+        "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]),
+        "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]),
+        "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]),
+        "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]),
+        "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),
+        "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]),
+        "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
+}
+
+// Grid (query tiles of 128, Hq, B). out [B, Hq, T, D]; lse [B, Hq, T], as flash_forward_kernel.
+__global__ void __launch_bounds__(kWgThreads) flash_forward_wgmma_kernel(const HeadView q, const HeadView k,
+                                                                        const HeadView v, const HeadView out,
+                                                                        float* __restrict__ lse, Shape s,
+                                                                        float scale_log2) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  // The swizzle pattern repeats every 1024 bytes: the first tile starts on such a boundary.
+  unsigned char* smem = smem_raw + ((1024 - smem_addr(smem_raw) % 1024) % 1024);
+  const int q_tile = gridDim.x - 1 - blockIdx.x;  // the longest rows first
+  const int head = blockIdx.y, batch = blockIdx.z, kv_head = head / s.group();
+  const std::int64_t q_off = (std::int64_t(batch) * s.heads + head) * s.seq;  // into lse
+  const bf16* q_head = q.head_at(batch, head);
+  const bf16* k_head = k.head_at(batch, kv_head);
+  const bf16* v_head = v.head_at(batch, kv_head);
+  // Tiles: Q of warpgroup 0 and 1, then K and V of buffer 0, then of buffer 1.
+  auto ks = [&](int buf) { return tile_at<64>(smem, 2 + 2 * buf); };
+  auto vs = [&](int buf) { return tile_at<64>(smem, 3 + 2 * buf); };
+  const int warp = threadIdx.x / 32, group = warp / 4, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
+  const int q0 = q_tile * kWgRows, group_row0 = q0 + group * kTile;
+  const int row0 = group_row0 + (warp % 4) * 16;  // this warp's first query row
+  const SmemTile<64> qs = tile_at<64>(smem, group);
+
+  for (int m = 0; m < 2; ++m) load_tile<64, kWgThreads>(tile_at<64>(smem, m), q_head, q.row, q0 + m * kTile, s.seq);
+  cp_async_commit();
+  load_tile<64, kWgThreads>(ks(0), k_head, k.row, 0, s.seq);
+  load_tile<64, kWgThreads>(vs(0), v_head, v.row, 0, s.seq);
+  cp_async_commit();
+
+  float o[8][4], row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
+  zero(o);
+  const int last_row = min(q0 + kWgRows, s.seq) - 1;
+  const int kv_tiles = last_row / kTile + 1;  // key tiles at or left of the block's last row
+  for (int j = 0; j < kv_tiles; ++j) {
+    if (j + 1 < kv_tiles) {
+      load_tile<64, kWgThreads>(ks((j + 1) & 1), k_head, k.row, (j + 1) * kTile, s.seq);
+      load_tile<64, kWgThreads>(vs((j + 1) & 1), v_head, v.row, (j + 1) * kTile, s.seq);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    fence_proxy_async();
+    __syncthreads();
+    // A warpgroup whose rows all sit left of this key tile has nothing to add (uniform over it).
+    if (j * kTile <= group_row0 + kTile - 1) {
+      float sc[8][4];
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) wgmma_ss(sc, k_major_desc(qs, kk), k_major_desc(ks(j & 1), kk), kk > 0);
+      wgmma_commit();
+      wgmma_wait_all();
+      fence_operands(sc);
+      const bool masked = j * kTile + kTile - 1 > row0;  // some column right of some row of this warp
+      online_softmax_step<64>(sc, o, row_max, row_sum, row0, j * kTile, masked, scale_log2);
+      std::uint32_t a[4][4];
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) {
+        a[kk][0] = pack_bf16(sc[2 * kk][0], sc[2 * kk][1]);
+        a[kk][1] = pack_bf16(sc[2 * kk][2], sc[2 * kk][3]);
+        a[kk][2] = pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
+        a[kk][3] = pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
+      }
+      wgmma_fence();  // o (rescaled) and a were written by ordinary instructions
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) wgmma_rs_bn(o, a[kk], n_major_desc(vs(j & 1), kk));
+      wgmma_commit();
+      wgmma_wait_all();
+      fence_operands(o);
+    }
+    __syncthreads();  // every warpgroup is done with buffer j & 1 before it is refilled
+  }
+  float inv[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    row_sum[r] += __shfl_xor_sync(0xffffffffu, row_sum[r], 1);
+    row_sum[r] += __shfl_xor_sync(0xffffffffu, row_sum[r], 2);
+    inv[r] = 1.0f / row_sum[r];
+    const int row = row0 + g + 8 * r;
+    if (t == 0 && row < s.seq) lse[q_off + row] = (row_max[r] + log2f(row_sum[r])) / kLog2e;
+  }
+  store_rows<64>(out.head_at(batch, head), out.row, o, row0, s.seq, inv[0], inv[1]);
+#else
+  __trap();  // built for another architecture: flash_attention_wgmma_supported() said no
+#endif
+}
+
+constexpr std::size_t wgmma_smem_bytes() { return 6 * kTile * 64 * sizeof(bf16) + 1024; }
+
+}  // namespace
+
+bool flash_attention_wgmma_supported(std::int64_t head_dim) {
+  if (head_dim != 64) return false;
+  int device = 0, major = 0;
+  SY_CUDA(cudaGetDevice(&device));
+  SY_CUDA(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  return major == 9;  // wgmma is Hopper's (sm_90a); later parts have their own instructions
+}
+
+void flash_attention_forward_wgmma(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                                   const Tensor& lse, StreamRef stream) {
+  if (q.numel() == 0) return;
+  static const bool once = (allow_smem(flash_forward_wgmma_kernel, wgmma_smem_bytes()), true);
+  (void)once;
+  const Shape s = shape_of(q, k);
+  const dim3 grid(unsigned((s.seq + kWgRows - 1) / kWgRows), unsigned(s.heads), unsigned(q.size(0)));
+  const float scale_log2 = kLog2e / std::sqrt(64.0f);
+  flash_forward_wgmma_kernel<<<grid, kWgThreads, wgmma_smem_bytes(), to_cuda(stream)>>>(
+      view_of(q), view_of(k), view_of(v), view_of(out), static_cast<float*>(lse.data()), s, scale_log2);
+  SY_CUDA_LAUNCH();
+}
+
+}  // namespace sy::cuda
