@@ -112,8 +112,13 @@ double run_attention(const AttentionCase& c, DType dtype, bool flash, const Opti
     // The Hopper forward beside the mma.sync one (training uses the latter until this wins).
     Timing wg = time_repeated([&] { flash_attention_forward_wgmma(q, k, v, out, probs, stream); }, gpu, stream, 2,
                               opt.repeats);
-    std::printf("%-30s %5s %-5s fwd %8.3f ms %s | %.2fx the mma.sync forward\n", "", "", "wgmma", wg.median_ms,
-                flops_text(fwd_flops / wg.median_ms * 1e-9).c_str(), fwd.median_ms / wg.median_ms);
+    Timing wg_bwd = time_repeated(
+        [&] { flash_attention_backward_wgmma(q, k, v, out, probs, dout, dq, dk, dv, dprobs, stream); }, gpu, stream,
+        2, opt.repeats);
+    std::printf("%-30s %5s %-5s fwd %8.3f ms %s | bwd %8.3f ms %s | %.2fx and %.2fx the mma.sync kernels\n", "", "",
+                "wgmma", wg.median_ms, flops_text(fwd_flops / wg.median_ms * 1e-9).c_str(), wg_bwd.median_ms,
+                flops_text(2.0 * fwd_flops / wg_bwd.median_ms * 1e-9).c_str(), fwd.median_ms / wg.median_ms,
+                bwd.median_ms / wg_bwd.median_ms);
   }
   return fwd.median_ms + bwd.median_ms;
 }

@@ -146,6 +146,11 @@ Shape flash_attention_scratch_shape(const Tensor& q);
 void flash_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                               const Tensor& lse, const Tensor& dout, const Tensor& dq, const Tensor& dk,
                               const Tensor& dv, const Tensor& scratch, StreamRef stream = {});
+// The same with the dK/dV kernel on wgmma (where flash_attention_wgmma_supported), like
+// flash_attention_forward_wgmma not yet what training runs.
+void flash_attention_backward_wgmma(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                                    const Tensor& lse, const Tensor& dout, const Tensor& dq, const Tensor& dk,
+                                    const Tensor& dv, const Tensor& scratch, StreamRef stream = {});
 
 // ---- head layouts (between the attention block's linear layers and core attention) --------
 // Token-major rows hold head h's D columns contiguously at h*D; head-major is [B, H, T, D].

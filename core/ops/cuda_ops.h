@@ -61,7 +61,7 @@ void flash_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, 
                              StreamRef stream);
 void flash_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                               const Tensor& lse, const Tensor& dout, const Tensor& dq, const Tensor& dk,
-                              const Tensor& dv, const Tensor& scratch, StreamRef stream);
+                              const Tensor& dv, const Tensor& scratch, bool wgmma, StreamRef stream);
 
 void split_qkv_heads(const Tensor& qkv, const Tensor& q, const Tensor& k, const Tensor& v, StreamRef stream);
 void merge_qkv_heads(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dqkv, StreamRef stream);

@@ -236,17 +236,36 @@ void flash_attention_forward_wgmma(const Tensor& q, const Tensor& k, const Tenso
   SY_ON_CUDA(cuda::flash_attention_forward_wgmma(q, k, v, out, lse, stream));
 }
 
-void flash_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
-                              const Tensor& lse, const Tensor& dout, const Tensor& dq, const Tensor& dk,
-                              const Tensor& dv, const Tensor& scratch, StreamRef stream) {
-  const char* op = "flash_attention_backward";
+namespace {
+// The backward's checks: dims, the scratch's shape, one device.
+Dims check_backward_args(const char* op, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                         const Tensor& lse, const Tensor& dout, const Tensor& dq, const Tensor& dk, const Tensor& dv,
+                         const Tensor& scratch) {
   const Dims d = check_args(op, q, k, v, lse, {{"out", &out}, {"dout", &dout}, {"dq", &dq}}, {{"dk", &dk}, {"dv", &dv}});
   check_contiguous(op, "scratch", scratch);
   check_shape(op, "scratch", scratch, flash_attention_scratch_shape(q));
   check_dtype(op, "scratch", scratch, DType::f32);
   check_same_device(op, {&q, &k, &v, &out, &lse, &dout, &dq, &dk, &dv, &scratch});
+  return d;
+}
+}  // namespace
+
+void flash_attention_backward_wgmma(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                                    const Tensor& lse, const Tensor& dout, const Tensor& dq, const Tensor& dk,
+                                    const Tensor& dv, const Tensor& scratch, StreamRef stream) {
+  const char* op = "flash_attention_backward_wgmma";
+  check_backward_args(op, q, k, v, out, lse, dout, dq, dk, dv, scratch);
+  SY_CHECK(flash_attention_wgmma_supported(q))
+      << op << ": needs bf16 with head dim 64 on an sm_90 GPU, got q " << q.describe();
+  SY_ON_CUDA(cuda::flash_attention_backward(q, k, v, out, lse, dout, dq, dk, dv, scratch, true, stream));
+}
+
+void flash_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                              const Tensor& lse, const Tensor& dout, const Tensor& dq, const Tensor& dk,
+                              const Tensor& dv, const Tensor& scratch, StreamRef stream) {
+  const Dims d = check_backward_args("flash_attention_backward", q, k, v, out, lse, dout, dq, dk, dv, scratch);
   if (q.is_cuda()) {
-    SY_ON_CUDA(cuda::flash_attention_backward(q, k, v, out, lse, dout, dq, dk, dv, scratch, stream));
+    SY_ON_CUDA(cuda::flash_attention_backward(q, k, v, out, lse, dout, dq, dk, dv, scratch, false, stream));
     return;
   }
   // The reference computes each row's delta in double where it is used; the scratch stays unused.

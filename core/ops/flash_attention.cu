@@ -140,12 +140,6 @@ __global__ void flash_delta_kernel(const HeadView out, const HeadView dout, floa
   if (row < rows && part == 0) delta[row] = sum;
 }
 
-// Loads 64 row values (lse or delta) of rows row0.., times `factor`, into shared memory; rows
-// past `rows` read 0.
-__device__ __forceinline__ void load_row_values(float* dst, const float* src, int row0, int rows, float factor) {
-  if (threadIdx.x < kTile) dst[threadIdx.x] = row0 + int(threadIdx.x) < rows ? src[row0 + threadIdx.x] * factor : 0.0f;
-}
-
 // dK, dV. Grid (key tiles, Hkv, B). Each warp owns 16 key rows; the block walks the query tiles
 // at or below its key tile for each of the g query heads of its kv head. In the transposed
 // frame (rows = keys, columns = queries): P^T = exp2(K Q^T scale - lse), dV += P^T dO,
@@ -169,7 +163,7 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) flash_backward_dkdv
   const SmemTile<kTile> ds_stage{tile_at<D>(smem, 6).base};
   float* row_lse = reinterpret_cast<float*>(ds_stage.base + kTile * kTile);  // [2][64]
   float* row_delta = row_lse + 2 * kTile;                               // [2][64]
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
+  const int warp = threadIdx.x / 32;
   const int key0 = k_tile * kTile + warp * 16;
 
   load_tile(ks, k.head_at(batch, kv_head), k.row, k_tile * kTile, s.seq);
@@ -207,45 +201,15 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) flash_backward_dkdv
     float p[8][4];
     zero(p);
     product_nt<D>(p, ks, warp * 16, qs(buf));  // S^T: rows keys, columns queries
-    // Only the diagonal tile and a last, partial query tile hide anything.
-    const bool masked = q_tile == k_tile || (q_tile + 1) * kTile > s.seq;
-#pragma unroll
-    for (int nt = 0; nt < 8; ++nt) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int key = key0 + g + (e >= 2 ? 8 : 0), col = nt * 8 + 2 * t + (e & 1), query = q_tile * kTile + col;
-        const bool visible = !masked || (key <= query && query < s.seq);
-        p[nt][e] = visible ? exp2f(fmaf(p[nt][e], scale_log2, -tile_lse[col])) : 0.0f;
-      }
-    }
+    transposed_probabilities(p, key0, q_tile, k_tile, tile_lse, s, scale_log2);
     product_pv<D>(dv_acc, p, dos(buf));
     float ds[8][4];
     zero(ds);
     product_nt<D>(ds, vs, warp * 16, dos(buf));  // dP^T
-#pragma unroll
-    for (int nt = 0; nt < 8; ++nt) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) ds[nt][e] = p[nt][e] * (ds[nt][e] - tile_delta[nt * 8 + 2 * t + (e & 1)]);
-    }
+    transposed_ds(ds, p, tile_delta);
     product_pv<D>(dk_acc, ds, qs(buf));
-    // dS^T in bf16, exactly the operand dK just used, for the dQ kernel: tile (q_tile, k_tile)
-    // of this query head, rows keys, columns queries. Each warp stages its 16 rows in shared
-    // memory (swizzled: the 8 rows of a store hit 8 bank groups) and writes them out as whole
-    // 128-byte rows, 16 bytes a lane.
-#pragma unroll
-    for (int nt = 0; nt < 8; ++nt) {
-      *reinterpret_cast<std::uint32_t*>(ds_stage.at(warp * 16 + g, nt) + 2 * t) = pack_bf16(ds[nt][0], ds[nt][1]);
-      *reinterpret_cast<std::uint32_t*>(ds_stage.at(warp * 16 + g + 8, nt) + 2 * t) = pack_bf16(ds[nt][2], ds[nt][3]);
-    }
-    __syncwarp();
     const int head = kv_head * s.group() + step / per_head;
-    bf16* ds_tile = ds_tiles + ds_tile_offset(s, batch, head, q_tile, k_tile);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int row = warp * 16 + 4 * i + lane / 8, chunk = lane % 8;
-      *reinterpret_cast<uint4*>(ds_tile + row * kTile + chunk * 8) =
-          *reinterpret_cast<const uint4*>(ds_stage.at(row, chunk));
-    }
+    store_ds_tile(ds, ds_stage, ds_tiles + ds_tile_offset(s, batch, head, q_tile, k_tile));
     __syncthreads();  // also orders this step's staging reads before the next step's writes
   }
   store_rows<D>(dk.head_at(batch, kv_head), dk.row, dk_acc, key0, s.seq, scale, scale);
@@ -332,7 +296,7 @@ std::int64_t delta_floats(std::int64_t rows) { return (rows + 63) / 64 * 64; }
 template <int D>
 void backward_d(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
                 const Tensor& dout, const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& scratch,
-                StreamRef stream) {
+                bool wgmma, StreamRef stream) {
   static const bool once = (allow_smem(flash_backward_dkdv_kernel<D>, backward_smem_bytes(D)),
                             allow_smem(flash_backward_dq_kernel<D>, dq_smem_bytes(D)), true);
   (void)once;
@@ -346,11 +310,15 @@ void backward_d(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor&
       view_of(out), view_of(dout), delta, s, rows);
   SY_CUDA_LAUNCH();
   const unsigned tiles = unsigned((s.seq + kTile - 1) / kTile);
-  flash_backward_dkdv_kernel<D><<<dim3(tiles, unsigned(s.kv_heads), unsigned(q.size(0))), kThreads,
-                                  backward_smem_bytes(D), to_cuda(stream)>>>(
-      view_of(q), view_of(k), view_of(v), view_of(dout), static_cast<const float*>(lse.data()), delta, view_of(dk),
-      view_of(dv), ds_tiles, s, scale, scale_log2);
-  SY_CUDA_LAUNCH();
+  if (wgmma) {
+    flash_backward_dkdv_wgmma(q, k, v, dout, lse, delta, dk, dv, ds_tiles, stream);
+  } else {
+      flash_backward_dkdv_kernel<D><<<dim3(tiles, unsigned(s.kv_heads), unsigned(q.size(0))), kThreads,
+                                    backward_smem_bytes(D), to_cuda(stream)>>>(
+        view_of(q), view_of(k), view_of(v), view_of(dout), static_cast<const float*>(lse.data()), delta, view_of(dk),
+        view_of(dv), ds_tiles, s, scale, scale_log2);
+    SY_CUDA_LAUNCH();
+  }
   flash_backward_dq_kernel<D><<<dim3(tiles, unsigned(s.heads), unsigned(q.size(0))), kThreads, dq_smem_bytes(D),
                                 to_cuda(stream)>>>(ds_tiles, view_of(k), view_of(dq), s, scale);
   SY_CUDA_LAUNCH();
@@ -378,12 +346,12 @@ void flash_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, 
 
 void flash_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                               const Tensor& lse, const Tensor& dout, const Tensor& dq, const Tensor& dk,
-                              const Tensor& dv, const Tensor& scratch, StreamRef stream) {
+                              const Tensor& dv, const Tensor& scratch, bool wgmma, StreamRef stream) {
   if (q.numel() == 0) return;
   if (q.size(3) == 64) {
-    backward_d<64>(q, k, v, out, lse, dout, dq, dk, dv, scratch, stream);
+    backward_d<64>(q, k, v, out, lse, dout, dq, dk, dv, scratch, wgmma, stream);
   } else {
-    backward_d<128>(q, k, v, out, lse, dout, dq, dk, dv, scratch, stream);
+    backward_d<128>(q, k, v, out, lse, dout, dq, dk, dv, scratch, false, stream);
   }
 }
 

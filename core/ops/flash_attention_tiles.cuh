@@ -287,6 +287,58 @@ __device__ __forceinline__ void online_softmax_step(float (&sc)[8][4], float (&o
   }
 }
 
+// Loads 64 row values (lse or delta) of rows row0.., times `factor`, into shared memory; rows
+// past `rows` read 0.
+__device__ __forceinline__ void load_row_values(float* dst, const float* src, int row0, int rows, float factor) {
+  if (threadIdx.x < kTile) dst[threadIdx.x] = row0 + int(threadIdx.x) < rows ? src[row0 + threadIdx.x] * factor : 0.0f;
+}
+
+// The dK/dV step's elementwise parts, in the transposed frame (rows keys, columns queries) of a
+// warp's 16 x 64 accumulator; key0 is the warp's first key. P^T = exp2(S^T scale - lse[query]),
+// 0 where a query precedes the key or lies past the end. Only the diagonal tile and a last,
+// partial query tile hide anything.
+__device__ __forceinline__ void transposed_probabilities(float (&p)[8][4], int key0, int q_tile, int k_tile,
+                                                         const float* tile_lse, const Shape& s, float scale_log2) {
+  const int lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
+  const bool masked = q_tile == k_tile || (q_tile + 1) * kTile > s.seq;
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int key = key0 + g + (e >= 2 ? 8 : 0), col = nt * 8 + 2 * t + (e & 1), query = q_tile * kTile + col;
+      const bool visible = !masked || (key <= query && query < s.seq);
+      p[nt][e] = visible ? exp2f(fmaf(p[nt][e], scale_log2, -tile_lse[col])) : 0.0f;
+    }
+  }
+}
+// dS^T = P^T (dP^T - delta[query]), in place of dP^T.
+__device__ __forceinline__ void transposed_ds(float (&ds)[8][4], const float (&p)[8][4], const float* tile_delta) {
+  const int t = threadIdx.x % 4;
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) ds[nt][e] = p[nt][e] * (ds[nt][e] - tile_delta[nt * 8 + 2 * t + (e & 1)]);
+  }
+}
+// dS^T in bf16 (exactly the operand of the dK product) for the dQ kernel: the warp's 16 rows of
+// the 64 x 64 tile at `ds_tile`. Staged in shared memory (swizzled: the 8 rows of a store hit 8
+// bank groups) and written out as whole 128-byte rows, 16 bytes a lane. The caller's barrier
+// orders the staging reads before the next writes.
+__device__ __forceinline__ void store_ds_tile(const float (&ds)[8][4], SmemTile<kTile> stage, bf16* ds_tile) {
+  const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt) {
+    *reinterpret_cast<std::uint32_t*>(stage.at(warp * 16 + g, nt) + 2 * t) = pack_bf16(ds[nt][0], ds[nt][1]);
+    *reinterpret_cast<std::uint32_t*>(stage.at(warp * 16 + g + 8, nt) + 2 * t) = pack_bf16(ds[nt][2], ds[nt][3]);
+  }
+  __syncwarp();
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int row = warp * 16 + 4 * i + lane / 8, chunk = lane % 8;
+    *reinterpret_cast<uint4*>(ds_tile + row * kTile + chunk * 8) = *reinterpret_cast<const uint4*>(stage.at(row, chunk));
+  }
+}
+
 // Raises a kernel's dynamic shared-memory limit once (the default is 48 KiB).
 template <class Kernel>
 void allow_smem(Kernel kernel, std::size_t bytes) {
@@ -303,4 +355,12 @@ Shape shape_of(const Tensor& q, const Tensor& k) {
 }
 
 }  // namespace
+
+// The dK/dV kernel on wgmma (flash_attention_wgmma.cu, head dim 64 on sm_90), launched by the
+// backward in flash_attention.cu beside its delta and dQ kernels: delta and ds_tiles are the
+// scratch's two parts.
+void flash_backward_dkdv_wgmma(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& dout,
+                               const Tensor& lse, const float* delta, const Tensor& dk, const Tensor& dv,
+                               void* ds_tiles, StreamRef stream);
+
 }  // namespace sy::cuda

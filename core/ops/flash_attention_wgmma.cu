@@ -43,7 +43,11 @@ __device__ __forceinline__ std::uint64_t n_major_desc(SmemTile<64> tile, int kk)
 
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+// Waits until at most N committed groups are still in flight.
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
 // After a wait: the accumulators count as written here, so no read of them moves above the wait.
 __device__ __forceinline__ void fence_operands(float (&d)[8][4]) {
 #pragma unroll
@@ -84,6 +88,18 @@ __device__ __forceinline__ void wgmma_rs_bn(float (&d)[8][4], const std::uint32_
         "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]),
         "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
+}
+
+// A 16 x 64 accumulator (P or dS, rows of this warp) in bf16 as the A operands of four k16 steps:
+// two adjacent n8 tiles of the accumulator are one A fragment.
+__device__ __forceinline__ void pack_a_operands(std::uint32_t (&a)[4][4], const float (&p)[8][4]) {
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) {
+    a[kk][0] = pack_bf16(p[2 * kk][0], p[2 * kk][1]);
+    a[kk][1] = pack_bf16(p[2 * kk][2], p[2 * kk][3]);
+    a[kk][2] = pack_bf16(p[2 * kk + 1][0], p[2 * kk + 1][1]);
+    a[kk][3] = pack_bf16(p[2 * kk + 1][2], p[2 * kk + 1][3]);
+  }
 }
 
 // Grid (query tiles of 128, Hq, B). out [B, Hq, T, D]; lse [B, Hq, T], as flash_forward_kernel.
@@ -137,23 +153,17 @@ __global__ void __launch_bounds__(kWgThreads) flash_forward_wgmma_kernel(const H
 #pragma unroll
       for (int kk = 0; kk < 4; ++kk) wgmma_ss(sc, k_major_desc(qs, kk), k_major_desc(ks(j & 1), kk), kk > 0);
       wgmma_commit();
-      wgmma_wait_all();
+      wgmma_wait<0>();
       fence_operands(sc);
       const bool masked = j * kTile + kTile - 1 > row0;  // some column right of some row of this warp
       online_softmax_step<64>(sc, o, row_max, row_sum, row0, j * kTile, masked, scale_log2);
       std::uint32_t a[4][4];
-#pragma unroll
-      for (int kk = 0; kk < 4; ++kk) {
-        a[kk][0] = pack_bf16(sc[2 * kk][0], sc[2 * kk][1]);
-        a[kk][1] = pack_bf16(sc[2 * kk][2], sc[2 * kk][3]);
-        a[kk][2] = pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
-        a[kk][3] = pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
-      }
+      pack_a_operands(a, sc);
       wgmma_fence();  // o (rescaled) and a were written by ordinary instructions
 #pragma unroll
       for (int kk = 0; kk < 4; ++kk) wgmma_rs_bn(o, a[kk], n_major_desc(vs(j & 1), kk));
       wgmma_commit();
-      wgmma_wait_all();
+      wgmma_wait<0>();
       fence_operands(o);
     }
     __syncthreads();  // every warpgroup is done with buffer j & 1 before it is refilled
@@ -172,6 +182,102 @@ __global__ void __launch_bounds__(kWgThreads) flash_forward_wgmma_kernel(const H
   __trap();  // built for another architecture: flash_attention_wgmma_supported() said no
 #endif
 }
+
+// dK, dV on wgmma: the mma.sync kernel's walk (flash_attention.cu, flash_backward_dkdv_kernel)
+// with each of its four products one warpgroup MMA. Grid (key tiles, Hkv, B), one warpgroup over
+// 64 keys, each warp 16 of them. Per query tile of a query head of the group:
+//   S^T = K Q^T, dP^T = V dO^T   both operands from shared memory, issued together
+//   dV += P^T dO, dK += dS^T Q   P^T and dS^T from registers, dO and Q read N-major
+// and dS^T goes to the scratch tiles for the dQ kernel, as in the mma.sync kernel.
+__global__ void __launch_bounds__(kThreads) flash_backward_dkdv_wgmma_kernel(
+    const HeadView q, const HeadView k, const HeadView v, const HeadView dout, const float* __restrict__ lse,
+    const float* __restrict__ delta, const HeadView dk, const HeadView dv, bf16* __restrict__ ds_tiles, Shape s,
+    float scale, float scale_log2) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  unsigned char* smem = smem_raw + ((1024 - smem_addr(smem_raw) % 1024) % 1024);
+  const int k_tile = gridDim.x - 1 - blockIdx.x;  // early keys see the most queries: start them first
+  const int kv_head = blockIdx.y, batch = blockIdx.z;
+  // Tiles: K, V, then Q and dO of buffer 0, then of buffer 1; the dS^T staging tile; the row values.
+  const SmemTile<64> ks = tile_at<64>(smem, 0), vs = tile_at<64>(smem, 1);
+  auto qs = [&](int buf) { return tile_at<64>(smem, 2 + 2 * buf); };
+  auto dos = [&](int buf) { return tile_at<64>(smem, 3 + 2 * buf); };
+  const SmemTile<kTile> ds_stage = tile_at<64>(smem, 6);
+  float* row_lse = reinterpret_cast<float*>(tile_at<64>(smem, 7).base);  // [2][64]
+  float* row_delta = row_lse + 2 * kTile;                                // [2][64]
+  const int key0 = k_tile * kTile + (threadIdx.x / 32) * 16;            // this warp's first key
+
+  load_tile(ks, k.head_at(batch, kv_head), k.row, k_tile * kTile, s.seq);
+  load_tile(vs, v.head_at(batch, kv_head), v.row, k_tile * kTile, s.seq);
+  const int q_tiles = (s.seq + kTile - 1) / kTile;
+  const int per_head = q_tiles - k_tile, steps = per_head * s.group();
+  auto issue = [&](int step) {  // step -> (query head of the group, query tile)
+    const int head = kv_head * s.group() + step / per_head, q_tile = k_tile + step % per_head;
+    const std::int64_t q_off = (std::int64_t(batch) * s.heads + head) * s.seq;  // into lse, delta
+    const int buf = step & 1;
+    load_tile(qs(buf), q.head_at(batch, head), q.row, q_tile * kTile, s.seq);
+    load_tile(dos(buf), dout.head_at(batch, head), dout.row, q_tile * kTile, s.seq);
+    load_row_values(row_lse + buf * kTile, lse + q_off, q_tile * kTile, s.seq, kLog2e);  // log2 domain
+    load_row_values(row_delta + buf * kTile, delta + q_off, q_tile * kTile, s.seq, 1.0f);
+    cp_async_commit();
+  };
+  issue(0);
+
+  float dk_acc[8][4], dv_acc[8][4];
+  zero(dk_acc);
+  zero(dv_acc);
+  for (int step = 0; step < steps; ++step) {
+    if (step + 1 < steps) {
+      issue(step + 1);  // buffer (step + 1) & 1 was last read in step - 1, which ended with a barrier
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    fence_proxy_async();
+    __syncthreads();
+    const int buf = step & 1, q_tile = k_tile + step % per_head;
+    float p[8][4], ds[8][4];
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) wgmma_ss(p, k_major_desc(ks, kk), k_major_desc(qs(buf), kk), kk > 0);
+    wgmma_commit();
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) wgmma_ss(ds, k_major_desc(vs, kk), k_major_desc(dos(buf), kk), kk > 0);
+    wgmma_commit();
+    wgmma_wait<1>();  // S^T is in; dP^T may still be in flight
+    fence_operands(p);
+    transposed_probabilities(p, key0, q_tile, k_tile, row_lse + buf * kTile, s, scale_log2);
+    std::uint32_t a[4][4];
+    pack_a_operands(a, p);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) wgmma_rs_bn(dv_acc, a[kk], n_major_desc(dos(buf), kk));
+    wgmma_commit();
+    wgmma_wait<1>();  // dP^T is in; dV may still be in flight
+    fence_operands(ds);
+    transposed_ds(ds, p, row_delta + buf * kTile);
+    std::uint32_t b[4][4];
+    pack_a_operands(b, ds);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) wgmma_rs_bn(dk_acc, b[kk], n_major_desc(qs(buf), kk));
+    wgmma_commit();
+    const int head = kv_head * s.group() + step / per_head;
+    store_ds_tile(ds, ds_stage, ds_tiles + ds_tile_offset(s, batch, head, q_tile, k_tile));
+    wgmma_wait<0>();
+    fence_operands(dk_acc);
+    fence_operands(dv_acc);
+    __syncthreads();  // the tiles of buffer buf and the staging tile are free again
+  }
+  store_rows<64>(dk.head_at(batch, kv_head), dk.row, dk_acc, key0, s.seq, scale, scale);
+  store_rows<64>(dv.head_at(batch, kv_head), dv.row, dv_acc, key0, s.seq, 1.0f, 1.0f);
+#else
+  __trap();  // built for another architecture: flash_attention_wgmma_supported() said no
+#endif
+}
+
+// Seven 64 x 64 tiles, the row values, and room to align the first tile to 1024 bytes.
+constexpr std::size_t wgmma_dkdv_smem_bytes() { return 7 * kTile * 64 * sizeof(bf16) + 4 * kTile * sizeof(float) + 1024; }
 
 constexpr std::size_t wgmma_smem_bytes() { return 6 * kTile * 64 * sizeof(bf16) + 1024; }
 
@@ -195,6 +301,21 @@ void flash_attention_forward_wgmma(const Tensor& q, const Tensor& k, const Tenso
   const float scale_log2 = kLog2e / std::sqrt(64.0f);
   flash_forward_wgmma_kernel<<<grid, kWgThreads, wgmma_smem_bytes(), to_cuda(stream)>>>(
       view_of(q), view_of(k), view_of(v), view_of(out), static_cast<float*>(lse.data()), s, scale_log2);
+  SY_CUDA_LAUNCH();
+}
+
+void flash_backward_dkdv_wgmma(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& dout,
+                               const Tensor& lse, const float* delta, const Tensor& dk, const Tensor& dv,
+                               void* ds_tiles, StreamRef stream) {
+  static const bool once = (allow_smem(flash_backward_dkdv_wgmma_kernel, wgmma_dkdv_smem_bytes()), true);
+  (void)once;
+  const Shape s = shape_of(q, k);
+  const float scale = 1.0f / std::sqrt(64.0f), scale_log2 = kLog2e * scale;
+  const unsigned tiles = unsigned((s.seq + kTile - 1) / kTile);
+  flash_backward_dkdv_wgmma_kernel<<<dim3(tiles, unsigned(s.kv_heads), unsigned(q.size(0))), kThreads,
+                                     wgmma_dkdv_smem_bytes(), to_cuda(stream)>>>(
+      view_of(q), view_of(k), view_of(v), view_of(dout), static_cast<const float*>(lse.data()), delta, view_of(dk),
+      view_of(dv), static_cast<bf16*>(ds_tiles), s, scale, scale_log2);
   SY_CUDA_LAUNCH();
 }
 

@@ -209,5 +209,56 @@ TEST(FlashAttentionGpuWgmma, ForwardMatchesCpuReferenceAndTheMmaKernel) {
   EXPECT_LT(relative_error(lse, lsec), 1e-4);
 }
 
+// The backward with the wgmma dK/dV kernel: dq, dk, dv against the f64 CPU reference (run on the
+// GPU's out and lse) and the mma.sync backward; a second run gives the same bits (no atomics).
+TEST(FlashAttentionGpuWgmma, BackwardMatchesCpuReferenceAndTheMmaKernel) {
+  SY_REQUIRE_GPU();
+  if (!flash_attention_wgmma_supported(OwnedTensor({1, 1, 8, 64}, DType::bf16, Device::cuda)))
+    GTEST_SKIP() << "not an sm_90 GPU";
+  for (const Case s : {Case{2, 12, 4, 200, 64}, Case{1, 4, 1, 1024, 64}, Case{1, 2, 2, 130, 64}, Case{1, 3, 3, 1, 64}}) {
+    SCOPED_TRACE(::testing::Message() << "B " << s.batch << " Hq " << s.heads << " Hkv " << s.kv_heads << " T "
+                                      << s.seq);
+    const Shape q_shape{s.batch, s.heads, s.seq, s.dim}, kv_shape{s.batch, s.kv_heads, s.seq, s.dim};
+    const Shape row_shape{s.batch, s.heads, s.seq};
+    const std::uint64_t seed = 1970 + std::uint64_t(s.seq + s.heads);
+    OwnedTensor q = random_tensor(q_shape, DType::bf16, Device::cuda, seed, 2.0f);
+    OwnedTensor k = random_tensor(kv_shape, DType::bf16, Device::cuda, seed + 1, 2.0f);
+    OwnedTensor v = random_tensor(kv_shape, DType::bf16, Device::cuda, seed + 2);
+    OwnedTensor dout = random_tensor(q_shape, DType::bf16, Device::cuda, seed + 3);
+    OwnedTensor out(q_shape, DType::bf16, Device::cuda), lse(row_shape, DType::f32, Device::cuda);
+    OwnedTensor scratch(flash_attention_scratch_shape(q), DType::f32, Device::cuda);
+    flash_attention_forward(q, k, v, out, lse);
+    auto grads = [&](bool wgmma) {
+      std::array<OwnedTensor, 3> g{OwnedTensor(q_shape, DType::bf16, Device::cuda),
+                                   OwnedTensor(kv_shape, DType::bf16, Device::cuda),
+                                   OwnedTensor(kv_shape, DType::bf16, Device::cuda)};
+      for (OwnedTensor& t : g) poison(t);
+      poison(scratch);
+      if (wgmma) {
+        flash_attention_backward_wgmma(q, k, v, out, lse, dout, g[0], g[1], g[2], scratch);
+      } else {
+        flash_attention_backward(q, k, v, out, lse, dout, g[0], g[1], g[2], scratch);
+      }
+      device_synchronize();
+      return g;
+    };
+    const auto wg = grads(true), again = grads(true), mma = grads(false);
+    OwnedTensor qc = convert(q, DType::f64, Device::cpu), kc = convert(k, DType::f64, Device::cpu);
+    OwnedTensor vc = convert(v, DType::f64, Device::cpu), doc = convert(dout, DType::f64, Device::cpu);
+    OwnedTensor outc = convert(out, DType::f64, Device::cpu), lsec = convert(lse, DType::f32, Device::cpu);
+    OwnedTensor dqc(q_shape, DType::f64, Device::cpu), dkc(kv_shape, DType::f64, Device::cpu);
+    OwnedTensor dvc(kv_shape, DType::f64, Device::cpu), scratchc(flash_attention_scratch_shape(qc), DType::f32,
+                                                                  Device::cpu);
+    flash_attention_backward(qc, kc, vc, outc, lsec, doc, dqc, dkc, dvc, scratchc);
+    const Tensor* ref[3] = {&dqc.view(), &dkc.view(), &dvc.view()};
+    for (int i = 0; i < 3; ++i) {
+      SCOPED_TRACE(i == 0 ? "dq" : i == 1 ? "dk" : "dv");
+      EXPECT_LT(relative_error(wg[std::size_t(i)], *ref[i]), 2e-2);
+      EXPECT_LT(relative_error(wg[std::size_t(i)], mma[std::size_t(i)]), 2e-2);
+      EXPECT_EQ(to_vector(wg[std::size_t(i)]), to_vector(again[std::size_t(i)]));
+    }
+  }
+}
+
 }  // namespace
 }  // namespace sy::test

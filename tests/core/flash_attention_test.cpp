@@ -172,6 +172,8 @@ TEST(FlashAttention, RejectsBadArguments) {
   expect_error([&] { flash_attention_backward(q, k, v, out, lse, out, dq, dk, dk, lse_short); },
                "flash_attention_backward: scratch must have shape [24], got f32[1, 6, 3] cpu");
   EXPECT_FALSE(flash_attention_wgmma_supported(q));
+  expect_error([&] { flash_attention_backward_wgmma(q, k, v, out, lse, out, dq, dk, k, delta); },
+               "flash_attention_backward_wgmma: needs bf16 with head dim 64 on an sm_90 GPU, got q f32[1, 6, 4, 8] cpu");
   expect_error([&] { flash_attention_forward_wgmma(q, k, v, out, lse); },
                "flash_attention_forward_wgmma: needs bf16 with head dim 64 on an sm_90 GPU, got q f32[1, 6, 4, 8] cpu");
 }
