@@ -139,6 +139,13 @@ Model::Model(const Config& config, const ProcessGrid& grid, ParameterRegistry& r
   heads_ = m.n_heads;
   kv_heads_ = m.n_kv_heads;
   head_dim_ = d_ / heads_;
+  wgmma_attention_ = m.attention_kernel == "wgmma";
+  SY_INPUT_CHECK(ErrorKind::config,
+                 !wgmma_attention_ || flash_attention_wgmma_supported(
+                                          Tensor(nullptr, {1, 1, 1, head_dim_}, compute_dtype, registry.options().device)))
+      << "model.attention_kernel=wgmma needs bf16 with head dim 64 on an sm_90 GPU; this run has "
+      << dtype_name(compute_dtype) << " on " << device_name(registry.options().device) << " with head dim "
+      << head_dim_;
   local_heads_ = heads_ / tp;
   local_kv_heads_ = kv_heads_ / tp;
   local_ff_ = m.d_ff / tp;
@@ -319,10 +326,11 @@ void Model::forward(const Tensor& tokens, const Tensor& targets, std::int64_t fi
                    heads_view(b.qkv, s.batch, local_heads_ + local_kv_heads_, s.seq, head_dim_, 0), theta, stream);
       b.probs = Tensor();
       b.lse = arena.alloc({s.batch, local_heads_, s.seq}, DType::f32);
-      flash_attention_forward(heads_view(b.qkv, s.batch, local_heads_, s.seq, head_dim_, 0),
-                              heads_view(b.qkv, s.batch, local_kv_heads_, s.seq, head_dim_, q_cols),
-                              heads_view(b.qkv, s.batch, local_kv_heads_, s.seq, head_dim_, q_cols + kv_cols),
-                              heads_view(b.attn_rows, s.batch, local_heads_, s.seq, head_dim_, 0), b.lse, stream);
+      const auto forward = wgmma_attention_ ? flash_attention_forward_wgmma : flash_attention_forward;
+      forward(heads_view(b.qkv, s.batch, local_heads_, s.seq, head_dim_, 0),
+              heads_view(b.qkv, s.batch, local_kv_heads_, s.seq, head_dim_, q_cols),
+              heads_view(b.qkv, s.batch, local_kv_heads_, s.seq, head_dim_, q_cols + kv_cols),
+              heads_view(b.attn_rows, s.batch, local_heads_, s.seq, head_dim_, 0), b.lse, stream);
     } else {
       // Without flash kernels the [T, T] probabilities are saved, on head-major copies.
       b.q_heads = arena.alloc({s.batch, local_heads_, s.seq, head_dim_}, dtype_);
@@ -463,15 +471,16 @@ void Model::backward(Arena& arena, StreamRef stream, const std::function<void(co
       // dq, dk, dv land in place in dqkv's columns; RoPE's transpose then rotates dq and dk back.
       const Tensor q = heads_view(b.qkv, s.batch, local_heads_, s.seq, head_dim_, 0);
       Tensor scratch = arena.alloc(flash_attention_scratch_shape(q), DType::f32);
-      flash_attention_backward(q,
-                               heads_view(b.qkv, s.batch, local_kv_heads_, s.seq, head_dim_, q_cols),
-                               heads_view(b.qkv, s.batch, local_kv_heads_, s.seq, head_dim_, q_cols + kv_cols),
-                               heads_view(b.attn_rows, s.batch, local_heads_, s.seq, head_dim_, 0), b.lse,
-                               heads_view(d_rows, s.batch, local_heads_, s.seq, head_dim_, 0),
-                               heads_view(dqkv, s.batch, local_heads_, s.seq, head_dim_, 0),
-                               heads_view(dqkv, s.batch, local_kv_heads_, s.seq, head_dim_, q_cols),
-                               heads_view(dqkv, s.batch, local_kv_heads_, s.seq, head_dim_, q_cols + kv_cols),
-                               scratch, stream);
+      const auto backward = wgmma_attention_ ? flash_attention_backward_wgmma : flash_attention_backward;
+      backward(q,
+               heads_view(b.qkv, s.batch, local_kv_heads_, s.seq, head_dim_, q_cols),
+               heads_view(b.qkv, s.batch, local_kv_heads_, s.seq, head_dim_, q_cols + kv_cols),
+               heads_view(b.attn_rows, s.batch, local_heads_, s.seq, head_dim_, 0), b.lse,
+               heads_view(d_rows, s.batch, local_heads_, s.seq, head_dim_, 0),
+               heads_view(dqkv, s.batch, local_heads_, s.seq, head_dim_, 0),
+               heads_view(dqkv, s.batch, local_kv_heads_, s.seq, head_dim_, q_cols),
+               heads_view(dqkv, s.batch, local_kv_heads_, s.seq, head_dim_, q_cols + kv_cols),
+               scratch, stream);
       const Tensor dqk = heads_view(dqkv, s.batch, local_heads_ + local_kv_heads_, s.seq, head_dim_, 0);
       rope_backward(dqk, dqk, theta, stream);
     } else {

@@ -87,6 +87,7 @@ class Model {
   Config config_;
   const ProcessGrid& grid_;
   DType dtype_;
+  bool wgmma_attention_ = false;  // model.attention_kernel=wgmma
   std::int64_t d_, heads_, kv_heads_, head_dim_, local_heads_, local_kv_heads_, local_ff_, vocab_;
   Parameter* embed_ = nullptr;
   Parameter* final_norm_ = nullptr;

@@ -80,5 +80,19 @@ TEST(ModelGradients, MatchFiniteDifferencesOfTheLoss) {
   }
 }
 
+// The wgmma attention kernels exist for bf16 at head dim 64 on Hopper only: anything else is a
+// configuration error that names the key and what the run has.
+TEST(ModelConfigErrors, WgmmaAttentionNeedsHopperBf16AndHeadDim64) {
+  Communicator& world = sy::test::world(Device::cpu);
+  auto alone = world.split(world.rank(), 0, "alone");
+  Config config = dense_config();
+  config.model.attention_kernel = "wgmma";
+  ProcessGrid grid(*alone, 1, 1);
+  ParameterRegistry registry(RegistryOptions{});
+  expect_error([&] { Model model(config, grid, registry, DType::f32); }, ErrorKind::config,
+               "model.attention_kernel=wgmma needs bf16 with head dim 64 on an sm_90 GPU; this run has f32 on cpu "
+               "with head dim 8");
+}
+
 }  // namespace
 }  // namespace sy::test
