@@ -9,7 +9,8 @@
 #
 # Environment: SY_BINARY (default build-device/switchyard, built if missing), STEPS (switchyard
 # steps, default 40), OUT_DIR (folder for the logs; else $OUT; else bench-results), PYTHON (default
-# python3), TORCH_ARGS (extra arguments for torch_reference.py, e.g. "--steps 50").
+# python3), TORCH_ARGS (extra arguments for torch_reference.py, e.g. "--steps 50"), SY_SET (config
+# overrides for the switchyard run, e.g. "model.attention_kernel=wgmma").
 # Exits non-zero when any of the three runs failed; the others still run and are reported.
 set -euo pipefail
 
@@ -129,9 +130,12 @@ if [ ! -x "$binary" ]; then
   fi
 fi
 if [ "$sy_ok" = 1 ]; then
-  echo "== switchyard: $steps steps of $config"
+  echo "== switchyard: $steps steps of $config ${SY_SET:+(--set $SY_SET)}"
+  extra_sets=()
+  for kv in ${SY_SET:-}; do extra_sets+=(--set "$kv"); done
   if SY_BINARY=$binary launch/train.sh -n 1 "$config" --set "train.steps=$steps" --set log.every=10 \
-      --set log.progress=false --set "run.out_dir=$OUT_DIR/switchyard" 2>&1 | tee "$OUT_DIR/switchyard.log" &&
+      --set log.progress=false --set "run.out_dir=$OUT_DIR/switchyard" "${extra_sets[@]}" 2>&1 |
+      tee "$OUT_DIR/switchyard.log" &&
       parsed=$(parse_done <"$OUT_DIR/switchyard.log"); then
     read -r sy_tps sy_peak <<<"$parsed"
     sy_tflops=$(awk -v f="$fpt" -v t="$sy_tps" 'BEGIN { printf "%.1f", f * t / 1e12 }')
