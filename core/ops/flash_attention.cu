@@ -153,67 +153,42 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) flash_backward_dkdv
     const float* __restrict__ delta, const HeadView dk, const HeadView dv, bf16* __restrict__ ds_tiles, Shape s,
     float scale, float scale_log2) {
   extern __shared__ __align__(128) unsigned char smem[];
-  const int k_tile = gridDim.x - 1 - blockIdx.x;  // early keys see the most queries: start them first
-  const int kv_head = blockIdx.y, batch = blockIdx.z;
-  // Tiles: K, V, then Q and dO of buffer 0, then of buffer 1; the dS^T staging tile (64 x 64);
-  // then the row values.
-  const SmemTile<D> ks = tile_at<D>(smem, 0), vs = tile_at<D>(smem, 1);
-  auto qs = [&](int buf) { return tile_at<D>(smem, 2 + 2 * buf); };
-  auto dos = [&](int buf) { return tile_at<D>(smem, 3 + 2 * buf); };
-  const SmemTile<kTile> ds_stage{tile_at<D>(smem, 6).base};
-  float* row_lse = reinterpret_cast<float*>(ds_stage.base + kTile * kTile);  // [2][64]
-  float* row_delta = row_lse + 2 * kTile;                               // [2][64]
-  const int warp = threadIdx.x / 32;
-  const int key0 = k_tile * kTile + warp * 16;
-
-  load_tile(ks, k.head_at(batch, kv_head), k.row, k_tile * kTile, s.seq);
-  load_tile(vs, v.head_at(batch, kv_head), v.row, k_tile * kTile, s.seq);
-  const int q_tiles = (s.seq + kTile - 1) / kTile;
-  const int per_head = q_tiles - k_tile, steps = per_head * s.group();
-  // Step i -> (query head of the group, query tile).
-  auto issue = [&](int step) {
-    const int head = kv_head * s.group() + step / per_head, q_tile = k_tile + step % per_head;
-    const std::int64_t q_off = (std::int64_t(batch) * s.heads + head) * s.seq;  // into lse, delta
-    const int buf = step & 1;
-    load_tile(qs(buf), q.head_at(batch, head), q.row, q_tile * kTile, s.seq);
-    load_tile(dos(buf), dout.head_at(batch, head), dout.row, q_tile * kTile, s.seq);
-    load_row_values(row_lse + buf * kTile, lse + q_off, q_tile * kTile, s.seq, kLog2e);  // log2 domain
-    load_row_values(row_delta + buf * kTile, delta + q_off, q_tile * kTile, s.seq, 1.0f);
-    cp_async_commit();
-  };
-  issue(0);
+  // Early keys see the most queries: start them first.
+  const DkdvWalk<D> w{smem, s, int(gridDim.x - 1 - blockIdx.x), int(blockIdx.y), int(blockIdx.z)};
+  const int key0 = w.k_tile * kTile + (threadIdx.x / 32) * 16;  // this warp's first key
+  w.load_keys(k, v);
+  const int steps = w.steps();
+  w.issue(0, q, dout, lse, delta);
 
   float dk_acc[D / 8][4], dv_acc[D / 8][4];
   zero(dk_acc);
   zero(dv_acc);
+  const int row0 = (threadIdx.x / 32) * 16;  // this warp's first row in the K and V tiles
   for (int step = 0; step < steps; ++step) {
     if (step + 1 < steps) {
       // Buffer (step + 1) & 1 was last read in step - 1, which ended with a barrier.
-      issue(step + 1);
+      w.issue(step + 1, q, dout, lse, delta);
       cp_async_wait<1>();
     } else {
       cp_async_wait<0>();
     }
     __syncthreads();
-    const int buf = step & 1, q_tile = k_tile + step % per_head;
-    const float* tile_lse = row_lse + buf * kTile;
-    const float* tile_delta = row_delta + buf * kTile;
+    const int buf = step & 1, q_tile = w.q_tile(step);
     float p[8][4];
     zero(p);
-    product_nt<D>(p, ks, warp * 16, qs(buf));  // S^T: rows keys, columns queries
-    transposed_probabilities(p, key0, q_tile, k_tile, tile_lse, s, scale_log2);
-    product_pv<D>(dv_acc, p, dos(buf));
+    product_nt<D>(p, w.ks(), row0, w.qs(buf));  // S^T: rows keys, columns queries
+    transposed_probabilities(p, key0, q_tile, w.k_tile, w.row_lse(buf), s, scale_log2);
+    product_pv<D>(dv_acc, p, w.dos(buf));
     float ds[8][4];
     zero(ds);
-    product_nt<D>(ds, vs, warp * 16, dos(buf));  // dP^T
-    transposed_ds(ds, p, tile_delta);
-    product_pv<D>(dk_acc, ds, qs(buf));
-    const int head = kv_head * s.group() + step / per_head;
-    store_ds_tile(ds, ds_stage, ds_tiles + ds_tile_offset(s, batch, head, q_tile, k_tile));
+    product_nt<D>(ds, w.vs(), row0, w.dos(buf));  // dP^T
+    transposed_ds(ds, p, w.row_delta(buf));
+    product_pv<D>(dk_acc, ds, w.qs(buf));
+    store_ds_tile(ds, w.ds_stage(), ds_tiles + ds_tile_offset(s, w.batch, w.head(step), q_tile, w.k_tile));
     __syncthreads();  // also orders this step's staging reads before the next step's writes
   }
-  store_rows<D>(dk.head_at(batch, kv_head), dk.row, dk_acc, key0, s.seq, scale, scale);
-  store_rows<D>(dv.head_at(batch, kv_head), dv.row, dv_acc, key0, s.seq, 1.0f, 1.0f);
+  store_rows<D>(dk.head_at(w.batch, w.kv_head), dk.row, dk_acc, key0, s.seq, scale, scale);
+  store_rows<D>(dv.head_at(w.batch, w.kv_head), dv.row, dv_acc, key0, s.seq, 1.0f, 1.0f);
 }
 
 // dQ. Grid (query tiles, Hq, B): dQ = scale * dS K over the key tiles at or left of the

@@ -293,6 +293,46 @@ __device__ __forceinline__ void load_row_values(float* dst, const float* src, in
   if (threadIdx.x < kTile) dst[threadIdx.x] = row0 + int(threadIdx.x) < rows ? src[row0 + threadIdx.x] * factor : 0.0f;
 }
 
+// The dK/dV kernels' walk for one key tile: the steps run over the query tiles at or below it for
+// each query head of its kv head, double-buffered. Shared memory: K, V, then Q and dO of buffer
+// 0, then of buffer 1, the 64 x 64 dS^T staging tile, then lse and delta of the two buffers.
+template <int D>
+struct DkdvWalk {
+  unsigned char* smem;
+  Shape s;
+  int k_tile, kv_head, batch;
+
+  __device__ SmemTile<D> ks() const { return tile_at<D>(smem, 0); }
+  __device__ SmemTile<D> vs() const { return tile_at<D>(smem, 1); }
+  __device__ SmemTile<D> qs(int buf) const { return tile_at<D>(smem, 2 + 2 * buf); }
+  __device__ SmemTile<D> dos(int buf) const { return tile_at<D>(smem, 3 + 2 * buf); }
+  __device__ SmemTile<kTile> ds_stage() const { return {tile_at<D>(smem, 6).base}; }
+  __device__ float* row_lse(int buf) const {  // [64], log2 domain
+    return reinterpret_cast<float*>(ds_stage().base + kTile * kTile) + buf * kTile;
+  }
+  __device__ float* row_delta(int buf) const { return row_lse(0) + (2 + buf) * kTile; }
+  __device__ int per_head() const { return (s.seq + kTile - 1) / kTile - k_tile; }
+  __device__ int steps() const { return per_head() * s.group(); }
+  __device__ int head(int step) const { return kv_head * s.group() + step / per_head(); }
+  __device__ int q_tile(int step) const { return k_tile + step % per_head(); }
+
+  // The block's K and V tiles (committed with the first step's loads).
+  __device__ void load_keys(const HeadView& k, const HeadView& v) const {
+    load_tile(ks(), k.head_at(batch, kv_head), k.row, k_tile * kTile, s.seq);
+    load_tile(vs(), v.head_at(batch, kv_head), v.row, k_tile * kTile, s.seq);
+  }
+  // Step `step`'s Q and dO tiles, lse and delta into buffer step & 1, as one cp.async group.
+  __device__ void issue(int step, const HeadView& q, const HeadView& dout, const float* lse, const float* delta) const {
+    const int h = head(step), qt = q_tile(step), buf = step & 1;
+    const std::int64_t q_off = (std::int64_t(batch) * s.heads + h) * s.seq;  // into lse, delta
+    load_tile(qs(buf), q.head_at(batch, h), q.row, qt * kTile, s.seq);
+    load_tile(dos(buf), dout.head_at(batch, h), dout.row, qt * kTile, s.seq);
+    load_row_values(row_lse(buf), lse + q_off, qt * kTile, s.seq, kLog2e);
+    load_row_values(row_delta(buf), delta + q_off, qt * kTile, s.seq, 1.0f);
+    cp_async_commit();
+  }
+};
+
 // The dK/dV step's elementwise parts, in the transposed frame (rows keys, columns queries) of a
 // warp's 16 x 64 accumulator; key0 is the warp's first key. P^T = exp2(S^T scale - lse[query]),
 // 0 where a query precedes the key or lies past the end. Only the diagonal tile and a last,

@@ -58,20 +58,24 @@ __device__ __forceinline__ void fence_operands(float (&d)[8][4]) {
 // Shared memory written by cp.async (the generic proxy) becomes visible to wgmma (the async proxy).
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
+// The 32 accumulator registers of an m64n64 wgmma (the mma.sync layout, [8][4]) as asm operands.
+#define SY_WGMMA_ACC64(d) \
+  "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), \
+  "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), \
+  "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), \
+  "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), \
+  "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), \
+  "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), \
+  "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), \
+  "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
+
 // d (64 x 64 per warpgroup, the mma.sync accumulator layout per warp) = or += A B, A and B K-major
 // in shared memory.
 __device__ __forceinline__ void wgmma_ss(float (&d)[8][4], std::uint64_t a, std::uint64_t b, int accumulate) {
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
-      : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]),
-        "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]),
-        "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]),
-        "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]),
-        "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]),
-        "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),
-        "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]),
-        "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
+      : SY_WGMMA_ACC64(d)
       : "l"(a), "l"(b), "r"(accumulate));
 }
 // d += A B, A (16 of K) in registers in the mma.sync A layout, B N-major in shared memory.
@@ -79,14 +83,7 @@ __device__ __forceinline__ void wgmma_rs_bn(float (&d)[8][4], const std::uint32_
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
-      : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]),
-        "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]),
-        "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]),
-        "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]),
-        "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]),
-        "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),
-        "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]),
-        "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
+      : SY_WGMMA_ACC64(d)
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
 }
 
@@ -196,81 +193,60 @@ __global__ void __launch_bounds__(kThreads) flash_backward_dkdv_wgmma_kernel(
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   unsigned char* smem = smem_raw + ((1024 - smem_addr(smem_raw) % 1024) % 1024);
-  const int k_tile = gridDim.x - 1 - blockIdx.x;  // early keys see the most queries: start them first
-  const int kv_head = blockIdx.y, batch = blockIdx.z;
-  // Tiles: K, V, then Q and dO of buffer 0, then of buffer 1; the dS^T staging tile; the row values.
-  const SmemTile<64> ks = tile_at<64>(smem, 0), vs = tile_at<64>(smem, 1);
-  auto qs = [&](int buf) { return tile_at<64>(smem, 2 + 2 * buf); };
-  auto dos = [&](int buf) { return tile_at<64>(smem, 3 + 2 * buf); };
-  const SmemTile<kTile> ds_stage = tile_at<64>(smem, 6);
-  float* row_lse = reinterpret_cast<float*>(tile_at<64>(smem, 7).base);  // [2][64]
-  float* row_delta = row_lse + 2 * kTile;                                // [2][64]
-  const int key0 = k_tile * kTile + (threadIdx.x / 32) * 16;            // this warp's first key
-
-  load_tile(ks, k.head_at(batch, kv_head), k.row, k_tile * kTile, s.seq);
-  load_tile(vs, v.head_at(batch, kv_head), v.row, k_tile * kTile, s.seq);
-  const int q_tiles = (s.seq + kTile - 1) / kTile;
-  const int per_head = q_tiles - k_tile, steps = per_head * s.group();
-  auto issue = [&](int step) {  // step -> (query head of the group, query tile)
-    const int head = kv_head * s.group() + step / per_head, q_tile = k_tile + step % per_head;
-    const std::int64_t q_off = (std::int64_t(batch) * s.heads + head) * s.seq;  // into lse, delta
-    const int buf = step & 1;
-    load_tile(qs(buf), q.head_at(batch, head), q.row, q_tile * kTile, s.seq);
-    load_tile(dos(buf), dout.head_at(batch, head), dout.row, q_tile * kTile, s.seq);
-    load_row_values(row_lse + buf * kTile, lse + q_off, q_tile * kTile, s.seq, kLog2e);  // log2 domain
-    load_row_values(row_delta + buf * kTile, delta + q_off, q_tile * kTile, s.seq, 1.0f);
-    cp_async_commit();
-  };
-  issue(0);
+  // Early keys see the most queries: start them first.
+  const DkdvWalk<64> w{smem, s, int(gridDim.x - 1 - blockIdx.x), int(blockIdx.y), int(blockIdx.z)};
+  const int key0 = w.k_tile * kTile + (threadIdx.x / 32) * 16;  // this warp's first key
+  w.load_keys(k, v);
+  const int steps = w.steps();
+  w.issue(0, q, dout, lse, delta);
 
   float dk_acc[8][4], dv_acc[8][4];
   zero(dk_acc);
   zero(dv_acc);
   for (int step = 0; step < steps; ++step) {
     if (step + 1 < steps) {
-      issue(step + 1);  // buffer (step + 1) & 1 was last read in step - 1, which ended with a barrier
+      w.issue(step + 1, q, dout, lse, delta);  // buffer (step + 1) & 1 was last read in step - 1
       cp_async_wait<1>();
     } else {
       cp_async_wait<0>();
     }
     fence_proxy_async();
     __syncthreads();
-    const int buf = step & 1, q_tile = k_tile + step % per_head;
+    const int buf = step & 1, q_tile = w.q_tile(step);
     float p[8][4], ds[8][4];
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk) wgmma_ss(p, k_major_desc(ks, kk), k_major_desc(qs(buf), kk), kk > 0);
+    for (int kk = 0; kk < 4; ++kk) wgmma_ss(p, k_major_desc(w.ks(), kk), k_major_desc(w.qs(buf), kk), kk > 0);
     wgmma_commit();
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk) wgmma_ss(ds, k_major_desc(vs, kk), k_major_desc(dos(buf), kk), kk > 0);
+    for (int kk = 0; kk < 4; ++kk) wgmma_ss(ds, k_major_desc(w.vs(), kk), k_major_desc(w.dos(buf), kk), kk > 0);
     wgmma_commit();
     wgmma_wait<1>();  // S^T is in; dP^T may still be in flight
     fence_operands(p);
-    transposed_probabilities(p, key0, q_tile, k_tile, row_lse + buf * kTile, s, scale_log2);
+    transposed_probabilities(p, key0, q_tile, w.k_tile, w.row_lse(buf), s, scale_log2);
     std::uint32_t a[4][4];
     pack_a_operands(a, p);
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk) wgmma_rs_bn(dv_acc, a[kk], n_major_desc(dos(buf), kk));
+    for (int kk = 0; kk < 4; ++kk) wgmma_rs_bn(dv_acc, a[kk], n_major_desc(w.dos(buf), kk));
     wgmma_commit();
     wgmma_wait<1>();  // dP^T is in; dV may still be in flight
     fence_operands(ds);
-    transposed_ds(ds, p, row_delta + buf * kTile);
+    transposed_ds(ds, p, w.row_delta(buf));
     std::uint32_t b[4][4];
     pack_a_operands(b, ds);
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk) wgmma_rs_bn(dk_acc, b[kk], n_major_desc(qs(buf), kk));
+    for (int kk = 0; kk < 4; ++kk) wgmma_rs_bn(dk_acc, b[kk], n_major_desc(w.qs(buf), kk));
     wgmma_commit();
-    const int head = kv_head * s.group() + step / per_head;
-    store_ds_tile(ds, ds_stage, ds_tiles + ds_tile_offset(s, batch, head, q_tile, k_tile));
+    store_ds_tile(ds, w.ds_stage(), ds_tiles + ds_tile_offset(s, w.batch, w.head(step), q_tile, w.k_tile));
     wgmma_wait<0>();
     fence_operands(dk_acc);
     fence_operands(dv_acc);
     __syncthreads();  // the tiles of buffer buf and the staging tile are free again
   }
-  store_rows<64>(dk.head_at(batch, kv_head), dk.row, dk_acc, key0, s.seq, scale, scale);
-  store_rows<64>(dv.head_at(batch, kv_head), dv.row, dv_acc, key0, s.seq, 1.0f, 1.0f);
+  store_rows<64>(dk.head_at(w.batch, w.kv_head), dk.row, dk_acc, key0, s.seq, scale, scale);
+  store_rows<64>(dv.head_at(w.batch, w.kv_head), dv.row, dv_acc, key0, s.seq, 1.0f, 1.0f);
 #else
   __trap();  // built for another architecture: flash_attention_wgmma_supported() said no
 #endif

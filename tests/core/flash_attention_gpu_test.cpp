@@ -154,10 +154,11 @@ TEST(FlashAttentionGpuSupport, Bf16WithHeadDim64Or128Only) {
   EXPECT_FALSE(flash_attention_supported(OwnedTensor({1, 2, 8, 64}, DType::f32, Device::cuda)));
 }
 
-// The Hopper forward (wgmma) against the f64 CPU reference and the mma.sync forward, on
-// head-major tensors (MHA, GQA, MQA; lengths that are and are not multiples of 64 and 128) and
-// on the model's token-major views. Outputs start poisoned: every row must be written.
-TEST(FlashAttentionGpuWgmma, ForwardMatchesCpuReferenceAndTheMmaKernel) {
+// The Hopper kernels (wgmma) against the f64 CPU reference and the mma.sync kernels on
+// head-major tensors (MHA, GQA, MQA; lengths that are and are not multiples of 64 and 128):
+// out and lse of the forward; dq, dk, dv of the backward (the reference runs on the GPU's out
+// and lse), whose second run must give the same bits. Outputs start poisoned.
+TEST(FlashAttentionGpuWgmma, MatchesCpuReferenceAndTheMmaKernels) {
   SY_REQUIRE_GPU();
   if (!flash_attention_wgmma_supported(OwnedTensor({1, 1, 8, 64}, DType::bf16, Device::cuda)))
     GTEST_SKIP() << "not an sm_90 GPU";
@@ -170,6 +171,7 @@ TEST(FlashAttentionGpuWgmma, ForwardMatchesCpuReferenceAndTheMmaKernel) {
     OwnedTensor q = random_tensor(q_shape, DType::bf16, Device::cuda, seed, 2.0f);
     OwnedTensor k = random_tensor(kv_shape, DType::bf16, Device::cuda, seed + 1, 2.0f);
     OwnedTensor v = random_tensor(kv_shape, DType::bf16, Device::cuda, seed + 2);
+    OwnedTensor dout = random_tensor(q_shape, DType::bf16, Device::cuda, seed + 3);
     OwnedTensor out(q_shape, DType::bf16, Device::cuda), lse(row_shape, DType::f32, Device::cuda);
     OwnedTensor out_mma(q_shape, DType::bf16, Device::cuda), lse_mma(row_shape, DType::f32, Device::cuda);
     for (OwnedTensor* t : {&out, &lse, &out_mma, &lse_mma}) poison(*t);
@@ -177,15 +179,50 @@ TEST(FlashAttentionGpuWgmma, ForwardMatchesCpuReferenceAndTheMmaKernel) {
     flash_attention_forward(q, k, v, out_mma, lse_mma);
     device_synchronize();
     OwnedTensor qc = convert(q, DType::f64, Device::cpu), kc = convert(k, DType::f64, Device::cpu);
-    OwnedTensor vc = convert(v, DType::f64, Device::cpu);
+    OwnedTensor vc = convert(v, DType::f64, Device::cpu), doc = convert(dout, DType::f64, Device::cpu);
     OwnedTensor outc(q_shape, DType::f64, Device::cpu), lsec(row_shape, DType::f32, Device::cpu);
     flash_attention_forward(qc, kc, vc, outc, lsec);
     EXPECT_LT(relative_error(out, outc), 1e-2);
     EXPECT_LT(relative_error(lse, lsec), 1e-4);
     EXPECT_LT(relative_error(out, out_mma), 1e-2);
     EXPECT_LT(relative_error(lse, lse_mma), 1e-5);
+
+    OwnedTensor scratch(flash_attention_scratch_shape(q), DType::f32, Device::cuda);
+    auto grads = [&](bool wgmma) {
+      std::array<OwnedTensor, 3> g{OwnedTensor(q_shape, DType::bf16, Device::cuda),
+                                   OwnedTensor(kv_shape, DType::bf16, Device::cuda),
+                                   OwnedTensor(kv_shape, DType::bf16, Device::cuda)};
+      for (OwnedTensor& t : g) poison(t);
+      poison(scratch);
+      if (wgmma) {
+        flash_attention_backward_wgmma(q, k, v, out_mma, lse_mma, dout, g[0], g[1], g[2], scratch);
+      } else {
+        flash_attention_backward(q, k, v, out_mma, lse_mma, dout, g[0], g[1], g[2], scratch);
+      }
+      device_synchronize();
+      return g;
+    };
+    const auto wg = grads(true), again = grads(true), mma = grads(false);
+    OwnedTensor gpu_out = convert(out_mma, DType::f64, Device::cpu), gpu_lse = convert(lse_mma, DType::f32, Device::cpu);
+    OwnedTensor dqc(q_shape, DType::f64, Device::cpu), dkc(kv_shape, DType::f64, Device::cpu);
+    OwnedTensor dvc(kv_shape, DType::f64, Device::cpu);
+    OwnedTensor scratchc(flash_attention_scratch_shape(qc), DType::f32, Device::cpu);
+    flash_attention_backward(qc, kc, vc, gpu_out, gpu_lse, doc, dqc, dkc, dvc, scratchc);
+    const Tensor* ref[3] = {&dqc.view(), &dkc.view(), &dvc.view()};
+    for (int i = 0; i < 3; ++i) {
+      SCOPED_TRACE(i == 0 ? "dq" : i == 1 ? "dk" : "dv");
+      EXPECT_LT(relative_error(wg[std::size_t(i)], *ref[i]), 2e-2);
+      EXPECT_LT(relative_error(wg[std::size_t(i)], mma[std::size_t(i)]), 2e-2);
+      EXPECT_EQ(to_vector(wg[std::size_t(i)]), to_vector(again[std::size_t(i)]));
+    }
   }
-  // Token-major views inside qkv rows, as the model calls it.
+}
+
+// The forward on the model's token-major views inside qkv rows.
+TEST(FlashAttentionGpuWgmma, ForwardOnTokenMajorRows) {
+  SY_REQUIRE_GPU();
+  if (!flash_attention_wgmma_supported(OwnedTensor({1, 1, 8, 64}, DType::bf16, Device::cuda)))
+    GTEST_SKIP() << "not an sm_90 GPU";
   const Case s{2, 12, 4, 200, 64};
   const std::int64_t n = s.batch * s.seq, cols = (s.heads + 2 * s.kv_heads) * s.dim, q_cols = s.heads * s.dim;
   OwnedTensor qkv = random_tensor({n, cols}, DType::bf16, Device::cuda, 990, 2.0f);
@@ -207,57 +244,6 @@ TEST(FlashAttentionGpuWgmma, ForwardMatchesCpuReferenceAndTheMmaKernel) {
   flash_attention_forward(c[0], c[1], c[2], c[3], lsec);
   EXPECT_LT(relative_error(rows, rowsc), 1e-2);
   EXPECT_LT(relative_error(lse, lsec), 1e-4);
-}
-
-// The backward with the wgmma dK/dV kernel: dq, dk, dv against the f64 CPU reference (run on the
-// GPU's out and lse) and the mma.sync backward; a second run gives the same bits (no atomics).
-TEST(FlashAttentionGpuWgmma, BackwardMatchesCpuReferenceAndTheMmaKernel) {
-  SY_REQUIRE_GPU();
-  if (!flash_attention_wgmma_supported(OwnedTensor({1, 1, 8, 64}, DType::bf16, Device::cuda)))
-    GTEST_SKIP() << "not an sm_90 GPU";
-  for (const Case s : {Case{2, 12, 4, 200, 64}, Case{1, 4, 1, 1024, 64}, Case{1, 2, 2, 130, 64}, Case{1, 3, 3, 1, 64}}) {
-    SCOPED_TRACE(::testing::Message() << "B " << s.batch << " Hq " << s.heads << " Hkv " << s.kv_heads << " T "
-                                      << s.seq);
-    const Shape q_shape{s.batch, s.heads, s.seq, s.dim}, kv_shape{s.batch, s.kv_heads, s.seq, s.dim};
-    const Shape row_shape{s.batch, s.heads, s.seq};
-    const std::uint64_t seed = 1970 + std::uint64_t(s.seq + s.heads);
-    OwnedTensor q = random_tensor(q_shape, DType::bf16, Device::cuda, seed, 2.0f);
-    OwnedTensor k = random_tensor(kv_shape, DType::bf16, Device::cuda, seed + 1, 2.0f);
-    OwnedTensor v = random_tensor(kv_shape, DType::bf16, Device::cuda, seed + 2);
-    OwnedTensor dout = random_tensor(q_shape, DType::bf16, Device::cuda, seed + 3);
-    OwnedTensor out(q_shape, DType::bf16, Device::cuda), lse(row_shape, DType::f32, Device::cuda);
-    OwnedTensor scratch(flash_attention_scratch_shape(q), DType::f32, Device::cuda);
-    flash_attention_forward(q, k, v, out, lse);
-    auto grads = [&](bool wgmma) {
-      std::array<OwnedTensor, 3> g{OwnedTensor(q_shape, DType::bf16, Device::cuda),
-                                   OwnedTensor(kv_shape, DType::bf16, Device::cuda),
-                                   OwnedTensor(kv_shape, DType::bf16, Device::cuda)};
-      for (OwnedTensor& t : g) poison(t);
-      poison(scratch);
-      if (wgmma) {
-        flash_attention_backward_wgmma(q, k, v, out, lse, dout, g[0], g[1], g[2], scratch);
-      } else {
-        flash_attention_backward(q, k, v, out, lse, dout, g[0], g[1], g[2], scratch);
-      }
-      device_synchronize();
-      return g;
-    };
-    const auto wg = grads(true), again = grads(true), mma = grads(false);
-    OwnedTensor qc = convert(q, DType::f64, Device::cpu), kc = convert(k, DType::f64, Device::cpu);
-    OwnedTensor vc = convert(v, DType::f64, Device::cpu), doc = convert(dout, DType::f64, Device::cpu);
-    OwnedTensor outc = convert(out, DType::f64, Device::cpu), lsec = convert(lse, DType::f32, Device::cpu);
-    OwnedTensor dqc(q_shape, DType::f64, Device::cpu), dkc(kv_shape, DType::f64, Device::cpu);
-    OwnedTensor dvc(kv_shape, DType::f64, Device::cpu), scratchc(flash_attention_scratch_shape(qc), DType::f32,
-                                                                  Device::cpu);
-    flash_attention_backward(qc, kc, vc, outc, lsec, doc, dqc, dkc, dvc, scratchc);
-    const Tensor* ref[3] = {&dqc.view(), &dkc.view(), &dvc.view()};
-    for (int i = 0; i < 3; ++i) {
-      SCOPED_TRACE(i == 0 ? "dq" : i == 1 ? "dk" : "dv");
-      EXPECT_LT(relative_error(wg[std::size_t(i)], *ref[i]), 2e-2);
-      EXPECT_LT(relative_error(wg[std::size_t(i)], mma[std::size_t(i)]), 2e-2);
-      EXPECT_EQ(to_vector(wg[std::size_t(i)]), to_vector(again[std::size_t(i)]));
-    }
-  }
 }
 
 }  // namespace
