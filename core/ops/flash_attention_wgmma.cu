@@ -105,7 +105,7 @@ __global__ void __launch_bounds__(kWgThreads) flash_forward_wgmma_kernel(const H
                                                                         float* __restrict__ lse, Shape s,
                                                                         float scale_log2) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  extern __shared__ __align__(128) unsigned char smem_raw[];
   // The swizzle pattern repeats every 1024 bytes: the first tile starts on such a boundary.
   unsigned char* smem = smem_raw + ((1024 - smem_addr(smem_raw) % 1024) % 1024);
   const int q_tile = gridDim.x - 1 - blockIdx.x;  // the longest rows first
@@ -191,7 +191,7 @@ __global__ void __launch_bounds__(kThreads) flash_backward_dkdv_wgmma_kernel(
     const float* __restrict__ delta, const HeadView dk, const HeadView dv, bf16* __restrict__ ds_tiles, Shape s,
     float scale, float scale_log2) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  extern __shared__ __align__(128) unsigned char smem_raw[];
   unsigned char* smem = smem_raw + ((1024 - smem_addr(smem_raw) % 1024) % 1024);
   // Early keys see the most queries: start them first.
   const DkdvWalk<64> w{smem, s, int(gridDim.x - 1 - blockIdx.x), int(blockIdx.y), int(blockIdx.z)};
