@@ -1,9 +1,11 @@
 // Collective bandwidth across the job's ranks. Rows follow nccl-tests: size is the bytes each
 // rank contributes, algbw = size / time, and busbw scales algbw by the share of data that
 // must cross links (all-reduce 2(n-1)/n, all-to-all (n-1)/n), so it compares with link speed.
-// Time is the largest median over ranks. The third column moves the all-to-all's bytes as the
-// MoE dispatch does (Communicator::exchange, each peer's share in kBlocks blocks that land in
-// expert-major order), so the cost of splitting a peer's rows shows beside the plain all-to-all.
+// Time is the largest median over ranks. The last two columns move the all-to-all's bytes into
+// expert-major order the two ways the MoE dispatch can: Communicator::exchange with each peer's
+// share in kBlocks blocks, and one all-to-all into a staging buffer followed by the regroup pass
+// (rows of kRowFloats floats, the 1536 bytes of a d_model 768 bf16 row). Their busbw counts the
+// same bytes as the all-to-all's, so the ratios are the price of expert-major order.
 #include "bench/comm_bench.h"
 
 #include <cstdio>
@@ -13,13 +15,15 @@
 #include "bench/timing.h"
 #include "core/ops.h"
 #include "core/storage.h"
+#include "moe/permute.h"
 #include "parallel/communicator.h"
 #include "parallel/mpi_runtime.h"
 
 namespace sy::bench {
 namespace {
 
-constexpr int kBlocks = 4;  // blocks per peer in the exchange column: 4 local experts
+constexpr int kBlocks = 4;        // blocks per peer in the exchange columns: 4 local experts
+constexpr int kRowFloats = 384;   // row width of the regroup column
 
 struct Options {
   Device device = Device::cpu;
@@ -107,7 +111,7 @@ int run_comm_bench(const std::vector<std::string>& args) {
   Stream stream_owner = gpu ? Stream::create() : Stream();
   StreamRef stream = stream_owner.ref();
   // One pair of buffers at the largest size, viewed smaller for each row.
-  const std::int64_t max_floats = (opt.max_bytes + 3) / 4 + n;
+  const std::int64_t max_floats = 2 * ((opt.max_bytes + 3) / 4 + n);  // the upper half: the regroup's output
   OwnedTensor send({max_floats}, DType::f32, opt.device), recv({max_floats}, DType::f32, opt.device);
   fill_uniform(send, RngKey{1, std::uint32_t(RngPurpose::test), std::uint32_t(world->rank())}, -1.0f, 1.0f, 0, stream);
   fill_uniform(recv, RngKey{2, std::uint32_t(RngPurpose::test), std::uint32_t(world->rank())}, -1.0f, 1.0f, 0, stream);
@@ -116,10 +120,10 @@ int run_comm_bench(const std::vector<std::string>& args) {
   if (world->rank() == 0) {
     std::printf("switchyard bench comm: %d ranks, %s, median of %d repeats\n", n,
                 gpu ? ("NCCL on " + cuda_device_description(0)).c_str() : "MPI on CPU", opt.repeats);
-    std::printf("%-12s %10s | %-34s | %-34s | %-34s\n", "", "", "all_reduce (sum, f32)", "all_to_all (equal counts)",
-                "exchange (4 blocks per peer)");
+    std::printf("%-12s %10s | %-34s | %-34s | %-34s | %-34s\n", "", "", "all_reduce (sum, f32)",
+                "all_to_all (equal counts)", "exchange (4 blocks per peer)", "all_to_all + regroup (4 per peer)");
     std::printf("%-12s %10s", "size", "count");
-    for (int i = 0; i < 3; ++i) std::printf(" | %10s %11s %11s", "time (us)", "algbw GB/s", "busbw GB/s");
+    for (int i = 0; i < 4; ++i) std::printf(" | %10s %11s %11s", "time (us)", "algbw GB/s", "busbw GB/s");
     std::printf("\n");
   }
   for (std::int64_t bytes = opt.min_bytes; bytes <= opt.max_bytes; bytes *= 2) {
@@ -138,17 +142,30 @@ int run_comm_bench(const std::vector<std::string>& args) {
         sends.push_back({p, (p * kBlocks + b) * r, r});
         recvs.push_back({p, (b * n + p) * r, r});
       }
-    double times_us[3] = {0, 0, 0};
-    for (int which = 0; which < 3; ++which) {
-      if ((which == 0 && !opt.all_reduce) || (which > 0 && !opt.all_to_all)) continue;
+    // Regroup: the all-to-all lands source-major in `out`, then kBlocks blocks of `rows` rows per
+    // peer move to expert-major order in `send`'s upper half (send is twice the largest size).
+    // Whole rows only: up to a row per block less than the all-to-all moved (under 0.1% from 8 MiB).
+    const std::int64_t rows = count / (std::int64_t(n) * kBlocks * kRowFloats);
+    const std::int64_t regroup_floats = rows * n * kBlocks * kRowFloats;
+    Tensor staged, grouped;
+    if (rows > 0) {
+      staged = out.slice_rows(0, regroup_floats).reshape({regroup_floats / kRowFloats, kRowFloats});
+      grouped = send.view().slice_rows(max_floats / 2, regroup_floats).reshape(staged.shape());
+    }
+    double times_us[4] = {0, 0, 0, 0};
+    for (int which = 0; which < 4; ++which) {
+      if ((which == 0 && !opt.all_reduce) || (which > 0 && !opt.all_to_all) || (which == 3 && rows == 0)) continue;
       world->barrier(stream);
       auto body = [&] {
         if (which == 0) {
           world->all_reduce(data, ReduceOp::sum, stream);
         } else if (which == 1) {
           world->all_to_all(data, counts, out, counts, stream);
-        } else {
+        } else if (which == 2) {
           world->exchange(data, sends, out, recvs, stream);
+        } else {
+          world->all_to_all(data, counts, out, counts, stream);
+          moe_regroup(staged, RegroupBlocks::uniform(n, kBlocks, rows), grouped, true, stream);
         }
       };
       double median_ms = time_repeated(body, gpu, stream, 3, repeats).median_ms;
@@ -169,13 +186,14 @@ int run_comm_bench(const std::vector<std::string>& args) {
       row(times_us[0], 2.0 * (n - 1) / n);
       row(times_us[1], double(n - 1) / n);
       row(times_us[2], double(n - 1) / n);
+      row(times_us[3], double(n - 1) / n);
       std::printf("\n");
       if (opt.json) {
         auto busbw = [&](double us, double factor) { return us > 0 ? size_bytes / us * 1e-3 * factor : 0.0; };
         std::printf("{\"bench\": \"comm\", \"ranks\": %d, \"bytes\": %.0f, \"all_reduce_busbw_gbs\": %.2f, "
-                    "\"all_to_all_busbw_gbs\": %.2f, \"exchange_busbw_gbs\": %.2f}\n",
+                    "\"all_to_all_busbw_gbs\": %.2f, \"exchange_busbw_gbs\": %.2f, \"regroup_busbw_gbs\": %.2f}\n",
                     n, size_bytes, busbw(times_us[0], 2.0 * (n - 1) / n), busbw(times_us[1], double(n - 1) / n),
-                    busbw(times_us[2], double(n - 1) / n));
+                    busbw(times_us[2], double(n - 1) / n), busbw(times_us[3], double(n - 1) / n));
       }
     }
   }
