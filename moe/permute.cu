@@ -216,9 +216,7 @@ void moe_regroup(const Tensor& in, int peers, int locals, const std::int32_t* co
   // exchange of 2 x 4 blocks (30 MiB) took 0.58 ms per layer against 0.45 for the 4-block
   // exchange on 2 H200s, while with 2 x 8 blocks (twice the CTAs) it won: the regroup pass, not
   // the all-to-all, is the likely difference (inferred; not timed on its own).
-  int device = 0, sms = 0;
-  SY_CUDA(cudaGetDevice(&device));
-  SY_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  const int sms = current_device_facts().sms;
   const unsigned per_block = unsigned(std::max(64, (8 * sms + peers * locals - 1) / (peers * locals)));
   const dim3 grid(unsigned(peers * locals), std::min(per_block, 65535u));
   auto launch = [&](auto word) {

@@ -1004,26 +1004,13 @@ int column_sums(const float* v, std::int64_t rows, int cols, bool square, double
 
 bool aligned(const void* p, std::size_t bytes) { return reinterpret_cast<std::uintptr_t>(p) % bytes == 0; }
 
-int sm_count() {
-  int device = 0, sms = 0;
-  SY_CUDA(cudaGetDevice(&device));
-  SY_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  return sms;
-}
-
-// Raises a kernel's dynamic shared-memory limit (the default is 48 KiB).
-template <class Kernel>
-void allow_smem(Kernel kernel, std::size_t bytes) {
-  SY_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
-}
-
 // Blocks for a kernel that strides over `tiles` token tiles: as many as can be resident at
 // once, so each loads its weights once when they fit.
 template <class Kernel>
 unsigned resident_grid(Kernel kernel, std::size_t smem_bytes, std::int64_t tiles) {
   int per_sm = 0;
   SY_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem_bytes));
-  return unsigned(std::min<std::int64_t>(tiles, std::int64_t(std::max(per_sm, 1)) * sm_count()));
+  return unsigned(std::min<std::int64_t>(tiles, std::int64_t(std::max(per_sm, 1)) * current_device_facts().sms));
 }
 
 // Channels per shared-memory weight chunk of `stride` floats per channel (times `weights`): as
@@ -1160,7 +1147,7 @@ bool router_weight_grad_rows(const Tensor& x, const float* dlogits, const float*
   if (dnoise != nullptr || experts > 8 || in.d % 8 != 0 || lanes == 0 || !aligned(x.data(), 16)) return false;
   const std::int64_t count = std::int64_t(in.d) * experts;
   const std::int64_t by_memory = kPartialBytes / (count * std::int64_t(sizeof(float)));
-  const std::int64_t by_rows = (in.rows + 63) / 64, by_sms = 2 * std::int64_t(sm_count());
+  const std::int64_t by_rows = (in.rows + 63) / 64, by_sms = 2 * std::int64_t(current_device_facts().sms);
   const int chunks = int(std::max<std::int64_t>(1, std::min({by_rows, by_memory, by_sms})));
   const std::int64_t rows_per_chunk = (in.rows + chunks - 1) / chunks;
   const Tensor partial = arena.alloc({chunks, count}, DType::f32);

@@ -5,6 +5,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <cstddef>
 #include <cstdint>
 
 #include "core/cuda_check.h"
@@ -61,6 +62,32 @@ void dispatch_float(const Tensor& t, Fn&& fn) {
   } else {
     SY_FAIL() << "CUDA ops take f32 or bf16, got " << t.describe();
   }
+}
+
+// The current device's facts that size grids and pick kernels, read from the driver once per
+// device and thread (launch paths call these on every launch).
+struct DeviceFacts {
+  int sms = 0;    // streaming multiprocessors
+  int major = 0;  // compute capability major (9: Hopper)
+};
+inline const DeviceFacts& current_device_facts() {
+  constexpr int kMaxDevices = 64;
+  thread_local DeviceFacts facts[kMaxDevices];
+  int device = 0;
+  SY_CUDA(cudaGetDevice(&device));
+  SY_CHECK(device < kMaxDevices) << "CUDA device " << device << " is past the " << kMaxDevices << " this build expects";
+  DeviceFacts& f = facts[device];
+  if (f.sms == 0) {
+    SY_CUDA(cudaDeviceGetAttribute(&f.sms, cudaDevAttrMultiProcessorCount, device));
+    SY_CUDA(cudaDeviceGetAttribute(&f.major, cudaDevAttrComputeCapabilityMajor, device));
+  }
+  return f;
+}
+
+// Raises a kernel's dynamic shared-memory limit (the default is 48 KiB).
+template <class Kernel>
+void allow_smem(Kernel kernel, std::size_t bytes) {
+  SY_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
 }
 
 }  // namespace sy::cuda

@@ -160,6 +160,15 @@ __device__ __forceinline__ void product_nt(float (&acc)[8][4], SmemTile<D> a_til
   product_nt_tiles<D, 1>(reinterpret_cast<float(&)[1][8][4]>(acc), a_tile, row0, b_tile);
 }
 
+// The A operand of k16 step kk from a warp's 16 x 64 accumulator (P or dS) rounded to bf16: two
+// adjacent n8 tiles of an accumulator are exactly one A fragment, for mma.sync and for wgmma.
+__device__ __forceinline__ void pack_a_fragment(std::uint32_t (&a)[4], const float (&p)[8][4], int kk) {
+  a[0] = pack_bf16(p[2 * kk][0], p[2 * kk][1]);
+  a[1] = pack_bf16(p[2 * kk][2], p[2 * kk][3]);
+  a[2] = pack_bf16(p[2 * kk + 1][0], p[2 * kk + 1][1]);
+  a[3] = pack_bf16(p[2 * kk + 1][2], p[2 * kk + 1][3]);
+}
+
 // acc[m][D/8][4] (MT m-tiles of 16 x D) += P[m] (16 x 64, accumulator layout, rounded to bf16)
 // * B (64 x D, rows of `b_tile`); each B fragment feeds all MT m-tiles.
 template <int D, int MT>
@@ -169,12 +178,7 @@ __device__ __forceinline__ void product_pv_tiles(float (&acc)[MT][D / 8][4], con
   for (int kk = 0; kk < 4; ++kk) {
     std::uint32_t a[MT][4];
 #pragma unroll
-    for (int m = 0; m < MT; ++m) {
-      a[m][0] = pack_bf16(p[m][2 * kk][0], p[m][2 * kk][1]);
-      a[m][1] = pack_bf16(p[m][2 * kk][2], p[m][2 * kk][3]);
-      a[m][2] = pack_bf16(p[m][2 * kk + 1][0], p[m][2 * kk + 1][1]);
-      a[m][3] = pack_bf16(p[m][2 * kk + 1][2], p[m][2 * kk + 1][3]);
-    }
+    for (int m = 0; m < MT; ++m) pack_a_fragment(a[m], p[m], kk);
 #pragma unroll
     for (int dd = 0; dd < D / 16; ++dd) {
       std::uint32_t b[4];
@@ -377,12 +381,6 @@ __device__ __forceinline__ void store_ds_tile(const float (&ds)[8][4], SmemTile<
     const int row = warp * 16 + 4 * i + lane / 8, chunk = lane % 8;
     *reinterpret_cast<uint4*>(ds_tile + row * kTile + chunk * 8) = *reinterpret_cast<const uint4*>(stage.at(row, chunk));
   }
-}
-
-// Raises a kernel's dynamic shared-memory limit once (the default is 48 KiB).
-template <class Kernel>
-void allow_smem(Kernel kernel, std::size_t bytes) {
-  SY_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
 }
 
 HeadView view_of(const Tensor& t) {

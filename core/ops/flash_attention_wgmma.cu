@@ -87,16 +87,10 @@ __device__ __forceinline__ void wgmma_rs_bn(float (&d)[8][4], const std::uint32_
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
 }
 
-// A 16 x 64 accumulator (P or dS, rows of this warp) in bf16 as the A operands of four k16 steps:
-// two adjacent n8 tiles of the accumulator are one A fragment.
+// A 16 x 64 accumulator (P or dS, rows of this warp) as the A operands of all four k16 steps.
 __device__ __forceinline__ void pack_a_operands(std::uint32_t (&a)[4][4], const float (&p)[8][4]) {
 #pragma unroll
-  for (int kk = 0; kk < 4; ++kk) {
-    a[kk][0] = pack_bf16(p[2 * kk][0], p[2 * kk][1]);
-    a[kk][1] = pack_bf16(p[2 * kk][2], p[2 * kk][3]);
-    a[kk][2] = pack_bf16(p[2 * kk + 1][0], p[2 * kk + 1][1]);
-    a[kk][3] = pack_bf16(p[2 * kk + 1][2], p[2 * kk + 1][3]);
-  }
+  for (int kk = 0; kk < 4; ++kk) pack_a_fragment(a[kk], p, kk);
 }
 
 // Grid (query tiles of 128, Hq, B). out [B, Hq, T, D]; lse [B, Hq, T], as flash_forward_kernel.
@@ -260,11 +254,8 @@ constexpr std::size_t wgmma_smem_bytes() { return 6 * kTile * 64 * sizeof(bf16) 
 }  // namespace
 
 bool flash_attention_wgmma_supported(std::int64_t head_dim) {
-  if (head_dim != 64) return false;
-  int device = 0, major = 0;
-  SY_CUDA(cudaGetDevice(&device));
-  SY_CUDA(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-  return major == 9;  // wgmma is Hopper's (sm_90a); later parts have their own instructions
+  // wgmma is Hopper's (sm_90a); later parts have their own instructions.
+  return head_dim == 64 && current_device_facts().major == 9;
 }
 
 void flash_attention_forward_wgmma(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,

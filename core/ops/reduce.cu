@@ -55,9 +55,7 @@ __global__ void __launch_bounds__(kBlock) sum_squares_kernel(const T* __restrict
 
 // Fixed for a device and numel: min(4 x SMs, blocks needed to give every thread an element).
 unsigned sum_squares_grid(std::int64_t n) {
-  int device = 0, sms = 0;
-  SY_CUDA(cudaGetDevice(&device));
-  SY_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  const int sms = current_device_facts().sms;
   std::int64_t blocks = (n + kBlock - 1) / kBlock;
   if (blocks > std::int64_t(kBlocksPerSm) * sms) blocks = std::int64_t(kBlocksPerSm) * sms;
   if (blocks > kMaxBlocks) blocks = kMaxBlocks;
