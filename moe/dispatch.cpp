@@ -18,9 +18,7 @@ std::vector<std::int32_t> download_i32(const Tensor& t, StreamRef stream) {
 void exchange_all(const DispatchPlan& plan, bool to_experts, const Tensor& from, const Tensor& to, Communicator& ep,
                   Arena& arena, StreamRef stream) {
   if (plan.chunks == 1) {
-    const Tensor staging =
-        plan.local_experts > 1 ? arena.alloc({plan.recv_rows, from.size(1)}, from.dtype()) : Tensor();
-    exchange_whole(plan, to_experts, from, to, staging, ep, stream);
+    exchange_whole(plan, to_experts, from, to, exchange_staging(plan, from, arena), ep, stream);
     return;
   }
   for (int j = 0; j < plan.chunks; ++j) exchange_chunk(plan, j, to_experts, from, to, ep, stream);
@@ -140,6 +138,11 @@ void exchange_chunk(const DispatchPlan& plan, int chunk, bool to_experts, const 
   } else {
     ep.exchange(from, expert_side, to, send_side, stream);
   }
+}
+
+Tensor exchange_staging(const DispatchPlan& plan, const Tensor& rows, Arena& arena) {
+  if (plan.chunks > 1 || plan.local_experts == 1) return Tensor();
+  return arena.alloc({plan.recv_rows, rows.size(1)}, rows.dtype());
 }
 
 void exchange_whole(const DispatchPlan& plan, bool to_experts, const Tensor& from, const Tensor& to,

@@ -79,6 +79,9 @@ void exchange_chunk(const DispatchPlan& plan, int chunk, bool to_experts, const 
 // undefined). Collective over ep.
 void exchange_whole(const DispatchPlan& plan, bool to_experts, const Tensor& from, const Tensor& to,
                     const Tensor& staging, Communicator& ep, StreamRef stream = {});
+// exchange_whole's staging buffer for rows like `rows`, from the arena; undefined where the plan
+// needs none (several chunks, or one expert per rank).
+Tensor exchange_staging(const DispatchPlan& plan, const Tensor& rows, Arena& arena);
 
 // The whole of dispatch and combine, one chunk after another without overlap (tests, and the
 // pieces a pipelined layer runs). With one rank in the group the two sides coincide and nothing

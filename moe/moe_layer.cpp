@@ -76,11 +76,8 @@ void MoeLayer::pipeline(const Tensor& send_in, const Tensor& expert_in, const Te
   // K = 1 moves whole blocks through staging buffers (moe/dispatch.h), released once the layer's
   // stream has waited for the last exchange: nothing that reuses their memory runs before.
   const std::size_t staging_mark = arena.mark();
-  Tensor staging_in, staging_out;
-  if (chunks == 1 && plan_.local_experts > 1) {
-    staging_in = arena.alloc({plan_.recv_rows, send_in.size(1)}, send_in.dtype());
-    staging_out = arena.alloc({plan_.recv_rows, send_in.size(1)}, send_in.dtype());
-  }
+  const Tensor staging_in = exchange_staging(plan_, send_in, arena);
+  const Tensor staging_out = exchange_staging(plan_, send_in, arena);
   auto move = [&](int j, bool to_experts, const Tensor& from, const Tensor& to) {
     if (chunks == 1) {
       exchange_whole(plan_, to_experts, from, to, to_experts ? staging_in : staging_out, ep, comm);
