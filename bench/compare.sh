@@ -10,7 +10,7 @@
 # Environment: SY_BINARY (default build-device/switchyard, built if missing), STEPS (switchyard
 # steps, default 40), OUT_DIR (folder for the logs; else $OUT; else bench-results), PYTHON (default
 # python3), TORCH_ARGS (extra arguments for torch_reference.py, e.g. "--steps 50"), SY_SET (config
-# overrides for the switchyard run, e.g. "model.attention_kernel=wgmma").
+# overrides for the switchyard run, e.g. "model.attention_kernel=mma").
 # Exits non-zero when any of the three runs failed; the others still run and are reported.
 set -euo pipefail
 

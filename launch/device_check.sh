@@ -12,8 +12,8 @@
 #   1. build; GPU tests; multi-rank tests with a GPU per rank (2 ranks, when there are 2 GPUs)
 #   2. --compare: bench/compare.sh (switchyard against the PyTorch reference, one GPU); else a
 #      20-step bench-switch run
-#   3. bench-switch on the Hopper attention kernels (model.attention_kernel=wgmma); the
-#      per-kernel profile of one bench-switch step (Nsight Compute)
+#   3. bench-switch on the mma.sync attention kernels (model.attention_kernel=mma, the default
+#      picks wgmma on Hopper); the per-kernel profile of one bench-switch step (Nsight Compute)
 #   4. with 2+ GPUs: switch-base-8 on 2 GPUs; bench moe and bench comm over every GPU; the weak
 #      scaling sweep (1, 2, 4, 8 up to the GPU count) with its layer benchmarks; switch-base-8
 #      with the exchange pipelined in 4 chunks
@@ -128,9 +128,9 @@ if [ $build_ok = 1 ] && [ $run_bench = 1 ]; then
     step bench-switch 40 train 1 configs/bench-switch.yaml --set train.steps=20 --set log.every=5 \
       --set run.out_dir="$out/bench-switch"
   fi
-  # The same model on the Hopper attention kernels (model.attention_kernel=wgmma), beside it.
-  step bench-switch-wgmma 40 train 1 configs/bench-switch.yaml --set train.steps=30 --set log.every=10 \
-    --set model.attention_kernel=wgmma --set run.out_dir="$out/bench-switch-wgmma"
+  # The same model on the mma.sync attention kernels (the default picks wgmma on Hopper), beside it.
+  step bench-switch-mma 40 train 1 configs/bench-switch.yaml --set train.steps=30 --set log.every=10 \
+    --set model.attention_kernel=mma --set run.out_dir="$out/bench-switch-mma"
   step profile 90 env OUT_DIR="$out/profile" SY_BINARY="$bin" "$root/bench/profile_step.sh"
   if [ $quick = 0 ] && [ "$gpus" -ge 2 ]; then
     step switch-base-8-k1 40 train 2 configs/switch-base-8.yaml --set train.steps=60 --set moe.dispatch_chunks=1 \
@@ -155,8 +155,8 @@ fi
 echo
 [ -f "$out/compare.log" ] && { tail -12 "$out/compare.log"; echo; }
 [ -f "$out/bench-switch.log" ] && { grep -E "^(model|step|done)" "$out/bench-switch.log"; echo; }
-[ -f "$out/bench-switch-wgmma.log" ] && { echo "bench-switch, wgmma attention:"; grep -E "^(step|done)" \
-  "$out/bench-switch-wgmma.log" | tail -2; echo; }
+[ -f "$out/bench-switch-mma.log" ] && { echo "bench-switch, mma.sync attention:"; grep -E "^(step|done)" \
+  "$out/bench-switch-mma.log" | tail -2; echo; }
 [ -f "$out/profile.log" ] && { head -25 "$out/profile.log"; echo; }
 [ -f "$out/bench-moe.log" ] && { cat "$out/bench-moe.log"; echo; }
 [ -f "$out/bench-comm.log" ] && { cat "$out/bench-comm.log"; echo; }

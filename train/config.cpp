@@ -148,8 +148,9 @@ std::vector<ConfigField> make_fields() {
                  "FFN activation (dense and experts)"),
       float_field("model.init_std", &C::model, &ModelConfig::init_std, 0.0, 1.0, true, false,
                   "std of the normal initialisation"),
-      enum_field("model.attention_kernel", &C::model, &ModelConfig::attention_kernel, {"mma", "wgmma"},
-                 "flash attention on CUDA: mma (mma.sync, every GPU) or wgmma (Hopper, bf16, head dim 64)"),
+      enum_field("model.attention_kernel", &C::model, &ModelConfig::attention_kernel, {"auto", "mma", "wgmma"},
+                 "flash attention on CUDA: wgmma (Hopper, bf16, head dim 64), mma (mma.sync, every GPU), "
+                 "or auto (wgmma where it applies, mma elsewhere)"),
 
       int_field("moe.experts", &C::moe, &MoeConfig::experts, 1, "experts per MoE layer"),
       int_field("moe.top_k", &C::moe, &MoeConfig::top_k, 1, "experts per token (1: Switch)"),

@@ -35,7 +35,7 @@ struct ModelConfig {
   bool tied_embeddings = true;
   std::string activation = "gelu";  // gelu | relu | swiglu
   double init_std = 0.02;
-  std::string attention_kernel = "mma";  // mma | wgmma: flash attention's tensor-core instructions on CUDA
+  std::string attention_kernel = "auto";  // auto | mma | wgmma: flash attention's tensor-core instructions on CUDA
 };
 
 struct MoeConfig {

@@ -139,10 +139,11 @@ Model::Model(const Config& config, const ProcessGrid& grid, ParameterRegistry& r
   heads_ = m.n_heads;
   kv_heads_ = m.n_kv_heads;
   head_dim_ = d_ / heads_;
-  wgmma_attention_ = m.attention_kernel == "wgmma";
-  SY_INPUT_CHECK(ErrorKind::config,
-                 !wgmma_attention_ || flash_attention_wgmma_supported(
-                                          Tensor(nullptr, {1, 1, 1, head_dim_}, compute_dtype, registry.options().device)))
+  const bool wgmma_fits =
+      flash_attention_wgmma_supported(Tensor(nullptr, {1, 1, 1, head_dim_}, compute_dtype, registry.options().device));
+  // auto: the Hopper kernels where they exist (bf16, head dim 64, sm_90), mma.sync elsewhere.
+  wgmma_attention_ = m.attention_kernel == "wgmma" || (m.attention_kernel == "auto" && wgmma_fits);
+  SY_INPUT_CHECK(ErrorKind::config, m.attention_kernel != "wgmma" || wgmma_fits)
       << "model.attention_kernel=wgmma needs bf16 with head dim 64 on an sm_90 GPU; this run has "
       << dtype_name(compute_dtype) << " on " << device_name(registry.options().device) << " with head dim "
       << head_dim_;
