@@ -158,7 +158,8 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) flash_backward_dkdv
   const int key0 = w.k_tile * kTile + (threadIdx.x / 32) * 16;  // this warp's first key
   w.load_keys(k, v);
   const int steps = w.steps();
-  w.issue(0, q, dout, lse, delta);
+  auto at = w.first(), next = at;
+  w.issue(next, 0, q, dout, lse, delta);
 
   float dk_acc[D / 8][4], dv_acc[D / 8][4];
   zero(dk_acc);
@@ -167,13 +168,14 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) flash_backward_dkdv
   for (int step = 0; step < steps; ++step) {
     if (step + 1 < steps) {
       // Buffer (step + 1) & 1 was last read in step - 1, which ended with a barrier.
-      w.issue(step + 1, q, dout, lse, delta);
+      w.advance(next);
+      w.issue(next, (step + 1) & 1, q, dout, lse, delta);
       cp_async_wait<1>();
     } else {
       cp_async_wait<0>();
     }
     __syncthreads();
-    const int buf = step & 1, q_tile = w.q_tile(step);
+    const int buf = step & 1, q_tile = at.q_tile;
     float p[8][4];
     zero(p);
     product_nt<D>(p, w.ks(), row0, w.qs(buf));  // S^T: rows keys, columns queries
@@ -184,8 +186,9 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) flash_backward_dkdv
     product_nt<D>(ds, w.vs(), row0, w.dos(buf));  // dP^T
     transposed_ds(ds, p, w.row_delta(buf));
     product_pv<D>(dk_acc, ds, w.qs(buf));
-    store_ds_tile(ds, w.ds_stage(), ds_tiles + ds_tile_offset(s, w.batch, w.head(step), q_tile, w.k_tile));
-    __syncthreads();  // also orders this step's staging reads before the next step's writes
+    store_ds_tile(ds, w.ds_stage(), ds_tiles + ds_tile_offset(s, w.batch, at.head, q_tile, w.k_tile));
+    w.advance(at);
+    __syncthreads();  // every warp is done with buffer buf before it is refilled
   }
   store_rows<D>(dk.head_at(w.batch, w.kv_head), dk.row, dk_acc, key0, s.seq, scale, scale);
   store_rows<D>(dv.head_at(w.batch, w.kv_head), dv.row, dv_acc, key0, s.seq, 1.0f, 1.0f);
@@ -247,9 +250,6 @@ template <int D>
 constexpr std::size_t forward_smem_bytes() {
   return std::size_t(kForwardTiles<D> + 4) * kTile * D * sizeof(bf16);
 }
-constexpr std::size_t backward_smem_bytes(int d) {
-  return (6 * kTile * d + kTile * kTile) * sizeof(bf16) + 4 * kTile * sizeof(float);
-}
 constexpr std::size_t dq_smem_bytes(int d) { return 2 * (kTile * kTile + kTile * d) * sizeof(bf16); }
 
 template <int D>
@@ -272,7 +272,7 @@ template <int D>
 void backward_d(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
                 const Tensor& dout, const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& scratch,
                 bool wgmma, StreamRef stream) {
-  static const bool once = (allow_smem(flash_backward_dkdv_kernel<D>, backward_smem_bytes(D)),
+  static const bool once = (allow_smem(flash_backward_dkdv_kernel<D>, DkdvWalk<D>::smem_bytes()),
                             allow_smem(flash_backward_dq_kernel<D>, dq_smem_bytes(D)), true);
   (void)once;
   const Shape s = shape_of(q, k);
@@ -289,7 +289,7 @@ void backward_d(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor&
     flash_backward_dkdv_wgmma(q, k, v, dout, lse, delta, dk, dv, ds_tiles, stream);
   } else {
       flash_backward_dkdv_kernel<D><<<dim3(tiles, unsigned(s.kv_heads), unsigned(q.size(0))), kThreads,
-                                    backward_smem_bytes(D), to_cuda(stream)>>>(
+                                    DkdvWalk<D>::smem_bytes(), to_cuda(stream)>>>(
         view_of(q), view_of(k), view_of(v), view_of(dout), static_cast<const float*>(lse.data()), delta, view_of(dk),
         view_of(dv), ds_tiles, s, scale, scale_log2);
     SY_CUDA_LAUNCH();

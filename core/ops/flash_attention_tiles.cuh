@@ -31,6 +31,10 @@ __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool vali
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
                "r"(valid ? 16 : 0));
 }
+// 4 bytes global -> shared, asynchronously (through L1); `valid` false writes zeros.
+__device__ __forceinline__ void cp_async4(void* dst, const void* src, bool valid) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(valid ? 4 : 0));
+}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
@@ -75,16 +79,21 @@ __device__ __forceinline__ SmemTile<D> tile_at(unsigned char* smem, int index) {
 }
 
 // Copies rows [row0, row0 + 64) of a [rows, D] matrix whose rows are `row_stride` elements apart
-// into the tile; rows past `rows` become 0. Threads: the block's size.
+// into the tile; rows past `rows` become 0. Threads: the block's size. Each thread moves the same
+// 16-byte column of every pass's rows, and passes are a multiple of 8 rows apart, so the swizzled
+// column is the same in each: one address computation per tile, not per chunk.
 template <int D, int Threads = kThreads>
 __device__ __forceinline__ void load_tile(SmemTile<D> tile, const bf16* src, std::int64_t row_stride, int row0,
                                           int rows) {
-  constexpr int chunks = D / 8;
-  for (int c = threadIdx.x; c < kTile * chunks; c += Threads) {
-    const int r = c / chunks, chunk = c % chunks;
-    const bool valid = row0 + r < rows;
-    const bf16* from = src + std::int64_t(valid ? row0 + r : 0) * row_stride + chunk * 8;
-    cp_async16(tile.at(r, chunk), from, valid);
+  constexpr int chunks = D / 8, pass_rows = Threads / chunks;
+  static_assert(Threads % chunks == 0 && pass_rows % 8 == 0 && kTile % pass_rows == 0, "load_tile: thread layout");
+  const int r = threadIdx.x / chunks, chunk = threadIdx.x % chunks;
+  bf16* dst = tile.at(r, chunk);
+  const bf16* from = src + std::int64_t(row0 + r) * row_stride + chunk * 8;
+#pragma unroll
+  for (int pass = 0; pass < kTile / pass_rows; ++pass) {
+    const bool valid = row0 + r + pass * pass_rows < rows;
+    cp_async16(dst + pass * pass_rows * D, valid ? from + pass * pass_rows * row_stride : src, valid);
   }
 }
 
@@ -248,12 +257,12 @@ __device__ __forceinline__ std::int64_t ds_tile_offset(const Shape& s, int batch
 }
 
 // One 16-row m-tile's online-softmax step for the key tile whose first column is col0: scales
-// the scores into the log2 domain (masking columns past each row where `masked`), rescales o and
-// the running sums by the change of the running max, and turns sc into unnormalised P.
-template <int D>
-__device__ __forceinline__ void online_softmax_step(float (&sc)[8][4], float (&o)[D / 8][4], float (&row_max)[2],
-                                                    float (&row_sum)[2], int row0, int col0, bool masked,
-                                                    float scale_log2) {
+// the scores into the log2 domain (masking columns past each row where `Masked`), rescales o and
+// the running sums by the change of the running max, and turns sc into unnormalised P. Only the
+// diagonal tiles are masked: the others skip the per-element row and column arithmetic.
+template <int D, bool Masked>
+__device__ __forceinline__ void softmax_step(float (&sc)[8][4], float (&o)[D / 8][4], float (&row_max)[2],
+                                             float (&row_sum)[2], int row0, int col0, float scale_log2) {
   const int lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
   float tile_max[2] = {-INFINITY, -INFINITY};
 #pragma unroll
@@ -261,7 +270,7 @@ __device__ __forceinline__ void online_softmax_step(float (&sc)[8][4], float (&o
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       const int row = row0 + g + (e >= 2 ? 8 : 0), col = col0 + nt * 8 + 2 * t + (e & 1);
-      const float x = !masked || col <= row ? sc[nt][e] * scale_log2 : -INFINITY;
+      const float x = !Masked || col <= row ? sc[nt][e] * scale_log2 : -INFINITY;
       sc[nt][e] = x;
       tile_max[e >> 1] = fmaxf(tile_max[e >> 1], x);
     }
@@ -290,69 +299,106 @@ __device__ __forceinline__ void online_softmax_step(float (&sc)[8][4], float (&o
     }
   }
 }
+template <int D>
+__device__ __forceinline__ void online_softmax_step(float (&sc)[8][4], float (&o)[D / 8][4], float (&row_max)[2],
+                                                    float (&row_sum)[2], int row0, int col0, bool masked,
+                                                    float scale_log2) {
+  if (masked) {
+    softmax_step<D, true>(sc, o, row_max, row_sum, row0, col0, scale_log2);
+  } else {
+    softmax_step<D, false>(sc, o, row_max, row_sum, row0, col0, scale_log2);
+  }
+}
 
-// Loads 64 row values (lse or delta) of rows row0.., times `factor`, into shared memory; rows
-// past `rows` read 0.
-__device__ __forceinline__ void load_row_values(float* dst, const float* src, int row0, int rows, float factor) {
-  if (threadIdx.x < kTile) dst[threadIdx.x] = row0 + int(threadIdx.x) < rows ? src[row0 + threadIdx.x] * factor : 0.0f;
+// Starts copying 64 row values (lse or delta) of rows row0.. into shared memory, in the caller's
+// cp.async group; rows past `rows` read 0.
+__device__ __forceinline__ void load_row_values(float* dst, const float* src, int row0, int rows) {
+  if (threadIdx.x < kTile) {
+    const bool valid = row0 + int(threadIdx.x) < rows;
+    cp_async4(dst + threadIdx.x, valid ? src + row0 + threadIdx.x : src, valid);
+  }
 }
 
 // The dK/dV kernels' walk for one key tile: the steps run over the query tiles at or below it for
-// each query head of its kv head, double-buffered. Shared memory: K, V, then Q and dO of buffer
-// 0, then of buffer 1, the 64 x 64 dS^T staging tile, then lse and delta of the two buffers.
-template <int D>
+// each query head of its kv head, through `Stages` buffers. Shared memory: K, V, then Q and dO of
+// each buffer, the 64 x 64 dS^T staging tile, then lse of each buffer, then delta of each.
+template <int D, int Stages = 2>
 struct DkdvWalk {
   unsigned char* smem;
   Shape s;
   int k_tile, kv_head, batch;
 
+  // Which query head and tile a step reads: advanced step by step, so the loop never divides.
+  struct Cursor {
+    int head, q_tile;
+  };
+
+  static constexpr std::size_t smem_bytes() {
+    return ((2 + 2 * Stages) * kTile * D + kTile * kTile) * sizeof(bf16) + 2 * Stages * kTile * sizeof(float);
+  }
   __device__ SmemTile<D> ks() const { return tile_at<D>(smem, 0); }
   __device__ SmemTile<D> vs() const { return tile_at<D>(smem, 1); }
   __device__ SmemTile<D> qs(int buf) const { return tile_at<D>(smem, 2 + 2 * buf); }
   __device__ SmemTile<D> dos(int buf) const { return tile_at<D>(smem, 3 + 2 * buf); }
-  __device__ SmemTile<kTile> ds_stage() const { return {tile_at<D>(smem, 6).base}; }
-  __device__ float* row_lse(int buf) const {  // [64], log2 domain
+  __device__ SmemTile<kTile> ds_stage() const { return {tile_at<D>(smem, 2 + 2 * Stages).base}; }
+  __device__ float* row_lse(int buf) const {  // [64], natural log
     return reinterpret_cast<float*>(ds_stage().base + kTile * kTile) + buf * kTile;
   }
-  __device__ float* row_delta(int buf) const { return row_lse(0) + (2 + buf) * kTile; }
-  __device__ int per_head() const { return (s.seq + kTile - 1) / kTile - k_tile; }
-  __device__ int steps() const { return per_head() * s.group(); }
-  __device__ int head(int step) const { return kv_head * s.group() + step / per_head(); }
-  __device__ int q_tile(int step) const { return k_tile + step % per_head(); }
+  __device__ float* row_delta(int buf) const { return row_lse(0) + (Stages + buf) * kTile; }
+  __device__ int tiles() const { return (s.seq + kTile - 1) / kTile; }
+  __device__ int steps() const { return (tiles() - k_tile) * s.group(); }
+  __device__ Cursor first() const { return {kv_head * s.group(), k_tile}; }
+  __device__ void advance(Cursor& c) const {
+    if (++c.q_tile == tiles()) {
+      c.q_tile = k_tile;
+      ++c.head;
+    }
+  }
 
   // The block's K and V tiles (committed with the first step's loads).
   __device__ void load_keys(const HeadView& k, const HeadView& v) const {
     load_tile(ks(), k.head_at(batch, kv_head), k.row, k_tile * kTile, s.seq);
     load_tile(vs(), v.head_at(batch, kv_head), v.row, k_tile * kTile, s.seq);
   }
-  // Step `step`'s Q and dO tiles, lse and delta into buffer step & 1, as one cp.async group.
-  __device__ void issue(int step, const HeadView& q, const HeadView& dout, const float* lse, const float* delta) const {
-    const int h = head(step), qt = q_tile(step), buf = step & 1;
-    const std::int64_t q_off = (std::int64_t(batch) * s.heads + h) * s.seq;  // into lse, delta
-    load_tile(qs(buf), q.head_at(batch, h), q.row, qt * kTile, s.seq);
-    load_tile(dos(buf), dout.head_at(batch, h), dout.row, qt * kTile, s.seq);
-    load_row_values(row_lse(buf), lse + q_off, qt * kTile, s.seq, kLog2e);
-    load_row_values(row_delta(buf), delta + q_off, qt * kTile, s.seq, 1.0f);
+  // The Q and dO tiles, lse and delta of step `c` into buffer `buf`, as one cp.async group.
+  __device__ void issue(Cursor c, int buf, const HeadView& q, const HeadView& dout, const float* lse,
+                        const float* delta) const {
+    const std::int64_t q_off = (std::int64_t(batch) * s.heads + c.head) * s.seq;  // into lse, delta
+    load_tile(qs(buf), q.head_at(batch, c.head), q.row, c.q_tile * kTile, s.seq);
+    load_tile(dos(buf), dout.head_at(batch, c.head), dout.row, c.q_tile * kTile, s.seq);
+    load_row_values(row_lse(buf), lse + q_off, c.q_tile * kTile, s.seq);
+    load_row_values(row_delta(buf), delta + q_off, c.q_tile * kTile, s.seq);
     cp_async_commit();
   }
 };
 
 // The dK/dV step's elementwise parts, in the transposed frame (rows keys, columns queries) of a
-// warp's 16 x 64 accumulator; key0 is the warp's first key. P^T = exp2(S^T scale - lse[query]),
-// 0 where a query precedes the key or lies past the end. Only the diagonal tile and a last,
-// partial query tile hide anything.
-__device__ __forceinline__ void transposed_probabilities(float (&p)[8][4], int key0, int q_tile, int k_tile,
-                                                         const float* tile_lse, const Shape& s, float scale_log2) {
+// warp's 16 x 64 accumulator; key0 is the warp's first key. P^T = exp2(S^T scale - lse[query]
+// log2 e), 0 where a query precedes the key or lies past the end. Only the diagonal tile and a
+// last, partial query tile hide anything; the others skip the per-element index arithmetic.
+// Each lane's columns come in adjacent pairs, so the row values are read 8 bytes at a time.
+template <bool Masked>
+__device__ __forceinline__ void probabilities_step(float (&p)[8][4], int key0, int query0, const float* tile_lse,
+                                                   int seq, float scale_log2) {
   const int lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
-  const bool masked = q_tile == k_tile || (q_tile + 1) * kTile > s.seq;
 #pragma unroll
   for (int nt = 0; nt < 8; ++nt) {
+    const float2 l = *reinterpret_cast<const float2*>(tile_lse + nt * 8 + 2 * t);
+    const float bias[2] = {-(l.x * kLog2e), -(l.y * kLog2e)};
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
-      const int key = key0 + g + (e >= 2 ? 8 : 0), col = nt * 8 + 2 * t + (e & 1), query = q_tile * kTile + col;
-      const bool visible = !masked || (key <= query && query < s.seq);
-      p[nt][e] = visible ? exp2f(fmaf(p[nt][e], scale_log2, -tile_lse[col])) : 0.0f;
+      const int key = key0 + g + (e >= 2 ? 8 : 0), query = query0 + nt * 8 + 2 * t + (e & 1);
+      const bool visible = !Masked || (key <= query && query < seq);
+      p[nt][e] = visible ? exp2f(fmaf(p[nt][e], scale_log2, bias[e & 1])) : 0.0f;
     }
+  }
+}
+__device__ __forceinline__ void transposed_probabilities(float (&p)[8][4], int key0, int q_tile, int k_tile,
+                                                         const float* tile_lse, const Shape& s, float scale_log2) {
+  if (q_tile == k_tile || (q_tile + 1) * kTile > s.seq) {
+    probabilities_step<true>(p, key0, q_tile * kTile, tile_lse, s.seq, scale_log2);
+  } else {
+    probabilities_step<false>(p, key0, q_tile * kTile, tile_lse, s.seq, scale_log2);
   }
 }
 // dS^T = P^T (dP^T - delta[query]), in place of dP^T.
@@ -360,16 +406,18 @@ __device__ __forceinline__ void transposed_ds(float (&ds)[8][4], const float (&p
   const int t = threadIdx.x % 4;
 #pragma unroll
   for (int nt = 0; nt < 8; ++nt) {
+    const float2 d = *reinterpret_cast<const float2*>(tile_delta + nt * 8 + 2 * t);
 #pragma unroll
-    for (int e = 0; e < 4; ++e) ds[nt][e] = p[nt][e] * (ds[nt][e] - tile_delta[nt * 8 + 2 * t + (e & 1)]);
+    for (int e = 0; e < 4; ++e) ds[nt][e] = p[nt][e] * (ds[nt][e] - ((e & 1) ? d.y : d.x));
   }
 }
 // dS^T in bf16 (exactly the operand of the dK product) for the dQ kernel: the warp's 16 rows of
 // the 64 x 64 tile at `ds_tile`. Staged in shared memory (swizzled: the 8 rows of a store hit 8
-// bank groups) and written out as whole 128-byte rows, 16 bytes a lane. The caller's barrier
-// orders the staging reads before the next writes.
+// bank groups) and written out as whole 128-byte rows, 16 bytes a lane. A warp writes and reads
+// only its own 16 staging rows, so ordering its lanes is enough.
 __device__ __forceinline__ void store_ds_tile(const float (&ds)[8][4], SmemTile<kTile> stage, bf16* ds_tile) {
   const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
+  __syncwarp();  // the last tile's reads of these rows are done
 #pragma unroll
   for (int nt = 0; nt < 8; ++nt) {
     *reinterpret_cast<std::uint32_t*>(stage.at(warp * 16 + g, nt) + 2 * t) = pack_bf16(ds[nt][0], ds[nt][1]);

@@ -10,8 +10,8 @@
 // Unlike mma.sync, no operand passes through registers on its way from shared memory, which is
 // what bounds the mma.sync forward. The tiles keep the 128-byte swizzle of SmemTile<64> (16-byte
 // chunk c of row r at c ^ (r % 8)), which is the wgmma 128-byte swizzle when a tile starts on a
-// 1024-byte boundary. Loads stay cp.async, double-buffered, so a proxy fence makes them visible
-// to the tensor cores' (async) reads.
+// 1024-byte boundary. Loads stay cp.async, through three buffers, so a proxy fence makes them
+// visible to the tensor cores' (async) reads.
 #include "core/ops/cuda_ops.h"
 #include "core/ops/flash_attention_tiles.cuh"
 
@@ -30,16 +30,12 @@ __device__ __forceinline__ std::uint64_t smem_desc(const void* p, std::uint32_t 
   return encode(smem_addr(p)) | encode(leading_bytes) << 16 | encode(stride_bytes) << 32 | std::uint64_t(1) << 62;
 }
 // A K-major 64 x 64 tile (rows are M or N, 128 bytes of K each): 8-row groups 1024 bytes apart;
-// the leading offset is unused under swizzling. Column block kk (16 of K) starts 32 bytes on.
-__device__ __forceinline__ std::uint64_t k_major_desc(SmemTile<64> tile, int kk) {
-  return smem_desc(tile.base + kk * 16, 16, 1024);
-}
+// the leading offset is unused under swizzling. k_step moves to column block kk.
+__device__ __forceinline__ std::uint64_t k_major_desc(SmemTile<64> tile) { return smem_desc(tile.base, 16, 1024); }
 // An N-major 64 x 64 tile (rows are K, 128 bytes of N each): 8-row K groups 1024 bytes apart;
-// N = 64 is one swizzle atom, so the leading offset (between atoms along N) is unused. Row block
-// kk (16 of K) starts 2048 bytes on.
-__device__ __forceinline__ std::uint64_t n_major_desc(SmemTile<64> tile, int kk) {
-  return smem_desc(tile.base + kk * 16 * 64, 16, 1024);
-}
+// N = 64 is one swizzle atom, so the leading offset (between atoms along N) is unused. n_step
+// moves to row block kk.
+__device__ __forceinline__ std::uint64_t n_major_desc(SmemTile<64> tile) { return smem_desc(tile.base, 16, 1024); }
 
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
@@ -93,7 +89,17 @@ __device__ __forceinline__ void pack_a_operands(std::uint32_t (&a)[4][4], const 
   for (int kk = 0; kk < 4; ++kk) pack_a_fragment(a[kk], p, kk);
 }
 
+// Descriptor units (16 bytes) between two buffers of two 64 x 64 tiles each.
+constexpr std::uint64_t kBufferStep = 2 * kTile * 64 * sizeof(bf16) / 16;
+// Column block kk (16 of K) of a K-major tile is 32 bytes on; row block kk of an N-major tile
+// 2048 bytes on. Descriptor arithmetic on the start-address field: shared memory is below 256 KB,
+// so the field (bits 0-13) never carries.
+__device__ __forceinline__ std::uint64_t k_step(std::uint64_t desc, int kk) { return desc + 2 * kk; }
+__device__ __forceinline__ std::uint64_t n_step(std::uint64_t desc, int kk) { return desc + 128 * kk; }
+
 // Grid (query tiles of 128, Hq, B). out [B, Hq, T, D]; lse [B, Hq, T], as flash_forward_kernel.
+// K and V go through three buffers, so one barrier per key tile both publishes tile j and frees
+// tile j - 1's buffer for tile j + 2, two tiles ahead of the products.
 __global__ void __launch_bounds__(kWgThreads) flash_forward_wgmma_kernel(const HeadView q, const HeadView k,
                                                                         const HeadView v, const HeadView out,
                                                                         float* __restrict__ lse, Shape s,
@@ -108,41 +114,46 @@ __global__ void __launch_bounds__(kWgThreads) flash_forward_wgmma_kernel(const H
   const bf16* q_head = q.head_at(batch, head);
   const bf16* k_head = k.head_at(batch, kv_head);
   const bf16* v_head = v.head_at(batch, kv_head);
-  // Tiles: Q of warpgroup 0 and 1, then K and V of buffer 0, then of buffer 1.
+  // Tiles: Q of warpgroup 0 and 1, then K and V of each of the three buffers.
   auto ks = [&](int buf) { return tile_at<64>(smem, 2 + 2 * buf); };
   auto vs = [&](int buf) { return tile_at<64>(smem, 3 + 2 * buf); };
+  auto load_kv = [&](int j, int buf) {
+    load_tile<64, kWgThreads>(ks(buf), k_head, k.row, j * kTile, s.seq);
+    load_tile<64, kWgThreads>(vs(buf), v_head, v.row, j * kTile, s.seq);
+    cp_async_commit();
+  };
   const int warp = threadIdx.x / 32, group = warp / 4, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
   const int q0 = q_tile * kWgRows, group_row0 = q0 + group * kTile;
   const int row0 = group_row0 + (warp % 4) * 16;  // this warp's first query row
-  const SmemTile<64> qs = tile_at<64>(smem, group);
+  const int last_row = min(q0 + kWgRows, s.seq) - 1;
+  const int kv_tiles = last_row / kTile + 1;  // key tiles at or left of the block's last row
 
   for (int m = 0; m < 2; ++m) load_tile<64, kWgThreads>(tile_at<64>(smem, m), q_head, q.row, q0 + m * kTile, s.seq);
   cp_async_commit();
-  load_tile<64, kWgThreads>(ks(0), k_head, k.row, 0, s.seq);
-  load_tile<64, kWgThreads>(vs(0), v_head, v.row, 0, s.seq);
-  cp_async_commit();
+  load_kv(0, 0);
+  if (kv_tiles > 1) load_kv(1, 1);
+  const std::uint64_t q_desc = k_major_desc(tile_at<64>(smem, group));
+  const std::uint64_t k_desc = k_major_desc(ks(0)), v_desc = n_major_desc(vs(0));
 
   float o[8][4], row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
   zero(o);
-  const int last_row = min(q0 + kWgRows, s.seq) - 1;
-  const int kv_tiles = last_row / kTile + 1;  // key tiles at or left of the block's last row
+  int buf = 0;  // j % 3
   for (int j = 0; j < kv_tiles; ++j) {
     if (j + 1 < kv_tiles) {
-      load_tile<64, kWgThreads>(ks((j + 1) & 1), k_head, k.row, (j + 1) * kTile, s.seq);
-      load_tile<64, kWgThreads>(vs((j + 1) & 1), v_head, v.row, (j + 1) * kTile, s.seq);
-      cp_async_commit();
       cp_async_wait<1>();
     } else {
       cp_async_wait<0>();
     }
     fence_proxy_async();
-    __syncthreads();
+    __syncthreads();  // tile j is visible; every warpgroup is done with tile j - 1
+    if (j + 2 < kv_tiles) load_kv(j + 2, buf == 0 ? 2 : buf - 1);  // into tile j - 1's buffer
     // A warpgroup whose rows all sit left of this key tile has nothing to add (uniform over it).
     if (j * kTile <= group_row0 + kTile - 1) {
+      const std::uint64_t kd = k_desc + buf * kBufferStep, vd = v_desc + buf * kBufferStep;
       float sc[8][4];
       wgmma_fence();
 #pragma unroll
-      for (int kk = 0; kk < 4; ++kk) wgmma_ss(sc, k_major_desc(qs, kk), k_major_desc(ks(j & 1), kk), kk > 0);
+      for (int kk = 0; kk < 4; ++kk) wgmma_ss(sc, k_step(q_desc, kk), k_step(kd, kk), kk > 0);
       wgmma_commit();
       wgmma_wait<0>();
       fence_operands(sc);
@@ -152,12 +163,12 @@ __global__ void __launch_bounds__(kWgThreads) flash_forward_wgmma_kernel(const H
       pack_a_operands(a, sc);
       wgmma_fence();  // o (rescaled) and a were written by ordinary instructions
 #pragma unroll
-      for (int kk = 0; kk < 4; ++kk) wgmma_rs_bn(o, a[kk], n_major_desc(vs(j & 1), kk));
+      for (int kk = 0; kk < 4; ++kk) wgmma_rs_bn(o, a[kk], n_step(vd, kk));
       wgmma_commit();
       wgmma_wait<0>();
       fence_operands(o);
     }
-    __syncthreads();  // every warpgroup is done with buffer j & 1 before it is refilled
+    buf = buf == 2 ? 0 : buf + 1;
   }
   float inv[2];
 #pragma unroll
@@ -179,8 +190,11 @@ __global__ void __launch_bounds__(kWgThreads) flash_forward_wgmma_kernel(const H
 // 64 keys, each warp 16 of them. Per query tile of a query head of the group:
 //   S^T = K Q^T, dP^T = V dO^T   both operands from shared memory, issued together
 //   dV += P^T dO, dK += dS^T Q   P^T and dS^T from registers, dO and Q read N-major
-// and dS^T goes to the scratch tiles for the dQ kernel, as in the mma.sync kernel.
-__global__ void __launch_bounds__(kThreads) flash_backward_dkdv_wgmma_kernel(
+// and dS^T goes to the scratch tiles for the dQ kernel, as in the mma.sync kernel. Q and dO go
+// through three buffers (one barrier per step, loads two steps ahead), and the register cap of
+// three blocks per SM (168, a few bytes of spill) gives each SM 12 warps to hide the step's chain
+// of dependent products.
+__global__ void __launch_bounds__(kThreads, 3) flash_backward_dkdv_wgmma_kernel(
     const HeadView q, const HeadView k, const HeadView v, const HeadView dout, const float* __restrict__ lse,
     const float* __restrict__ delta, const HeadView dk, const HeadView dv, bf16* __restrict__ ds_tiles, Shape s,
     float scale, float scale_log2) {
@@ -188,41 +202,53 @@ __global__ void __launch_bounds__(kThreads) flash_backward_dkdv_wgmma_kernel(
   extern __shared__ __align__(128) unsigned char smem_raw[];
   unsigned char* smem = smem_raw + ((1024 - smem_addr(smem_raw) % 1024) % 1024);
   // Early keys see the most queries: start them first.
-  const DkdvWalk<64> w{smem, s, int(gridDim.x - 1 - blockIdx.x), int(blockIdx.y), int(blockIdx.z)};
+  const DkdvWalk<64, 3> w{smem, s, int(gridDim.x - 1 - blockIdx.x), int(blockIdx.y), int(blockIdx.z)};
   const int key0 = w.k_tile * kTile + (threadIdx.x / 32) * 16;  // this warp's first key
   w.load_keys(k, v);
   const int steps = w.steps();
-  w.issue(0, q, dout, lse, delta);
+  auto at = w.first(), next = at;
+  w.issue(next, 0, q, dout, lse, delta);
+  if (steps > 1) {
+    w.advance(next);
+    w.issue(next, 1, q, dout, lse, delta);
+  }
+  const std::uint64_t k_desc = k_major_desc(w.ks()), v_desc = k_major_desc(w.vs());
+  const std::uint64_t q_desc = k_major_desc(w.qs(0)), do_desc = k_major_desc(w.dos(0));
+  const std::uint64_t q_n_desc = n_major_desc(w.qs(0)), do_n_desc = n_major_desc(w.dos(0));
 
   float dk_acc[8][4], dv_acc[8][4];
   zero(dk_acc);
   zero(dv_acc);
+  int buf = 0;  // step % 3
   for (int step = 0; step < steps; ++step) {
     if (step + 1 < steps) {
-      w.issue(step + 1, q, dout, lse, delta);  // buffer (step + 1) & 1 was last read in step - 1
       cp_async_wait<1>();
     } else {
       cp_async_wait<0>();
     }
     fence_proxy_async();
-    __syncthreads();
-    const int buf = step & 1, q_tile = w.q_tile(step);
+    __syncthreads();  // this step's tiles are visible; every warp is done with step - 1
+    if (step + 2 < steps) {
+      w.advance(next);
+      w.issue(next, buf == 0 ? 2 : buf - 1, q, dout, lse, delta);  // into step - 1's buffer
+    }
+    const std::uint64_t off = buf * kBufferStep;
     float p[8][4], ds[8][4];
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk) wgmma_ss(p, k_major_desc(w.ks(), kk), k_major_desc(w.qs(buf), kk), kk > 0);
+    for (int kk = 0; kk < 4; ++kk) wgmma_ss(p, k_step(k_desc, kk), k_step(q_desc + off, kk), kk > 0);
     wgmma_commit();
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk) wgmma_ss(ds, k_major_desc(w.vs(), kk), k_major_desc(w.dos(buf), kk), kk > 0);
+    for (int kk = 0; kk < 4; ++kk) wgmma_ss(ds, k_step(v_desc, kk), k_step(do_desc + off, kk), kk > 0);
     wgmma_commit();
     wgmma_wait<1>();  // S^T is in; dP^T may still be in flight
     fence_operands(p);
-    transposed_probabilities(p, key0, q_tile, w.k_tile, w.row_lse(buf), s, scale_log2);
+    transposed_probabilities(p, key0, at.q_tile, w.k_tile, w.row_lse(buf), s, scale_log2);
     std::uint32_t a[4][4];
     pack_a_operands(a, p);
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk) wgmma_rs_bn(dv_acc, a[kk], n_major_desc(w.dos(buf), kk));
+    for (int kk = 0; kk < 4; ++kk) wgmma_rs_bn(dv_acc, a[kk], n_step(do_n_desc + off, kk));
     wgmma_commit();
     wgmma_wait<1>();  // dP^T is in; dV may still be in flight
     fence_operands(ds);
@@ -231,13 +257,14 @@ __global__ void __launch_bounds__(kThreads) flash_backward_dkdv_wgmma_kernel(
     pack_a_operands(b, ds);
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk) wgmma_rs_bn(dk_acc, b[kk], n_major_desc(w.qs(buf), kk));
+    for (int kk = 0; kk < 4; ++kk) wgmma_rs_bn(dk_acc, b[kk], n_step(q_n_desc + off, kk));
     wgmma_commit();
-    store_ds_tile(ds, w.ds_stage(), ds_tiles + ds_tile_offset(s, w.batch, w.head(step), q_tile, w.k_tile));
+    store_ds_tile(ds, w.ds_stage(), ds_tiles + ds_tile_offset(s, w.batch, at.head, at.q_tile, w.k_tile));
     wgmma_wait<0>();
     fence_operands(dk_acc);
     fence_operands(dv_acc);
-    __syncthreads();  // the tiles of buffer buf and the staging tile are free again
+    w.advance(at);
+    buf = buf == 2 ? 0 : buf + 1;
   }
   store_rows<64>(dk.head_at(w.batch, w.kv_head), dk.row, dk_acc, key0, s.seq, scale, scale);
   store_rows<64>(dv.head_at(w.batch, w.kv_head), dv.row, dv_acc, key0, s.seq, 1.0f, 1.0f);
@@ -246,10 +273,11 @@ __global__ void __launch_bounds__(kThreads) flash_backward_dkdv_wgmma_kernel(
 #endif
 }
 
-// Seven 64 x 64 tiles, the row values, and room to align the first tile to 1024 bytes.
-constexpr std::size_t wgmma_dkdv_smem_bytes() { return 7 * kTile * 64 * sizeof(bf16) + 4 * kTile * sizeof(float) + 1024; }
+// The walk's tiles and row values, and room to align the first tile to 1024 bytes.
+constexpr std::size_t wgmma_dkdv_smem_bytes() { return DkdvWalk<64, 3>::smem_bytes() + 1024; }
 
-constexpr std::size_t wgmma_smem_bytes() { return 6 * kTile * 64 * sizeof(bf16) + 1024; }
+// Q (two tiles), K and V of three buffers, and the alignment room.
+constexpr std::size_t wgmma_smem_bytes() { return 8 * kTile * 64 * sizeof(bf16) + 1024; }
 
 }  // namespace
 
