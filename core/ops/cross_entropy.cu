@@ -1,7 +1,8 @@
-// Softmax cross-entropy on CUDA: one block per row for both passes, fp32 math. The forward reads
-// the logits once (online max and sum in a single pass); the backward reads them once more and
-// writes dlogits once, possibly over the logits themselves. Both move 16-byte packs when the row
-// length and the base addresses allow it, single elements otherwise.
+// Softmax cross-entropy on CUDA: one block per row, fp32 math. The forward reads the logits once
+// (online max and sum in a single pass); the backward reads them once more and writes dlogits
+// once, possibly over the logits themselves; training runs both in one kernel whose second read
+// of a row hits L2. All move 16-byte packs when the row length and the base addresses allow it,
+// single elements otherwise.
 //
 // A target outside [0, V) that is not ignore_index is treated as ignored here (loss 0, zero
 // gradient): the CPU path rejects it, but a kernel cannot raise, and reading logits[row, target]
@@ -89,6 +90,24 @@ __device__ __forceinline__ void pack_gradient(Pack<T, kVec>& pack, int p, float 
   }
 }
 
+// The statistics of one row's packs, each thread over packs threadIdx.x, + blockDim.x, ... in that
+// order, four loads in flight at a time; then merged over the block.
+template <class T, int kVec>
+__device__ __forceinline__ MaxSum row_stats(const Pack<T, kVec>* packs, int pack_count, MaxSum* scratch) {
+  MaxSum stats{-INFINITY, 0.0f};
+  const int stride = blockDim.x;
+  int p = threadIdx.x;
+  for (; p + 3 * stride < pack_count; p += 4 * stride) {
+    const Pack<T, kVec> a = packs[p], b = packs[p + stride], c = packs[p + 2 * stride], d = packs[p + 3 * stride];
+    add_pack(stats, a);
+    add_pack(stats, b);
+    add_pack(stats, c);
+    add_pack(stats, d);
+  }
+  for (; p < pack_count; p += stride) add_pack(stats, packs[p]);
+  return block_merge(stats, scratch);
+}
+
 // lse[row] = log(sum_j exp(x[row, j])); losses[row] = lse[row] - x[row, target] (0 if ignored).
 // Traffic: V elements read once per row; the target logit is one more (cached) read. Each thread
 // keeps online statistics over its strided packs: rescaling only when a pack raises the running
@@ -101,11 +120,7 @@ __global__ void __launch_bounds__(kMaxThreads)
   __shared__ MaxSum scratch[32];
   const int row = blockIdx.x;
   const T* x = logits + std::int64_t(row) * vocab;
-  const auto* packs = reinterpret_cast<const Pack<T, kVec>*>(x);
-  const int pack_count = vocab / kVec;
-  MaxSum stats{-INFINITY, 0.0f};
-  for (int p = threadIdx.x; p < pack_count; p += blockDim.x) add_pack(stats, packs[p]);
-  stats = block_merge(stats, scratch);
+  const MaxSum stats = row_stats(reinterpret_cast<const Pack<T, kVec>*>(x), vocab / kVec, scratch);
   if (threadIdx.x == 0) {
     const float row_lse = stats.max + logf(stats.sum);
     const std::int32_t target = targets[row];
@@ -134,6 +149,40 @@ __global__ void __launch_bounds__(kMaxThreads)
   for (int p = threadIdx.x; p < pack_count; p += blockDim.x) {
     Pack<T, kVec> pack{};
     if (counted) pack = in[p];  // ignored rows are only written
+    pack_gradient(pack, p, row_lse, target, counted, grad_scale);
+    out[p] = pack;
+  }
+}
+
+// The training pass in one kernel: the forward's statistics, then every element's gradient from
+// a second read of the row, which this block has just read, so it comes from L2: the logits
+// cross DRAM once each way instead of read twice. dlogits may alias logits: each element is read
+// and then written by one thread, and the target logit is read before the barrier that precedes
+// every write.
+template <class T, int kVec>
+__global__ void __launch_bounds__(kMaxThreads)
+    cross_entropy_fused_kernel(const T* logits, const std::int32_t* targets, float* losses, float* lse, T* dlogits,
+                               int vocab, float grad_scale, int ignore_index) {
+  __shared__ MaxSum scratch[32];
+  const int row = blockIdx.x;
+  const std::int64_t base = std::int64_t(row) * vocab;
+  const auto* in = reinterpret_cast<const Pack<T, kVec>*>(logits + base);
+  auto* out = reinterpret_cast<Pack<T, kVec>*>(dlogits + base);
+  const int pack_count = vocab / kVec;
+  const MaxSum stats = row_stats(in, pack_count, scratch);
+  // Lanes may differ in the last bit (the butterfly merges in lane-dependent order); every thread
+  // takes lane 0's value, which is thread 0's, the lse the two-pass backward reads.
+  const float row_lse = __shfl_sync(0xffffffffu, stats.max + logf(stats.sum), 0);
+  const std::int32_t target = targets[row];
+  const bool counted = target != ignore_index && target >= 0 && target < vocab;
+  if (threadIdx.x == 0) {
+    lse[row] = row_lse;
+    losses[row] = counted ? row_lse - load_f32(logits + base + target) : 0.0f;
+  }
+  __syncthreads();
+  for (int p = threadIdx.x; p < pack_count; p += blockDim.x) {
+    Pack<T, kVec> pack{};
+    if (counted) pack = in[p];
     pack_gradient(pack, p, row_lse, target, counted, grad_scale);
     out[p] = pack;
   }
@@ -193,6 +242,29 @@ void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const T
     } else {
       cross_entropy_backward_kernel<T, 1><<<rows, threads_for(vocab), 0, to_cuda(stream)>>>(
           x, t, lse.ptr<float>(), dx, vocab, grad_scale, ignore_index);
+    }
+  });
+  SY_CUDA_LAUNCH();
+}
+
+void cross_entropy_forward_backward(const Tensor& logits, const Tensor& targets, const Tensor& losses,
+                                    const Tensor& lse, const Tensor& dlogits, float grad_scale, int ignore_index,
+                                    StreamRef stream) {
+  check_sizes(logits);
+  const int rows = int(logits.size(0)), vocab = int(logits.size(1));
+  if (rows == 0) return;
+  dispatch_float(logits, [&](auto* type) {
+    using T = std::remove_pointer_t<decltype(type)>;
+    constexpr int kVec = 16 / sizeof(T);
+    const T* x = static_cast<const T*>(logits.data());
+    T* dx = static_cast<T*>(dlogits.data());
+    const std::int32_t* t = targets.ptr<std::int32_t>();
+    if (vocab % kVec == 0 && aligned_16(x) && aligned_16(dx)) {
+      cross_entropy_fused_kernel<T, kVec><<<rows, threads_for(vocab / kVec), 0, to_cuda(stream)>>>(
+          x, t, losses.ptr<float>(), lse.ptr<float>(), dx, vocab, grad_scale, ignore_index);
+    } else {
+      cross_entropy_fused_kernel<T, 1><<<rows, threads_for(vocab), 0, to_cuda(stream)>>>(
+          x, t, losses.ptr<float>(), lse.ptr<float>(), dx, vocab, grad_scale, ignore_index);
     }
   });
   SY_CUDA_LAUNCH();

@@ -84,6 +84,9 @@ void cross_entropy_forward(const Tensor& logits, const Tensor& targets, const Te
                            int ignore_index, StreamRef stream);
 void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse, const Tensor& dlogits,
                             float grad_scale, int ignore_index, StreamRef stream);
+void cross_entropy_forward_backward(const Tensor& logits, const Tensor& targets, const Tensor& losses,
+                                    const Tensor& lse, const Tensor& dlogits, float grad_scale, int ignore_index,
+                                    StreamRef stream);
 
 void adamw_update(const Tensor& params, const Tensor& grads, const Tensor& m, const Tensor& v,
                   const Tensor& param_copy, const AdamWParams& hp, StreamRef stream);

@@ -171,6 +171,28 @@ TEST_P(CrossEntropyGpu, ForwardBackwardMatchesCpuReference) {
   }
 }
 
+// The one-kernel training pass equals the forward kernel then the backward kernel exactly: the
+// same statistics, and every element's gradient from the lse the forward stores.
+TEST_P(CrossEntropyGpu, ForwardBackwardEqualsTheTwoKernelsBitwise) {
+  SY_REQUIRE_GPU();
+  const DType dt = GetParam();
+  for (auto [rows, vocab] : {std::pair{9, 32768}, std::pair{4, 1001}}) {
+    SCOPED_TRACE(::testing::Message() << rows << "x" << vocab);
+    OwnedTensor logits = random_tensor({rows, vocab}, dt, Device::cuda, 900 + std::uint64_t(vocab), 3.0f);
+    OwnedTensor targets = targets_with_ignored(rows, vocab, 901 + std::uint64_t(vocab));
+    OwnedTensor fused = convert(logits, dt, Device::cuda), two = convert(logits, dt, Device::cuda);
+    OwnedTensor losses({rows}, DType::f32, Device::cuda), lse({rows}, DType::f32, Device::cuda);
+    OwnedTensor losses2({rows}, DType::f32, Device::cuda), lse2({rows}, DType::f32, Device::cuda);
+    cross_entropy_forward_backward(fused, targets, losses, lse, fused, 0.125f, kIgnore);
+    cross_entropy_forward(two, targets, losses2, lse2, kIgnore);
+    cross_entropy_backward(two, targets, lse2, two, 0.125f, kIgnore);
+    device_synchronize();
+    EXPECT_EQ(to_vector(losses), to_vector(losses2));
+    EXPECT_EQ(to_vector(lse), to_vector(lse2));
+    EXPECT_EQ(to_vector(fused), to_vector(two));
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Dtypes, CrossEntropyGpu, ::testing::Values(DType::f32, DType::bf16), dtype_param_name);
 
 }  // namespace
