@@ -49,8 +49,8 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(const HeadView 
                                                                  const HeadView out, float* __restrict__ lse, Shape s,
                                                                  float scale_log2) {
   extern __shared__ __align__(128) unsigned char smem[];
-  const int q_tile = gridDim.x - 1 - blockIdx.x;  // the longest rows first: causal tiles grow with the index
-  const int head = blockIdx.y, batch = blockIdx.z, kv_head = head / s.group();
+  const int q_tile = gridDim.z - 1 - blockIdx.z;  // the longest rows first (see causal_grid)
+  const int head = blockIdx.x, batch = blockIdx.y, kv_head = head / s.group();
   const std::int64_t q_off = (std::int64_t(batch) * s.heads + head) * s.seq;  // into lse
   const bf16* q_head = q.head_at(batch, head);
   const bf16* k_head = k.head_at(batch, kv_head);
@@ -153,8 +153,8 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) flash_backward_dkdv
     const float* __restrict__ delta, const HeadView dk, const HeadView dv, bf16* __restrict__ ds_tiles, Shape s,
     float scale, float scale_log2) {
   extern __shared__ __align__(128) unsigned char smem[];
-  // Early keys see the most queries: start them first.
-  const DkdvWalk<D> w{smem, s, int(gridDim.x - 1 - blockIdx.x), int(blockIdx.y), int(blockIdx.z)};
+  // The first key tiles see the most queries and start first (causal_grid).
+  const DkdvWalk<D> w{smem, s, int(blockIdx.z), int(blockIdx.x), int(blockIdx.y)};
   const int key0 = w.k_tile * kTile + (threadIdx.x / 32) * 16;  // this warp's first key
   w.load_keys(k, v);
   const int steps = w.steps();
@@ -202,8 +202,8 @@ __global__ void __launch_bounds__(kThreads) flash_backward_dq_kernel(const bf16*
                                                                      const HeadView k, const HeadView dq, Shape s,
                                                                      float scale) {
   extern __shared__ __align__(128) unsigned char smem[];
-  const int q_tile = gridDim.x - 1 - blockIdx.x;
-  const int head = blockIdx.y, batch = blockIdx.z, kv_head = head / s.group();
+  const int q_tile = gridDim.z - 1 - blockIdx.z;  // the longest rows first (see causal_grid)
+  const int head = blockIdx.x, batch = blockIdx.y, kv_head = head / s.group();
   const bf16* k_head = k.head_at(batch, kv_head);
   const bf16* ds_row = ds_tiles + ds_tile_offset(s, batch, head, q_tile, 0);  // tile j at + j * 64 * 64
   // Buffer b: the dS^T tile (64 x 64), then the K tile (64 x D).
@@ -258,7 +258,7 @@ void forward_d(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& 
   static const bool once = (allow_smem(flash_forward_kernel<D>, forward_smem_bytes<D>()), true);
   (void)once;
   const Shape s = shape_of(q, k);
-  const dim3 grid(unsigned((s.seq + kForwardRows<D> - 1) / kForwardRows<D>), unsigned(s.heads), unsigned(q.size(0)));
+  const dim3 grid = causal_grid(s.heads, q.size(0), (s.seq + kForwardRows<D> - 1) / kForwardRows<D>);
   const float scale_log2 = kLog2e / std::sqrt(float(D));
   flash_forward_kernel<D><<<grid, kThreads, forward_smem_bytes<D>(), to_cuda(stream)>>>(
       view_of(q), view_of(k), view_of(v), view_of(out), static_cast<float*>(lse.data()), s, scale_log2);
@@ -288,13 +288,13 @@ void backward_d(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor&
   if (wgmma) {
     flash_backward_dkdv_wgmma(q, k, v, dout, lse, delta, dk, dv, ds_tiles, stream);
   } else {
-      flash_backward_dkdv_kernel<D><<<dim3(tiles, unsigned(s.kv_heads), unsigned(q.size(0))), kThreads,
+      flash_backward_dkdv_kernel<D><<<causal_grid(s.kv_heads, q.size(0), tiles), kThreads,
                                     DkdvWalk<D>::smem_bytes(), to_cuda(stream)>>>(
         view_of(q), view_of(k), view_of(v), view_of(dout), static_cast<const float*>(lse.data()), delta, view_of(dk),
         view_of(dv), ds_tiles, s, scale, scale_log2);
     SY_CUDA_LAUNCH();
   }
-  flash_backward_dq_kernel<D><<<dim3(tiles, unsigned(s.heads), unsigned(q.size(0))), kThreads, dq_smem_bytes(D),
+  flash_backward_dq_kernel<D><<<causal_grid(s.heads, q.size(0), tiles), kThreads, dq_smem_bytes(D),
                                 to_cuda(stream)>>>(ds_tiles, view_of(k), view_of(dq), s, scale);
   SY_CUDA_LAUNCH();
 }

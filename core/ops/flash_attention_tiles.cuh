@@ -431,6 +431,16 @@ __device__ __forceinline__ void store_ds_tile(const float (&ds)[8][4], SmemTile<
   }
 }
 
+// The grid of a causal kernel: (heads, batch, tiles). Blocks start in index order, x fastest, so
+// every head's tiles of one index start before any of the next; the kernels read the tile index
+// so that the longest tiles (the last query tiles, the first key tiles) come first, and the
+// shortest fill the last wave instead of the longest.
+dim3 causal_grid(std::int64_t heads, std::int64_t batch, std::int64_t tiles) {
+  SY_CHECK(batch <= 65535 && tiles <= 65535) << "flash attention: batch " << batch << " and " << tiles
+                                             << " tiles of 64 rows must each be at most 65535";
+  return dim3(unsigned(heads), unsigned(batch), unsigned(tiles));
+}
+
 HeadView view_of(const Tensor& t) {
   return {static_cast<bf16*>(t.data()), t.stride(0), t.stride(1), t.stride(2)};
 }

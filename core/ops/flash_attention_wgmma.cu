@@ -108,8 +108,8 @@ __global__ void __launch_bounds__(kWgThreads) flash_forward_wgmma_kernel(const H
   extern __shared__ __align__(128) unsigned char smem_raw[];
   // The swizzle pattern repeats every 1024 bytes: the first tile starts on such a boundary.
   unsigned char* smem = smem_raw + ((1024 - smem_addr(smem_raw) % 1024) % 1024);
-  const int q_tile = gridDim.x - 1 - blockIdx.x;  // the longest rows first
-  const int head = blockIdx.y, batch = blockIdx.z, kv_head = head / s.group();
+  const int q_tile = gridDim.z - 1 - blockIdx.z;  // the longest rows first (see causal_grid)
+  const int head = blockIdx.x, batch = blockIdx.y, kv_head = head / s.group();
   const std::int64_t q_off = (std::int64_t(batch) * s.heads + head) * s.seq;  // into lse
   const bf16* q_head = q.head_at(batch, head);
   const bf16* k_head = k.head_at(batch, kv_head);
@@ -201,8 +201,8 @@ __global__ void __launch_bounds__(kThreads, 3) flash_backward_dkdv_wgmma_kernel(
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ __align__(128) unsigned char smem_raw[];
   unsigned char* smem = smem_raw + ((1024 - smem_addr(smem_raw) % 1024) % 1024);
-  // Early keys see the most queries: start them first.
-  const DkdvWalk<64, 3> w{smem, s, int(gridDim.x - 1 - blockIdx.x), int(blockIdx.y), int(blockIdx.z)};
+  // The first key tiles see the most queries and start first (causal_grid).
+  const DkdvWalk<64, 3> w{smem, s, int(blockIdx.z), int(blockIdx.x), int(blockIdx.y)};
   const int key0 = w.k_tile * kTile + (threadIdx.x / 32) * 16;  // this warp's first key
   w.load_keys(k, v);
   const int steps = w.steps();
@@ -292,7 +292,7 @@ void flash_attention_forward_wgmma(const Tensor& q, const Tensor& k, const Tenso
   static const bool once = (allow_smem(flash_forward_wgmma_kernel, wgmma_smem_bytes()), true);
   (void)once;
   const Shape s = shape_of(q, k);
-  const dim3 grid(unsigned((s.seq + kWgRows - 1) / kWgRows), unsigned(s.heads), unsigned(q.size(0)));
+  const dim3 grid = causal_grid(s.heads, q.size(0), (s.seq + kWgRows - 1) / kWgRows);
   const float scale_log2 = kLog2e / std::sqrt(64.0f);
   flash_forward_wgmma_kernel<<<grid, kWgThreads, wgmma_smem_bytes(), to_cuda(stream)>>>(
       view_of(q), view_of(k), view_of(v), view_of(out), static_cast<float*>(lse.data()), s, scale_log2);
@@ -307,7 +307,7 @@ void flash_backward_dkdv_wgmma(const Tensor& q, const Tensor& k, const Tensor& v
   const Shape s = shape_of(q, k);
   const float scale = 1.0f / std::sqrt(64.0f), scale_log2 = kLog2e * scale;
   const unsigned tiles = unsigned((s.seq + kTile - 1) / kTile);
-  flash_backward_dkdv_wgmma_kernel<<<dim3(tiles, unsigned(s.kv_heads), unsigned(q.size(0))), kThreads,
+  flash_backward_dkdv_wgmma_kernel<<<causal_grid(s.kv_heads, q.size(0), tiles), kThreads,
                                      wgmma_dkdv_smem_bytes(), to_cuda(stream)>>>(
       view_of(q), view_of(k), view_of(v), view_of(dout), static_cast<const float*>(lse.data()), delta, view_of(dk),
       view_of(dv), static_cast<bf16*>(ds_tiles), s, scale, scale_log2);
