@@ -370,9 +370,11 @@ TrainResult train(const Config& c, MpiRuntime& runtime, int job) {
       const std::int64_t first_token =
           ((std::int64_t(step) * c.train.grad_accum + micro) * layout.dp_size() + grid.coords().dp) * n;
       const float loss_scale = float(1.0 / double(n * c.train.grad_accum));
-      model.forward(inputs_dev, targets_dev, first_token, true, loss_scale, arena, losses.view().select(micro), stream);
+      const GradMode grads = micro == 0 ? GradMode::overwrite : GradMode::accumulate;
+      model.forward(inputs_dev, targets_dev, first_token, true, loss_scale, grads, arena, losses.view().select(micro),
+                    stream);
       const bool last = micro + 1 == c.train.grad_accum;
-      model.backward(arena, stream,
+      model.backward(grads, arena, stream,
                      last ? [&](const Parameter& p) { optimizer.grad_ready(p); } : std::function<void(const Parameter&)>());
     }
     optimizer.step(float(lr), step + 1, float(c.train.max_grad_norm));
@@ -411,7 +413,7 @@ TrainResult train(const Config& c, MpiRuntime& runtime, int job) {
         arena.reset();
         const DataPosition at{0, i % std::max<std::int64_t>(1, val->steps_per_epoch())};
         load(true, &at);
-        model.forward(inputs_dev, targets_dev, 0, false, 0.0f, arena, eval_losses, stream);
+        model.forward(inputs_dev, targets_dev, 0, false, 0.0f, GradMode::overwrite, arena, eval_losses, stream);
         sum += mean_loss(eval_losses);
       }
       val_loss = mean_over(*host, sum / c.eval.batches);
