@@ -388,11 +388,11 @@ void Model::forward(const Tensor& tokens, const Tensor& targets, std::int64_t fi
   // benchmark shape). Training runs the head's backward here too, while a chunk's logits are
   // at hand: dlogits overwrite them (cross_entropy_forward_backward allows it), the first chunk
   // writes dW in this micro-batch's mode and the others add to it, and the chunk's rows of dxf
-  // are kept for backward.
+  // are kept for backward. This is the step's first gradient write (see train/trainer.cpp on
+  // why it needs no wait).
   s.lse = arena.alloc({n}, DType::f32);
   s.dxf = training ? arena.alloc({n, d_}, dtype_) : Tensor();
   const std::size_t logits_mark = arena.mark();
-  if (training && grads_zeroed_ != nullptr) grads_zeroed_->wait_on(stream);  // the first gradient write follows
   const std::int64_t chunk = logit_chunk_rows(n, vocab_, dtype_);
   const Tensor logits_buffer = arena.alloc({chunk, vocab_}, dtype_);
   const Tensor& w_head = weight(lm_head_);

@@ -20,7 +20,6 @@
 #include "moe/moe_layer.h"
 #include "parallel/parameter.h"
 #include "parallel/process_grid.h"
-#include "parallel/stream_event.h"
 #include "train/config.h"
 
 namespace sy {
@@ -61,9 +60,6 @@ class Model {
   // each parameter when its gradient is complete (last micro-batch only, so gradient sync can
   // start during backward); may be empty.
   void backward(GradMode grads, Arena& arena, StreamRef stream, const std::function<void(const Parameter&)>& grad_ready);
-  // A training forward waits (on the device) for this event before it first writes a gradient,
-  // so the gradients can be zeroed on another stream meanwhile; null: no wait.
-  void wait_before_gradients(const StreamEvent* event) { grads_zeroed_ = event; }
 
   // Routing statistics of the MoE blocks from the last forward (waits for the stream).
   std::vector<RouterStats> moe_stats(StreamRef stream) const;
@@ -102,7 +98,6 @@ class Model {
   std::vector<double> init_scales_;       // per params_ entry: std multiplier, 0 = ones
   std::unique_ptr<Saved> saved_;
   PhaseTimer* timer_ = nullptr;
-  const StreamEvent* grads_zeroed_ = nullptr;
 };
 
 }  // namespace sy
