@@ -144,7 +144,6 @@ int run_moe_bench(const std::vector<std::string>& args) {
   OwnedTensor dw_router({o.d_model, o.experts}, DType::f32, o.device);
   OwnedTensor dw_in({local, o.d_model, f_in}, DType::f32, o.device);
   OwnedTensor dw_out({local, o.d_ff, o.d_model}, DType::f32, o.device);
-  for (const Tensor& g : {dw_router.view(), dw_in.view(), dw_out.view()}) fill_bytes(g, 0, stream);
   const MoeWeights weights{w_router, Tensor(), {w_in, w_out}};
   const MoeGrads grads{dw_router, Tensor(), {dw_in, dw_out}};
   OwnedTensor x = random_input({o.tokens, o.d_model}, dtype, o.device, 10 + std::uint64_t(world->rank()), stream);
@@ -169,7 +168,7 @@ int run_moe_bench(const std::vector<std::string>& args) {
       if (timed) phases.start();
       layer.set_phase_timer(timed ? &phases : nullptr);
       layer.forward(x, weights, true, RngKey{7, 0, 0}, world->rank() * o.tokens, arena, out, stream);
-      layer.backward(dout, weights, arena, dx, grads, stream);
+      layer.backward(dout, weights, arena, dx, grads, GradMode::overwrite, stream);  // as a step's first micro-batch
       if (timed) phases.collect();
       synchronize(stream);
     };

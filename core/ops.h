@@ -5,9 +5,12 @@
 //
 // Conventions
 // - Outputs are written, never read, unless the op says it accumulates.
-// - Parameter gradients (dweight) are f32 and ACCUMULATE (+=) so micro-batches add up without
-//   extra buffers; the caller zeroes them once per step. Activation gradients are overwritten
-//   and have the activation's dtype.
+// - Parameter gradients (dweight) are f32. An op that writes one takes a GradMode: the first
+//   write of a step overwrites the gradient, so nothing zeroes it between steps, and later writes
+//   (the next micro-batches, a tied weight's second user) add to it. Overwrite writes every
+//   element, also where the op has no work (a rank's empty batch, a token-less expert), and never
+//   reads the old values (they may be anything, NaN included). For GEMMs the mode is beta (0 or 1:
+//   grad_beta). Activation gradients are overwritten and have the activation's dtype.
 // - Saved statistics (rstd, lse) are f32.
 // - All tensors of one call live on one device and are contiguous unless noted.
 #pragma once
@@ -22,6 +25,11 @@
 #include "core/tensor.h"
 
 namespace sy {
+
+// How an op writes a parameter gradient (see the conventions above).
+enum class GradMode : bool { overwrite, accumulate };
+// The GEMM beta that writes a gradient in `mode`: c = a @ b (0) or c += a @ b (1).
+inline float grad_beta(GradMode mode) { return mode == GradMode::accumulate ? 1.0f : 0.0f; }
 
 // ---- GEMM ---------------------------------------------------------------------------------
 // c = alpha * op(a) @ op(b) + beta * c, row-major. a: [M, K] (or [K, M] with trans_a),
@@ -69,8 +77,9 @@ void gemm_grouped(const Tensor& a, const Tensor& b, const Tensor& c, std::span<c
                   bool trans_b, float alpha = 1.0f, float beta = 0.0f, StreamRef stream = {});
 // The weight-gradient form, whose reduction runs over each group's rows:
 //   c[g] = alpha * a_g^T @ b_g + beta * c[g].
-// a: [R, K]; b: [R, N]; c: [G, K, N]. An empty group gives c[g] = beta * c[g] (zero at beta = 0).
-// With c f32 and beta = 1 it accumulates a weight gradient: dw[g] += x_g^T @ dy_g.
+// a: [R, K]; b: [R, N]; c: [G, K, N]. An empty group gives c[g] = beta * c[g] (zero at beta = 0,
+// c not read). With c f32 it writes a weight gradient: dw[g] = x_g^T @ dy_g at beta = 0
+// (GradMode::overwrite), dw[g] += x_g^T @ dy_g at beta = 1.
 void gemm_grouped_trans_a(const Tensor& a, const Tensor& b, const Tensor& c, std::span<const std::int64_t> group_rows,
                           float alpha = 1.0f, float beta = 0.0f, StreamRef stream = {});
 #endif
@@ -78,16 +87,18 @@ void gemm_grouped_trans_a(const Tensor& a, const Tensor& b, const Tensor& c, std
 // ---- embedding ----------------------------------------------------------------------------
 // out[n, :] = weight[tokens[n], :]. tokens: [N] i32 in [0, V); weight: [V, C]; out: [N, C].
 void embedding_forward(const Tensor& tokens, const Tensor& weight, const Tensor& out, StreamRef stream = {});
-// dweight[tokens[n], :] += dout[n, :]. dweight: [V, C] f32 (accumulates).
-void embedding_backward(const Tensor& tokens, const Tensor& dout, const Tensor& dweight, StreamRef stream = {});
+// dweight[v, :] (+)= sum of dout[n, :] over the rows n with tokens[n] == v. dweight: [V, C] f32;
+// overwrite also writes zero rows for the tokens the batch does not hold.
+void embedding_backward(const Tensor& tokens, const Tensor& dout, const Tensor& dweight, GradMode mode,
+                        StreamRef stream = {});
 
 // ---- RMSNorm ------------------------------------------------------------------------------
 // y = x / sqrt(mean(x^2) + eps) * weight. x, y: [N, C]; weight: [C]; rstd: [N] f32 (saved).
 void rmsnorm_forward(const Tensor& x, const Tensor& weight, const Tensor& y, const Tensor& rstd, float eps,
                      StreamRef stream = {});
-// dx: [N, C] (written); dweight: [C] f32 (accumulates).
+// dx: [N, C] (written); dweight: [C] f32, written or added to by `mode`.
 void rmsnorm_backward(const Tensor& x, const Tensor& weight, const Tensor& rstd, const Tensor& dy, const Tensor& dx,
-                      const Tensor& dweight, StreamRef stream = {});
+                      const Tensor& dweight, GradMode mode, StreamRef stream = {});
 // A pre-norm block's residual add fused into the norm that follows it: sum = a + b (the residual
 // stream, rounded to its dtype), y = rmsnorm(sum). Equal to add then rmsnorm_forward, one pass
 // over [N, C] cheaper. a, b, sum, y: [N, C]; sum may alias a or b (the residual stream can take
@@ -95,9 +106,10 @@ void rmsnorm_backward(const Tensor& x, const Tensor& weight, const Tensor& rstd,
 void add_rmsnorm_forward(const Tensor& a, const Tensor& b, const Tensor& sum, const Tensor& weight, const Tensor& y,
                          const Tensor& rstd, float eps, StreamRef stream = {});
 // rmsnorm_backward whose input gradient is added to the residual stream's gradient instead of
-// written: dresidual += dx. dresidual: [N, C] (accumulates); dweight: [C] f32 (accumulates).
+// written: dresidual += dx (always, whatever `mode`). dresidual: [N, C]; dweight: [C] f32,
+// written or added to by `mode`.
 void rmsnorm_backward_residual(const Tensor& x, const Tensor& weight, const Tensor& rstd, const Tensor& dy,
-                               const Tensor& dresidual, const Tensor& dweight, StreamRef stream = {});
+                               const Tensor& dresidual, const Tensor& dweight, GradMode mode, StreamRef stream = {});
 
 // ---- RoPE ---------------------------------------------------------------------------------
 // Rotary position embedding on x: [B, H, T, D] (D even), position t = index along T.

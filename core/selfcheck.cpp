@@ -15,7 +15,8 @@ namespace {
 
 // What an argument holds: activations in the tested dtype, fp32 state, or token ids.
 enum class Kind { act, f32, tokens };
-// How an output starts: poisoned (must be fully written), zero (accumulates), or scratch.
+// How an output starts: poisoned (must be fully written), zero (accumulates), or scratch. Parameter
+// gradients are checked in GradMode::overwrite, poisoned: every element must be written.
 enum class Start { poison, zero, scratch };
 
 struct Arg {
@@ -45,15 +46,15 @@ std::vector<Case> make_cases() {
   cases.push_back({"gemm_batched (trans_b)", {{{3, 17, 33}}, {{3, 9, 33}}}, {{{3, 17, 9}}},
                    [](auto& in, auto& out, StreamRef s) { gemm_batched(in[0], in[1], out[0], false, true, 1.0f, 0.0f, s); }});
   cases.push_back({"embedding", {{{50}, Kind::tokens, 97}, {{97, 40}}, {{50, 40}}},
-                   {{{50, 40}}, {{97, 40}, Kind::f32, Start::zero}}, [](auto& in, auto& out, StreamRef s) {
+                   {{{50, 40}}, {{97, 40}, Kind::f32}}, [](auto& in, auto& out, StreamRef s) {
                      embedding_forward(in[0], in[1], out[0], s);
-                     embedding_backward(in[0], in[2], out[1], s);
+                     embedding_backward(in[0], in[2], out[1], GradMode::overwrite, s);  // 50 tokens: rows left out
                    }});
   cases.push_back({"rmsnorm", {{{33, 67}}, {{67}}, {{33, 67}}},
-                   {{{33, 67}}, {{33}, Kind::f32}, {{33, 67}}, {{67}, Kind::f32, Start::zero}},
+                   {{{33, 67}}, {{33}, Kind::f32}, {{33, 67}}, {{67}, Kind::f32}},
                    [](auto& in, auto& out, StreamRef s) {
                      rmsnorm_forward(in[0], in[1], out[0], out[1], 1e-5f, s);
-                     rmsnorm_backward(in[0], in[1], out[1], in[2], out[2], out[3], s);
+                     rmsnorm_backward(in[0], in[1], out[1], in[2], out[2], out[3], GradMode::overwrite, s);
                    }});
   cases.push_back({"rope", {{{2, 3, 37, 16}}, {{2, 3, 37, 16}}}, {{{2, 3, 37, 16}}, {{2, 3, 37, 16}}},
                    [](auto& in, auto& out, StreamRef s) {

@@ -28,13 +28,14 @@ void expert_matmul(bool dropless, const Tensor& a, const Tensor& b, const Tensor
   }
 }
 
-// grad[e] += a_e^T @ b_e, the reduction over each expert's rows.
+// grad[e] (+)= a_e^T @ b_e, the reduction over each expert's rows. Overwriting, an expert without
+// rows gets zeros (gemm_grouped_trans_a's empty group at beta 0; capacity slots are never empty).
 void expert_weight_grad(bool dropless, const Tensor& a, const Tensor& b, const Tensor& grad,
-                        std::span<const std::int64_t> expert_rows, StreamRef stream) {
+                        std::span<const std::int64_t> expert_rows, GradMode mode, StreamRef stream) {
   if (dropless) {
-    gemm_grouped_trans_a(a, b, grad, expert_rows, 1.0f, 1.0f, stream);
+    gemm_grouped_trans_a(a, b, grad, expert_rows, 1.0f, grad_beta(mode), stream);
   } else {
-    gemm_batched(a, b, grad, true, false, 1.0f, 1.0f, stream);
+    gemm_batched(a, b, grad, true, false, 1.0f, grad_beta(mode), stream);
   }
 }
 
@@ -127,15 +128,16 @@ void ExpertFFN::activation_forward(const Tensor& h, const Tensor& act, StreamRef
 }
 
 // Reverse order of forward, each weight's gradient next to the input gradient of its GEMM:
-//   dact = dy @ w_out^T;  dw_out += act^T @ dy;  dh = act'(h) * dact;
-//   dw_in += x^T @ dh;    dx = dh @ w_in^T.
+//   dact = dy @ w_out^T;  dw_out (+)= act^T @ dy;  dh = act'(h) * dact;
+//   dw_in (+)= x^T @ dh;  dx = dh @ w_in^T.
 // GELU in the capacity layout computes dh = gelu'(h) * (dy @ w_out^T) with gemm_dgelu, which
 // writes the product into dh and applies gelu' there, so no dact buffer is needed. When act is to
 // be recomputed, the gelu' pass also writes act = gelu(h) from its one read of h, before dw_out
 // needs it; other activations recompute act first.
 void ExpertFFN::backward(const Tensor& x, std::span<const std::int64_t> expert_rows, const ExpertWeights& weights,
                          const ExpertActivations& saved, const Tensor& dy, const Tensor& dx,
-                         const ExpertWeights& grads, const ExpertScratch& scratch, StreamRef stream) const {
+                         const ExpertWeights& grads, const ExpertScratch& scratch, GradMode mode,
+                         StreamRef stream) const {
   const char* op = "ExpertFFN::backward";
   const bool dropless = check_inputs(op, x, expert_rows, weights, saved);
   const std::int64_t experts = config_.local_experts, d = config_.d_model, f = config_.d_ff, f_in = config_.d_in();
@@ -150,14 +152,14 @@ void ExpertFFN::backward(const Tensor& x, std::span<const std::int64_t> expert_r
   if (gelu_in_epilogue(dropless) && saved.recompute_act) {
     expert_matmul(dropless, dy, weights.w_out, scratch.dh, expert_rows, true, stream);  // dact, in dh
     gelu_backward_recompute(saved.h, scratch.dh, scratch.dh, saved.act, stream);       // dh, and act
-    expert_weight_grad(dropless, saved.act, dy, grads.w_out, expert_rows, stream);
+    expert_weight_grad(dropless, saved.act, dy, grads.w_out, expert_rows, mode, stream);
   } else if (gelu_in_epilogue(dropless)) {
     gemm_dgelu(dy, weights.w_out, saved.h, scratch.dh, true, stream);  // dh = gelu'(h) * (dy @ w_out^T)
-    expert_weight_grad(dropless, saved.act, dy, grads.w_out, expert_rows, stream);
+    expert_weight_grad(dropless, saved.act, dy, grads.w_out, expert_rows, mode, stream);
   } else {
     if (saved.recompute_act) activation_forward(saved.h, saved.act, stream);
     expert_matmul(dropless, dy, weights.w_out, scratch.dact, expert_rows, true, stream);
-    expert_weight_grad(dropless, saved.act, dy, grads.w_out, expert_rows, stream);
+    expert_weight_grad(dropless, saved.act, dy, grads.w_out, expert_rows, mode, stream);
     switch (config_.activation) {
       case ExpertActivation::gelu: gelu_backward(saved.h, scratch.dact, scratch.dh, stream); break;
       case ExpertActivation::relu: relu_backward(saved.h, scratch.dact, scratch.dh, stream); break;
@@ -166,7 +168,7 @@ void ExpertFFN::backward(const Tensor& x, std::span<const std::int64_t> expert_r
         break;
     }
   }
-  expert_weight_grad(dropless, x, scratch.dh, grads.w_in, expert_rows, stream);
+  expert_weight_grad(dropless, x, scratch.dh, grads.w_in, expert_rows, mode, stream);
   expert_matmul(dropless, scratch.dh, weights.w_in, dx, expert_rows, true, stream);
 }
 

@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <span>
 
+#include "core/ops.h"
 #include "core/storage.h"
 #include "core/tensor.h"
 
@@ -37,7 +38,7 @@ struct ExpertFFNConfig {
   std::int64_t d_in() const { return activation == ExpertActivation::swiglu ? 2 * d_ff : d_ff; }
 };
 
-// Weights (compute dtype, x's) or their gradients (f32, accumulated).
+// Weights (compute dtype, x's) or their gradients (f32, written or added to by a GradMode).
 struct ExpertWeights {
   Tensor w_in;   // [E_l, d, F_in]
   Tensor w_out;  // [E_l, F, d]
@@ -78,11 +79,12 @@ class ExpertFFN {
   // act = the activation of h (shapes as in ExpertActivations): what forward stores, for a
   // backward that recomputes it instead of keeping it.
   void activation_forward(const Tensor& h, const Tensor& act, StreamRef stream = {}) const;
-  // dx: x's shape and dtype (written; partial under tensor parallelism). grads: f32,
-  // accumulated (+=). Reads the x and saved of the matching forward.
+  // dx: x's shape and dtype (written; partial under tensor parallelism). grads: f32, written
+  // (GradMode::overwrite: every expert's, zeros for an expert without rows) or added to. Reads
+  // the x and saved of the matching forward.
   void backward(const Tensor& x, std::span<const std::int64_t> expert_rows, const ExpertWeights& weights,
                 const ExpertActivations& saved, const Tensor& dy, const Tensor& dx, const ExpertWeights& grads,
-                const ExpertScratch& scratch, StreamRef stream = {}) const;
+                const ExpertScratch& scratch, GradMode mode, StreamRef stream = {}) const;
 
  private:
   // Checks x against the layout and returns true for dropless.

@@ -148,7 +148,7 @@ void MoeLayer::forward(const Tensor& x, const MoeWeights& weights, bool training
 }
 
 void MoeLayer::backward(const Tensor& dout, const MoeWeights& weights, Arena& arena, const Tensor& dx,
-                        const MoeGrads& grads, StreamRef stream) {
+                        const MoeGrads& grads, GradMode mode, StreamRef stream) {
   const Routing& routing = router_.routing;
   const bool remote = plan_.peers > 1;
   const std::int64_t d = dout.size(1), rows = plan_.recv_rows;
@@ -175,19 +175,29 @@ void MoeLayer::backward(const Tensor& dout, const MoeWeights& weights, Arena& ar
   auto leading = [&](const Tensor& t, std::int64_t n) {
     return t.defined() ? expert_layout(t.reshape({t.numel() / t.size(-1), t.size(-1)}).slice_rows(0, n)) : Tensor();
   };
+  // The first chunk that computes writes the expert gradients in `mode`, the later ones add (the
+  // chunks run in order on the layer's stream). Chunks without rows are skipped: when none has
+  // any (no token reached this rank's experts), overwriting writes the zeros here.
+  GradMode chunk_mode = mode;
   pipeline(d_returned, d_expert_out, d_expert_in, d_send, arena, stream, [&](int j) {
     const std::int64_t n = plan_.chunk_rows(j);
     const ExpertActivations chunk{chunk_view(saved.h, j), chunk_view(saved.act, j), saved.recompute_act};
     experts_.backward(chunk_view(expert_in_, j), chunk_rows(j), weights.experts, chunk, chunk_view(d_expert_out, j),
                       chunk_view(d_expert_in, j), grads.experts, {leading(scratch.dact, n), leading(scratch.dh, n)},
-                      stream);
+                      chunk_mode, stream);
+    chunk_mode = GradMode::accumulate;
   });
+  if (chunk_mode == GradMode::overwrite) {
+    fill_bytes(grads.experts.w_in, 0, stream);
+    fill_bytes(grads.experts.w_out, 0, stream);
+  }
 
   // dx = (gradient through the experts' inputs) + (gradient through the router's input): the
   // gather writes the first, the router adds the second.
   moe_gather_rows_sum(d_send, routing.expert, routing.slot, plan_.offsets, dx, stream);
   mark_phase(timer_, "permute");
-  router_backward(router_, weights.w_router, weights.w_noise, dgate, dx, grads.w_router, grads.w_noise, arena, stream);
+  router_backward(router_, weights.w_router, weights.w_noise, dgate, dx, grads.w_router, grads.w_noise, mode, arena,
+                  stream);
   mark_phase(timer_, "router");
 }
 

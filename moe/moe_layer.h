@@ -51,7 +51,8 @@ struct MoeWeights {
   Tensor w_noise;   // [d, E] like w_router; only for gaussian noise
   ExpertWeights experts;
 };
-// Gradients: f32 (f64 with f64 weights), accumulated (+=) like every parameter gradient.
+// Gradients: f32 (f64 with f64 weights), written or added to by a GradMode like every parameter
+// gradient.
 using MoeGrads = MoeWeights;
 
 class MoeLayer {
@@ -66,10 +67,11 @@ class MoeLayer {
   // at every layout.
   void forward(const Tensor& x, const MoeWeights& weights, bool training, RngKey key, std::int64_t first_token,
                Arena& arena, const Tensor& out, StreamRef stream = {});
-  // dout: [N, d] -> dx: [N, d] (written); grads accumulate. Aux and z losses enter with
-  // gradient 1 (their coefficients are applied by the router).
+  // dout: [N, d] -> dx: [N, d] (written); grads are written (GradMode::overwrite: all of them,
+  // zeros for experts that got no tokens) or added to. Aux and z losses enter with gradient 1
+  // (their coefficients are applied by the router).
   void backward(const Tensor& dout, const MoeWeights& weights, Arena& arena, const Tensor& dx, const MoeGrads& grads,
-                StreamRef stream = {});
+                GradMode mode, StreamRef stream = {});
 
   // Optional: splits forward and backward time into router, permute, all_to_all (exposed),
   // experts and combine.

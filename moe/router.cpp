@@ -218,7 +218,7 @@ void router_forward_cpu(const RouterSettings& s, const Tensor& x, const Tensor& 
 }
 
 void router_backward_cpu(const RouterState& state, const Tensor& w_router, const Tensor& w_noise, const Tensor& dgate,
-                         const Tensor& dx, const Tensor& dw_router, const Tensor& dw_noise) {
+                         const Tensor& dx, const Tensor& dw_router, const Tensor& dw_noise, GradMode mode) {
   const RouterSettings& s = state.settings;
   const Routing& r = state.routing;
   const std::int64_t N = r.tokens, d = state.x.size(1);
@@ -253,7 +253,8 @@ void router_backward_cpu(const RouterState& state, const Tensor& w_router, const
       if (gaussian) dnoise[std::size_t(n * E + e)] = dl * get(state.noise, n * E + e) * sigmoid(get(state.noise_logits, n * E + e));
     }
   }
-  // dW += input^T dlogits (summed in double, added once); dx += factor * (dlogits W^T + dnoise Wn^T).
+  // dW (+)= input^T dlogits (summed in double, stored or added once); dx += factor * (dlogits W^T +
+  // dnoise Wn^T).
   std::vector<double> dw_sum(std::size_t(d * E), 0.0), dwn_sum(gaussian ? std::size_t(d * E) : 0, 0.0);
   std::vector<double> factor(static_cast<std::size_t>(d)), input(static_cast<std::size_t>(d));
   for (std::int64_t n = 0; n < N; ++n) {
@@ -272,9 +273,10 @@ void router_backward_cpu(const RouterState& state, const Tensor& w_router, const
       put(dx, n * d + c, get(dx, n * d + c) + acc * factor[std::size_t(c)]);
     }
   }
+  const bool accumulate = mode == GradMode::accumulate;
   for (std::int64_t i = 0; i < d * E; ++i) {
-    put(dw_router, i, get(dw_router, i) + dw_sum[std::size_t(i)]);
-    if (gaussian) put(dw_noise, i, get(dw_noise, i) + dwn_sum[std::size_t(i)]);
+    put(dw_router, i, accumulate ? get(dw_router, i) + dw_sum[std::size_t(i)] : dw_sum[std::size_t(i)]);
+    if (gaussian) put(dw_noise, i, accumulate ? get(dw_noise, i) + dwn_sum[std::size_t(i)] : dwn_sum[std::size_t(i)]);
   }
 }
 
@@ -367,7 +369,7 @@ void router_forward(const RouterSettings& settings, const Tensor& x, const Tenso
 }
 
 void router_backward(const RouterState& state, const Tensor& w_router, const Tensor& w_noise, const Tensor& dgate,
-                     const Tensor& dx, const Tensor& dw_router, const Tensor& dw_noise, Arena& arena,
+                     const Tensor& dx, const Tensor& dw_router, const Tensor& dw_noise, GradMode mode, Arena& arena,
                      StreamRef stream) {
   const char* op = "router_backward";
   const Routing& r = state.routing;
@@ -389,14 +391,22 @@ void router_backward(const RouterState& state, const Tensor& w_router, const Ten
     check_same_device(op, {&state.probs, &state.x, &w_router, &dgate, &dx, &dw_router, &w_noise, &dw_noise});
   } else {
     check_same_device(op, {&state.probs, &state.x, &w_router, &dgate, &dx, &dw_router});
+    if (dw_noise.defined()) {
+      // A noise projection without Gaussian noise in this forward (none at evaluation) gets no
+      // terms; overwriting still writes it.
+      check_weight(op, "dw_noise", dw_noise, d, E, cdt);
+      check_same_device(op, {&dx, &dw_noise});
+      if (mode == GradMode::overwrite) fill_bytes(dw_noise, 0, stream);
+    }
   }
   if (dx.is_cuda()) {
     const std::size_t mark = arena.mark();
-    SY_ROUTER_ON_CUDA(cuda::router_backward(state, w_router, w_noise, dgate, dx, dw_router, dw_noise, arena, stream));
+    SY_ROUTER_ON_CUDA(
+        cuda::router_backward(state, w_router, w_noise, dgate, dx, dw_router, dw_noise, mode, arena, stream));
     arena.release_to(mark);
     return;
   }
-  router_backward_cpu(state, w_router, w_noise, dgate, dx, dw_router, dw_noise);
+  router_backward_cpu(state, w_router, w_noise, dgate, dx, dw_router, dw_noise, mode);
 }
 
 RouterStats fetch_router_stats(const RouterState& state, StreamRef stream) {

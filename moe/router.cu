@@ -830,12 +830,13 @@ __global__ void __launch_bounds__(kThreads)
       if (e < experts) out[std::int64_t(8 * v + k) * experts + e] = acc[k][e];
 }
 
-// dw[i] += sum over chunks, in chunk order, of partial[chunk, i]. One thread per element; with
-// only d * E threads and hundreds of chunks, each thread's loads go out kBatch chunks at a time,
-// so the chain waits on L2 once per batch rather than once per chunk.
+// dw[i] (+)= sum over chunks, in chunk order, of partial[chunk, i]: added with `accumulate`,
+// stored without (dw not read). One thread per element; with only d * E threads and hundreds of
+// chunks, each thread's loads go out kBatch chunks at a time, so the chain waits on L2 once per
+// batch rather than once per chunk.
 constexpr int kChunkSumThreads = 64;  // small blocks: d * E threads spread over more SMs
 __global__ void __launch_bounds__(kChunkSumThreads)
-    add_chunk_sums_kernel(const float* partial, int chunks, std::int64_t count, float* dw) {
+    add_chunk_sums_kernel(const float* partial, int chunks, std::int64_t count, float* dw, bool accumulate) {
   constexpr int kBatch = 32;
   for (std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
        i += std::int64_t(gridDim.x) * blockDim.x) {
@@ -849,7 +850,7 @@ __global__ void __launch_bounds__(kChunkSumThreads)
         if (first + b < chunks) total += v[b];
       }
     }
-    dw[i] += total;
+    dw[i] = accumulate ? dw[i] + total : total;
   }
 }
 
@@ -1123,15 +1124,17 @@ void launch_weight_grad(const T* x, const float* dlogits, const float* dnoise, f
   SY_CUDA_LAUNCH();
 }
 
-// dw += the chunks' [count] partial sums, in chunk order.
-void add_chunk_sums(const float* partial, int chunks, std::int64_t count, float* dw, cudaStream_t stream) {
+// dw (+)= the chunks' [count] partial sums, in chunk order.
+void add_chunk_sums(const float* partial, int chunks, std::int64_t count, float* dw, GradMode mode,
+                    cudaStream_t stream) {
   const unsigned grid = unsigned(std::min<std::int64_t>(grid_for(count, kChunkSumThreads), kMaxGrid));
-  add_chunk_sums_kernel<<<grid, kChunkSumThreads, 0, stream>>>(partial, chunks, count, dw);
+  add_chunk_sums_kernel<<<grid, kChunkSumThreads, 0, stream>>>(partial, chunks, count, dw,
+                                                               mode == GradMode::accumulate);
   SY_CUDA_LAUNCH();
 }
 
-// dw_router += (x * jitter)^T · dlogits and dw_noise += (x * jitter)^T · dnoise (when dnoise is
-// set): per-chunk partials from the arena, then their ordered sum.
+// dw_router (+)= (x * jitter)^T · dlogits and dw_noise (+)= (x * jitter)^T · dnoise (when dnoise
+// is set): per-chunk partials from the arena, then their ordered sum, stored or added by `mode`.
 // Token lanes per block of the fast weight-gradient kernel for rows of `vectors` 16-byte vectors:
 // as many as fit kThreads threads and 48 KiB of lane sums, 4 at most; 0 when one row is too wide.
 int weight_grad_row_lanes(int vectors) {
@@ -1142,7 +1145,7 @@ int weight_grad_row_lanes(int vectors) {
 
 // The fast path: chunks of at least 64 rows, up to two per SM, and partial sums under kPartialBytes.
 bool router_weight_grad_rows(const Tensor& x, const float* dlogits, const float* dnoise, float* dw_router,
-                             const RouterInput& in, int experts, Arena& arena, cudaStream_t stream) {
+                             const RouterInput& in, int experts, GradMode mode, Arena& arena, cudaStream_t stream) {
   const int vectors = in.d / 8, lanes = weight_grad_row_lanes(vectors);
   if (dnoise != nullptr || experts > 8 || in.d % 8 != 0 || lanes == 0 || !aligned(x.data(), 16)) return false;
   const std::int64_t count = std::int64_t(in.d) * experts;
@@ -1159,13 +1162,13 @@ bool router_weight_grad_rows(const Tensor& x, const float* dlogits, const float*
                                                                 partial.ptr<float>(), in, experts, rows_per_chunk);
   });
   SY_CUDA_LAUNCH();
-  add_chunk_sums(partial.ptr<float>(), chunks, count, dw_router, stream);
+  add_chunk_sums(partial.ptr<float>(), chunks, count, dw_router, mode, stream);
   return true;
 }
 
 void router_weight_grad(const Tensor& x, const float* dlogits, const float* dnoise, float* dw_router, float* dw_noise,
-                        const RouterInput& in, int experts, Arena& arena, cudaStream_t stream) {
-  if (router_weight_grad_rows(x, dlogits, dnoise, dw_router, in, experts, arena, stream)) return;
+                        const RouterInput& in, int experts, GradMode mode, Arena& arena, cudaStream_t stream) {
+  if (router_weight_grad_rows(x, dlogits, dnoise, dw_router, in, experts, mode, arena, stream)) return;
   const std::int64_t count = std::int64_t(in.d) * experts;
   const int weights = dnoise != nullptr ? 2 : 1;
   const std::int64_t by_rows = (in.rows + kMinChunkRows - 1) / kMinChunkRows;
@@ -1188,8 +1191,8 @@ void router_weight_grad(const Tensor& x, const float* dlogits, const float* dnoi
                                                chunks, stream);
     }
   });
-  add_chunk_sums(partial.ptr<float>(), chunks, count, dw_router, stream);
-  if (dnoise != nullptr) add_chunk_sums(noise_out, chunks, count, dw_noise, stream);
+  add_chunk_sums(partial.ptr<float>(), chunks, count, dw_router, mode, stream);
+  if (dnoise != nullptr) add_chunk_sums(noise_out, chunks, count, dw_noise, mode, stream);
 }
 
 constexpr std::size_t input_grad_smem_limit() {
@@ -1315,15 +1318,21 @@ void router_losses(const RouterSettings& settings, const Tensor& local, const Te
 }
 
 void router_backward(const RouterState& state, const Tensor& w_router, const Tensor& w_noise, const Tensor& dgate,
-                     const Tensor& dx, const Tensor& dw_router, const Tensor& dw_noise, Arena& arena,
+                     const Tensor& dx, const Tensor& dw_router, const Tensor& dw_noise, GradMode mode, Arena& arena,
                      StreamRef stream) {
   const RouterSettings& settings = state.settings;
   const Routing& r = state.routing;
   const std::int64_t N = r.tokens;
   const int E = r.experts;
-  if (N == 0 || state.x.size(1) == 0) return;  // no tokens or no channels: nothing to add
   const cudaStream_t s = to_cuda(stream);
   const bool gaussian = state.noise.defined();
+  if (N == 0 || state.x.size(1) == 0) {  // no tokens or no channels: nothing to add, zeros to store
+    if (mode == GradMode::overwrite) {
+      SY_CUDA(cudaMemsetAsync(dw_router.data(), 0, dw_router.bytes(), s));
+      if (gaussian) SY_CUDA(cudaMemsetAsync(dw_noise.data(), 0, dw_noise.bytes(), s));
+    }
+    return;
+  }
   const bool jitter = state.training && settings.noise == RouterNoise::jitter && settings.jitter_eps > 0;
   Tensor dlogits = arena.alloc({N, E}, DType::f32);
   Tensor dnoise = gaussian ? arena.alloc({N, E}, DType::f32) : Tensor{};
@@ -1336,7 +1345,7 @@ void router_backward(const RouterState& state, const Tensor& w_router, const Ten
   const RouterInput in = router_input(state, jitter);
   const float* dnoise_ptr = gaussian ? dnoise.ptr<float>() : nullptr;
   router_weight_grad(state.x, dlogits.ptr<float>(), dnoise_ptr, dw_router.ptr<float>(),
-                     gaussian ? dw_noise.ptr<float>() : nullptr, in, E, arena, s);
+                     gaussian ? dw_noise.ptr<float>() : nullptr, in, E, mode, arena, s);
   router_input_grad(dlogits.ptr<float>(), dnoise_ptr, w_router.ptr<float>(), gaussian ? w_noise.ptr<float>() : nullptr,
                     dx, in, E, s);
 }

@@ -30,6 +30,7 @@
 #include <string>
 #include <vector>
 
+#include "core/ops.h"
 #include "core/rng.h"
 #include "core/storage.h"
 #include "core/stream.h"
@@ -114,11 +115,12 @@ void router_forward(const RouterSettings& settings, const Tensor& x, const Tenso
 // RouterState::x). dx: [N, d] x's dtype, accumulated: dx += d loss / d x through the router.
 // This is an exception to activation gradients being overwritten: the MoE layer's input
 // gradient is the sum of the dispatch path's and the router's, and adding in place spares it an
-// [N, d] buffer and a pass over it. dw_router, dw_noise: [d, E] f32 (f64 with f64 x),
-// accumulated; dw_noise is touched only for gaussian training noise. Scratch from `arena`,
-// released before returning.
+// [N, d] buffer and a pass over it. dw_router, dw_noise: [d, E] f32 (f64 with f64 x), written
+// or added to by `mode` (zeros when overwritten without tokens). dw_noise may be undefined
+// without gaussian training noise; given without it, it gets no terms (zeros when overwritten).
+// Scratch from `arena`, released before returning.
 void router_backward(const RouterState& state, const Tensor& w_router, const Tensor& w_noise, const Tensor& dgate,
-                     const Tensor& dx, const Tensor& dw_router, const Tensor& dw_noise, Arena& arena,
+                     const Tensor& dx, const Tensor& dw_router, const Tensor& dw_noise, GradMode mode, Arena& arena,
                      StreamRef stream = {});
 
 // The statistics of one forward on the host, for logging. Synchronises `stream`.

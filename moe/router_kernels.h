@@ -46,7 +46,7 @@ void router_forward(const RouterSettings& settings, const Tensor& x, const Tenso
 void router_losses(const RouterSettings& settings, const Tensor& local, const Tensor& global, RouterState& state,
                    StreamRef stream);
 void router_backward(const RouterState& state, const Tensor& w_router, const Tensor& w_noise, const Tensor& dgate,
-                     const Tensor& dx, const Tensor& dw_router, const Tensor& dw_noise, Arena& arena,
+                     const Tensor& dx, const Tensor& dw_router, const Tensor& dw_noise, GradMode mode, Arena& arena,
                      StreamRef stream);
 
 }  // namespace cuda

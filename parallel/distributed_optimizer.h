@@ -47,7 +47,8 @@ class DistributedOptimizer {
   // scales them by min(1, max_grad_norm / (norm + 1e-6)) inside AdamW (max_grad_norm <= 0: no
   // clipping) and updates masters and compute copies. step_number is 1-based. Everything is
   // enqueued on the compute stream: the host does not wait for the norm. Gradients are left as
-  // they are: zero them (ParameterRegistry::zero_grads) before the next backward.
+  // they are, and every read of them (here and in the gradient sync) is ordered before the
+  // compute stream's next work, so the next step's first backward may overwrite them (GradMode).
   void step(float lr, int step_number, float max_grad_norm);
   // The last step's gradient norm (before clipping); waits for the compute stream.
   float grad_norm();

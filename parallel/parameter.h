@@ -57,7 +57,7 @@ class Parameter {
 
   // This rank's slice, viewed with the local shape. Valid after ParameterRegistry::allocate.
   const Tensor& master() const;   // fp32 master weights
-  const Tensor& grad() const;     // fp32, accumulates over backward calls; zeroed once per step
+  const Tensor& grad() const;     // fp32; a step's first backward overwrites it, later ones add
   const Tensor& compute() const;  // the compute copy (e.g. bf16); undefined when the registry has none
 
   // Placement in the group's flat buffers (elements) and the bucket holding the gradient.
@@ -115,8 +115,8 @@ class ParameterRegistry {
 
   // Registration order must be forward order. The returned reference stays valid.
   Parameter& add(ParameterSpec spec);
-  // Plans the flat layout and buckets, allocates (masters, compute copies and padding zeroed),
-  // and binds every parameter's tensors. No add() after this.
+  // Plans the flat layout and buckets, allocates (masters, gradients and compute copies zeroed,
+  // padding included), and binds every parameter's tensors. No add() after this.
   void allocate();
   bool allocated() const { return allocated_; }
 
@@ -128,6 +128,9 @@ class ParameterRegistry {
   const ParameterGroup& group(ReduceGroup group) const;
 
   // Zeroes every gradient, padding included (padding must stay zero: it is reduced and counted).
+  // allocate() already zeroes them, and training needs no zeroing after that: a step's first
+  // backward overwrites each parameter's gradient and never writes padding, whose zeros the
+  // gradient sync's all-reduce only sums. For code that fills gradients itself.
   void zero_grads(StreamRef stream = {});
   // Copies every master into its compute copy (after initialisation or loading a checkpoint).
   void refresh_compute_copies(StreamRef stream = {});

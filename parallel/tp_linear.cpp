@@ -47,11 +47,11 @@ void column_parallel_forward(Communicator& tp, const Tensor& x, const Tensor& we
 }
 
 void column_parallel_backward(Communicator& tp, const Tensor& x, const Tensor& weight, const Tensor& dy,
-                              const Tensor& dx, const Tensor& dweight, StreamRef stream) {
+                              const Tensor& dx, const Tensor& dweight, GradMode mode, StreamRef stream) {
   const char* op = "column_parallel_backward";
   check_linear_inputs(op, tp, x, weight);
   check_linear_grads(op, x, weight, dy, dx, dweight);
-  gemm(dy, x, dweight, true, false, 1.0f, 1.0f, stream);  // dweight += dy^T x, f32 output
+  gemm(dy, x, dweight, true, false, 1.0f, grad_beta(mode), stream);  // dweight (+)= dy^T x, f32 output
   gemm(dy, weight, dx, false, false, 1.0f, 0.0f, stream);  // this rank's Out slice of dy W
   tp.all_reduce(dx, ReduceOp::sum, stream);
 }
@@ -68,11 +68,11 @@ void row_parallel_forward(Communicator& tp, const Tensor& x, const Tensor& weigh
 }
 
 void row_parallel_backward(Communicator& tp, const Tensor& x, const Tensor& weight, const Tensor& dy,
-                           const Tensor& dx, const Tensor& dweight, StreamRef stream) {
+                           const Tensor& dx, const Tensor& dweight, GradMode mode, StreamRef stream) {
   const char* op = "row_parallel_backward";
   check_linear_inputs(op, tp, x, weight);
   check_linear_grads(op, x, weight, dy, dx, dweight);
-  gemm(dy, x, dweight, true, false, 1.0f, 1.0f, stream);   // dweight += dy^T x, f32 output
+  gemm(dy, x, dweight, true, false, 1.0f, grad_beta(mode), stream);  // dweight (+)= dy^T x, f32 output
   gemm(dy, weight, dx, false, false, 1.0f, 0.0f, stream);  // dx = dy W
 }
 

@@ -5,10 +5,12 @@
 //
 // Weights are [out_features, in_features] as in torch (y = x W^T). Axes: N rows (tokens),
 // In / Out the full feature sizes, tp the group size. Activations and weights share a dtype
-// (f32 or bf16; f64 on CPU); dweight is f32 and ACCUMULATES (+=), the convention of core/ops.h.
+// (f32 or bf16; f64 on CPU); dweight is f32, overwritten or added to by a GradMode, the
+// convention of core/ops.h.
 // Nothing here allocates: the caller passes every output.
 #pragma once
 
+#include "core/ops.h"
 #include "core/stream.h"
 #include "core/tensor.h"
 #include "parallel/communicator.h"
@@ -21,9 +23,9 @@ namespace sy {
 void column_parallel_forward(Communicator& tp, const Tensor& x, const Tensor& weight, const Tensor& y,
                              StreamRef stream = {});
 // dy: [N, Out/tp]; dx: [N, In] (written) = dy W summed over tp, complete on every rank;
-// dweight: [Out/tp, In] f32 += dy^T x.
+// dweight: [Out/tp, In] f32 (+)= dy^T x.
 void column_parallel_backward(Communicator& tp, const Tensor& x, const Tensor& weight, const Tensor& dy,
-                              const Tensor& dx, const Tensor& dweight, StreamRef stream = {});
+                              const Tensor& dx, const Tensor& dweight, GradMode mode, StreamRef stream = {});
 
 // ---- row-parallel: input features split over tp ---------------------------------------------
 // x: [N, In/tp], this rank's columns of the input (a column-parallel output); weight:
@@ -32,9 +34,9 @@ void column_parallel_backward(Communicator& tp, const Tensor& x, const Tensor& w
 void row_parallel_forward(Communicator& tp, const Tensor& x, const Tensor& weight, const Tensor& y,
                           StreamRef stream = {});
 // dy: [N, Out] (the same on every tp rank); dx: [N, In/tp] (written) = dy W;
-// dweight: [Out, In/tp] f32 += dy^T x. No communication.
+// dweight: [Out, In/tp] f32 (+)= dy^T x. No communication.
 void row_parallel_backward(Communicator& tp, const Tensor& x, const Tensor& weight, const Tensor& dy,
-                           const Tensor& dx, const Tensor& dweight, StreamRef stream = {});
+                           const Tensor& dx, const Tensor& dweight, GradMode mode, StreamRef stream = {});
 
 // ---- shards ---------------------------------------------------------------------------------
 // How a [Out, In] weight is split: by rows (column-parallel) or by columns (row-parallel).

@@ -124,6 +124,7 @@ struct Model::Block {
 struct Model::Saved {
   Tensor tokens, targets, x0, x_last, final_rstd, xf, dxf, lse, losses;
   std::int64_t batch = 0, seq = 0;
+  GradMode grads = GradMode::overwrite;  // of the last training forward
 };
 
 Model::Model(const Config& config, const ProcessGrid& grid, ParameterRegistry& registry, DType compute_dtype)
@@ -273,8 +274,9 @@ void Model::initialize(std::uint64_t seed, StreamRef stream) {
 }
 
 void Model::forward(const Tensor& tokens, const Tensor& targets, std::int64_t first_token, bool training,
-                    float loss_scale, Arena& arena, const Tensor& losses, StreamRef stream) {
+                    float loss_scale, GradMode grads, Arena& arena, const Tensor& losses, StreamRef stream) {
   Saved& s = *saved_;
+  s.grads = grads;
   s.batch = tokens.size(0);
   s.seq = tokens.size(1);
   const std::int64_t n = s.batch * s.seq, qkv_cols = (local_heads_ + 2 * local_kv_heads_) * head_dim_;
@@ -384,12 +386,13 @@ void Model::forward(const Tensor& tokens, const Tensor& targets, std::int64_t fi
   s.x_last = x;
   // LM head and loss over row chunks, so the [N, V] logits never exist whole (1 GiB at the
   // benchmark shape). Training runs the head's backward here too, while a chunk's logits are
-  // at hand: dlogits overwrite them (cross_entropy_forward_backward allows it), dW accumulates, and the
-  // chunk's rows of dxf are kept for backward.
+  // at hand: dlogits overwrite them (cross_entropy_forward_backward allows it), the first chunk
+  // writes dW in this micro-batch's mode and the others add to it, and the chunk's rows of dxf
+  // are kept for backward. This is the step's first gradient write (see train/trainer.cpp on
+  // why it needs no wait).
   s.lse = arena.alloc({n}, DType::f32);
   s.dxf = training ? arena.alloc({n, d_}, dtype_) : Tensor();
   const std::size_t logits_mark = arena.mark();
-  if (training && grads_zeroed_ != nullptr) grads_zeroed_->wait_on(stream);  // the first gradient write follows
   const std::int64_t chunk = logit_chunk_rows(n, vocab_, dtype_);
   const Tensor logits_buffer = arena.alloc({chunk, vocab_}, dtype_);
   const Tensor& w_head = weight(lm_head_);
@@ -404,14 +407,15 @@ void Model::forward(const Tensor& tokens, const Tensor& targets, std::int64_t fi
     }
     cross_entropy_forward_backward(logits, targets_c, losses.slice_rows(r0, rows), lse, logits, loss_scale, -100,
                                    stream);
-    gemm(logits, xf, lm_head_->grad(), true, false, 1.0f, 1.0f, stream);
+    gemm(logits, xf, lm_head_->grad(), true, false, 1.0f, r0 == 0 ? grad_beta(grads) : 1.0f, stream);
     gemm(logits, w_head, s.dxf.slice_rows(r0, rows), false, false, 1.0f, 0.0f, stream);
   }
   arena.release_to(logits_mark);
   mark_phase(timer_, "compute");
 }
 
-void Model::backward(Arena& arena, StreamRef stream, const std::function<void(const Parameter&)>& grad_ready) {
+void Model::backward(GradMode grads, Arena& arena, StreamRef stream,
+                     const std::function<void(const Parameter&)>& grad_ready) {
   Saved& s = *saved_;
   const std::int64_t n = s.batch * s.seq, qkv_cols = (local_heads_ + 2 * local_kv_heads_) * head_dim_;
   const float theta = float(config_.model.rope_theta);
@@ -421,11 +425,15 @@ void Model::backward(Arena& arena, StreamRef stream, const std::function<void(co
   };
 
   SY_CHECK(s.dxf.defined()) << "Model::backward: the last forward was not a training forward";
+  SY_CHECK(grads == s.grads) << "Model::backward: the forward wrote the LM head's gradient in "
+                             << (s.grads == GradMode::overwrite ? "overwrite" : "accumulate")
+                             << " mode, backward was asked for the other (both take the micro-batch's mode)";
+  const float beta = grad_beta(grads);
   // The LM head's backward ran in forward (its gradient is complete); dxf is its input gradient.
   if (lm_head_ != embed_) ready(lm_head_);
   // dx: the residual stream's gradient; each norm's input gradient is added into it.
   Tensor dx = arena.alloc({n, d_}, dtype_);
-  rmsnorm_backward(s.x_last, weight(final_norm_), s.final_rstd, s.dxf, dx, final_norm_->grad(), stream);
+  rmsnorm_backward(s.x_last, weight(final_norm_), s.final_rstd, s.dxf, dx, final_norm_->grad(), grads, stream);
   ready(final_norm_);
 
   const std::int64_t q_cols = local_heads_ * head_dim_, kv_cols = local_kv_heads_ * head_dim_;
@@ -440,14 +448,14 @@ void Model::backward(Arena& arena, StreamRef stream, const std::function<void(co
       MoeWeights w{b.router->master(), b.noise ? b.noise->master() : Tensor(), {weight(b.w_in), weight(b.w_out)}};
       MoeGrads g{b.router->grad(), b.noise ? b.noise->grad() : Tensor(), {b.w_in->grad(), b.w_out->grad()}};
       mark_phase(timer_, "compute");
-      b.moe->backward(dx, w, arena, dh2, g, stream);
+      b.moe->backward(dx, w, arena, dh2, g, grads, stream);
       ready(b.w_out);
       ready(b.w_in);
       ready(b.noise);
       ready(b.router);
     } else {
       Tensor da = arena.alloc(b.a.shape(), dtype_);
-      row_parallel_backward(tp, b.a, weight(b.down), dx, da, b.down->grad(), stream);
+      row_parallel_backward(tp, b.a, weight(b.down), dx, da, b.down->grad(), grads, stream);
       ready(b.down);
       Tensor du = arena.alloc(b.u.shape(), dtype_);
       if (config_.model.activation == "swiglu") {
@@ -457,15 +465,15 @@ void Model::backward(Arena& arena, StreamRef stream, const std::function<void(co
       } else {
         gelu_backward(b.u, da, du, stream);
       }
-      column_parallel_backward(tp, b.h2, weight(b.up), du, dh2, b.up->grad(), stream);
+      column_parallel_backward(tp, b.h2, weight(b.up), du, dh2, b.up->grad(), grads, stream);
       ready(b.up);
     }
-    rmsnorm_backward_residual(b.x_mid, weight(b.ffn_norm), b.rstd2, dh2, dx, b.ffn_norm->grad(), stream);
+    rmsnorm_backward_residual(b.x_mid, weight(b.ffn_norm), b.rstd2, dh2, dx, b.ffn_norm->grad(), grads, stream);
     ready(b.ffn_norm);  // dx is now d x_mid
 
     // Attention.
     Tensor d_rows = arena.alloc({n, q_cols}, dtype_);
-    row_parallel_backward(tp, b.attn_rows, weight(b.out), dx, d_rows, b.out->grad(), stream);
+    row_parallel_backward(tp, b.attn_rows, weight(b.out), dx, d_rows, b.out->grad(), grads, stream);
     ready(b.out);
     Tensor dqkv = arena.alloc({n, qkv_cols}, dtype_);
     if (!b.probs.defined()) {
@@ -499,7 +507,7 @@ void Model::backward(Arena& arena, StreamRef stream, const std::function<void(co
     Tensor dh1 = arena.alloc({n, d_}, dtype_);
     const Tensor w_qkv = qkv_weight(b), dw_qkv = qkv_grad(b);
     if (w_qkv.defined() && dw_qkv.defined()) {
-      gemm(dqkv, b.h1, dw_qkv, true, false, 1.0f, 1.0f, stream);
+      gemm(dqkv, b.h1, dw_qkv, true, false, 1.0f, beta, stream);
       ready(b.v);
       ready(b.k);
       ready(b.q);
@@ -508,22 +516,23 @@ void Model::backward(Arena& arena, StreamRef stream, const std::function<void(co
       const Tensor dq_rows = dqkv.as_strided({n, q_cols}, {qkv_cols, 1}, 0);
       const Tensor dk_rows = dqkv.as_strided({n, kv_cols}, {qkv_cols, 1}, q_cols);
       const Tensor dv_rows = dqkv.as_strided({n, kv_cols}, {qkv_cols, 1}, q_cols + kv_cols);
-      gemm(dv_rows, b.h1, b.v->grad(), true, false, 1.0f, 1.0f, stream);
+      gemm(dv_rows, b.h1, b.v->grad(), true, false, 1.0f, beta, stream);
       ready(b.v);
-      gemm(dk_rows, b.h1, b.k->grad(), true, false, 1.0f, 1.0f, stream);
+      gemm(dk_rows, b.h1, b.k->grad(), true, false, 1.0f, beta, stream);
       ready(b.k);
-      gemm(dq_rows, b.h1, b.q->grad(), true, false, 1.0f, 1.0f, stream);
+      gemm(dq_rows, b.h1, b.q->grad(), true, false, 1.0f, beta, stream);
       ready(b.q);
       gemm(dq_rows, weight(b.q), dh1, false, false, 1.0f, 0.0f, stream);
       gemm(dk_rows, weight(b.k), dh1, false, false, 1.0f, 1.0f, stream);
       gemm(dv_rows, weight(b.v), dh1, false, false, 1.0f, 1.0f, stream);
     }
     if (tp.size() > 1) tp.all_reduce(dh1, ReduceOp::sum, stream);
-    rmsnorm_backward_residual(b.x_in, weight(b.attn_norm), b.rstd1, dh1, dx, b.attn_norm->grad(), stream);
+    rmsnorm_backward_residual(b.x_in, weight(b.attn_norm), b.rstd1, dh1, dx, b.attn_norm->grad(), grads, stream);
     ready(b.attn_norm);  // dx is now d x_in
     arena.release_to(block_mark);
   }
-  embedding_backward(s.tokens, dx, embed_->grad(), stream);
+  // Tied: the LM head (the same tensor) wrote this micro-batch's gradient first, in forward.
+  embedding_backward(s.tokens, dx, embed_->grad(), lm_head_ == embed_ ? GradMode::accumulate : grads, stream);
   ready(embed_);
   mark_phase(timer_, "compute");
 }

@@ -20,7 +20,6 @@
 #include "moe/moe_layer.h"
 #include "parallel/parameter.h"
 #include "parallel/process_grid.h"
-#include "parallel/stream_event.h"
 #include "train/config.h"
 
 namespace sy {
@@ -49,16 +48,18 @@ class Model {
   // Per-token losses go to `losses` ([B*T] f32, written). Activations come from `arena`, which
   // must live until backward. Training also runs the LM head's backward, chunk by chunk with the
   // loss (the [B*T, V] logits never exist whole): `loss_scale` multiplies every token's loss
-  // gradient (1 / (tokens x micro-batches)); it is unused when not training.
+  // gradient (1 / (tokens x micro-batches)), and `grads` says how this micro-batch writes the
+  // parameter gradients: GradMode::overwrite for the first micro-batch of a step (the gradients
+  // may hold anything before it, the last step's values or NaN), accumulate for the others. Both
+  // are unused when not training.
   void forward(const Tensor& tokens, const Tensor& targets, std::int64_t first_token, bool training, float loss_scale,
-               Arena& arena, const Tensor& losses, StreamRef stream);
-  // Backward of the last (training) forward: d(mean loss)/d params accumulate into the gradients.
-  // `grad_ready` is called for each parameter when its gradient is complete (last micro-batch
-  // only, so gradient sync can start during backward); may be empty.
-  void backward(Arena& arena, StreamRef stream, const std::function<void(const Parameter&)>& grad_ready);
-  // A training forward waits (on the device) for this event before it first writes a gradient,
-  // so the gradients can be zeroed on another stream meanwhile; null: no wait.
-  void wait_before_gradients(const StreamEvent* event) { grads_zeroed_ = event; }
+               GradMode grads, Arena& arena, const Tensor& losses, StreamRef stream);
+  // Backward of the last (training) forward, with that forward's `grads`: every gradient becomes
+  // d(mean loss)/d params of this micro-batch (overwrite) or has it added (accumulate); padding
+  // between parameters in the registry's buffers is never written. `grad_ready` is called for
+  // each parameter when its gradient is complete (last micro-batch only, so gradient sync can
+  // start during backward); may be empty.
+  void backward(GradMode grads, Arena& arena, StreamRef stream, const std::function<void(const Parameter&)>& grad_ready);
 
   // Routing statistics of the MoE blocks from the last forward (waits for the stream).
   std::vector<RouterStats> moe_stats(StreamRef stream) const;
@@ -97,7 +98,6 @@ class Model {
   std::vector<double> init_scales_;       // per params_ entry: std multiplier, 0 = ones
   std::unique_ptr<Saved> saved_;
   PhaseTimer* timer_ = nullptr;
-  const StreamEvent* grads_zeroed_ = nullptr;
 };
 
 }  // namespace sy

@@ -19,7 +19,6 @@
 #include "core/phase_timer.h"
 #include "parallel/distributed_optimizer.h"
 #include "parallel/process_grid.h"
-#include "parallel/stream_event.h"
 #include "train/checkpoint.h"
 #include "train/data_loader.h"
 #include "train/host_slots.h"
@@ -205,12 +204,6 @@ TrainResult train(const Config& c, MpiRuntime& runtime, int job) {
 
   Stream stream_owner = device == Device::cuda ? Stream::create() : Stream();
   const StreamRef stream = stream_owner.ref();
-  // Gradients are zeroed on a second stream while the forward runs: the first gradient write
-  // (the LM head's backward, at the end of the forward) waits for it. 2.1 GB of writes at the
-  // benchmark shape, hidden under the forward's GEMMs instead of standing alone.
-  Stream zero_stream_owner = device == Device::cuda ? Stream::create() : Stream();
-  const StreamRef zero_stream = zero_stream_owner.ref();
-  StreamEvent step_started(device), grads_zeroed(device);
   // The MoE layers' chunked all-to-alls run here while their experts compute (moe.dispatch_chunks).
   Stream moe_comm_owner = device == Device::cuda ? Stream::create() : Stream();
   std::unique_ptr<Communicator> device_world = device == Device::cuda ? make_nccl_world() : nullptr;
@@ -358,11 +351,14 @@ TrainResult train(const Config& c, MpiRuntime& runtime, int job) {
     if (step + 1 == c.run.profile_step) profiler_start();
     const double lr = learning_rate(c, step);
     phases.start();
-    step_started.record(stream);  // the last step's optimizer has read the gradients
-    step_started.wait_on(zero_stream);
-    registry.zero_grads(zero_stream);
-    grads_zeroed.record(zero_stream);
-    model.wait_before_gradients(&grads_zeroed);
+    // Nothing zeroes the gradients: micro-batch 0 overwrites every one of them (the LM head's in
+    // its forward, the rest in its backward) and later micro-batches add to them. That first
+    // write is safe without a wait because everything that reads the last step's gradients is
+    // ordered before it on `stream`: the optimizer's norm and AdamW run on `stream`, and the
+    // gradient sync's reductions, which read (and under ZeRO-1 reduce-scatter out of) the
+    // gradients on the sync's own communication stream during backward, are joined to `stream`
+    // by GradSync::finish at the start of optimizer.step. On the CPU every call completes when
+    // issued.
     for (int micro = 0; micro < c.train.grad_accum; ++micro) {
       arena.reset();
       load(false, nullptr);
@@ -370,9 +366,11 @@ TrainResult train(const Config& c, MpiRuntime& runtime, int job) {
       const std::int64_t first_token =
           ((std::int64_t(step) * c.train.grad_accum + micro) * layout.dp_size() + grid.coords().dp) * n;
       const float loss_scale = float(1.0 / double(n * c.train.grad_accum));
-      model.forward(inputs_dev, targets_dev, first_token, true, loss_scale, arena, losses.view().select(micro), stream);
+      const GradMode grads = micro == 0 ? GradMode::overwrite : GradMode::accumulate;
+      model.forward(inputs_dev, targets_dev, first_token, true, loss_scale, grads, arena, losses.view().select(micro),
+                    stream);
       const bool last = micro + 1 == c.train.grad_accum;
-      model.backward(arena, stream,
+      model.backward(grads, arena, stream,
                      last ? [&](const Parameter& p) { optimizer.grad_ready(p); } : std::function<void(const Parameter&)>());
     }
     optimizer.step(float(lr), step + 1, float(c.train.max_grad_norm));
@@ -411,7 +409,7 @@ TrainResult train(const Config& c, MpiRuntime& runtime, int job) {
         arena.reset();
         const DataPosition at{0, i % std::max<std::int64_t>(1, val->steps_per_epoch())};
         load(true, &at);
-        model.forward(inputs_dev, targets_dev, 0, false, 0.0f, arena, eval_losses, stream);
+        model.forward(inputs_dev, targets_dev, 0, false, 0.0f, GradMode::overwrite, arena, eval_losses, stream);
         sum += mean_loss(eval_losses);
       }
       val_loss = mean_over(*host, sum / c.eval.batches);

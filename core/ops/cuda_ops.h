@@ -33,16 +33,17 @@ void gemm_grouped_trans_a(const Tensor& a, const Tensor& b, const Tensor& c, con
                           std::size_t groups, float alpha, float beta, StreamRef stream);
 
 void embedding_forward(const Tensor& tokens, const Tensor& weight, const Tensor& out, StreamRef stream);
-void embedding_backward(const Tensor& tokens, const Tensor& dout, const Tensor& dweight, StreamRef stream);
+void embedding_backward(const Tensor& tokens, const Tensor& dout, const Tensor& dweight, GradMode mode,
+                        StreamRef stream);
 
 void rmsnorm_forward(const Tensor& x, const Tensor& weight, const Tensor& y, const Tensor& rstd, float eps,
                      StreamRef stream);
 void rmsnorm_backward(const Tensor& x, const Tensor& weight, const Tensor& rstd, const Tensor& dy, const Tensor& dx,
-                      const Tensor& dweight, StreamRef stream);
+                      const Tensor& dweight, GradMode mode, StreamRef stream);
 void add_rmsnorm_forward(const Tensor& a, const Tensor& b, const Tensor& sum, const Tensor& weight, const Tensor& y,
                          const Tensor& rstd, float eps, StreamRef stream);
 void rmsnorm_backward_residual(const Tensor& x, const Tensor& weight, const Tensor& rstd, const Tensor& dy,
-                               const Tensor& dresidual, const Tensor& dweight, StreamRef stream);
+                               const Tensor& dresidual, const Tensor& dweight, GradMode mode, StreamRef stream);
 
 void rope_forward(const Tensor& x, const Tensor& y, float theta, StreamRef stream);
 void rope_backward(const Tensor& dy, const Tensor& dx, float theta, StreamRef stream);

@@ -34,14 +34,16 @@ void embedding_forward_cpu(const Tensor& tokens, const Tensor& weight, const Ten
 }
 
 // Visits the positions of each token in ascending order and sums their rows in double, then
-// adds the sum to dweight once: the same rounding as the other references' parameter
-// gradients, with scratch of one row rather than [V, C].
+// adds the sum to dweight once (or stores it, when overwriting): the same rounding as the other
+// references' parameter gradients, with scratch of one row rather than [V, C].
 template <class T>
-void embedding_backward_cpu(const Tensor& tokens, const Tensor& dout, const Tensor& dweight) {
+void embedding_backward_cpu(const Tensor& tokens, const Tensor& dout, const Tensor& dweight, GradMode mode) {
   const std::int64_t rows = tokens.size(0), channels = dweight.size(1);
   const std::int32_t* tp = tokens.ptr<std::int32_t>();
   const T* dop = dout.ptr<T>();
   float* dwp = dweight.ptr<float>();
+  const bool overwrite = mode == GradMode::overwrite;
+  if (overwrite) std::fill(dwp, dwp + dweight.numel(), 0.0f);  // rows of tokens the batch lacks
   std::vector<std::int64_t> order(static_cast<std::size_t>(rows));
   std::iota(order.begin(), order.end(), std::int64_t{0});
   std::stable_sort(order.begin(), order.end(), [&](std::int64_t a, std::int64_t b) { return tp[a] < tp[b]; });
@@ -55,7 +57,8 @@ void embedding_backward_cpu(const Tensor& tokens, const Tensor& dout, const Tens
       for (std::int64_t c = 0; c < channels; ++c) sum[std::size_t(c)] += to_double(dr[c]);
     }
     float* dwr = dwp + std::int64_t(token) * channels;
-    for (std::int64_t c = 0; c < channels; ++c) dwr[c] = float(dwr[c] + sum[std::size_t(c)]);
+    for (std::int64_t c = 0; c < channels; ++c)
+      dwr[c] = overwrite ? float(sum[std::size_t(c)]) : float(dwr[c] + sum[std::size_t(c)]);
     begin = end;
   }
 }
@@ -88,7 +91,8 @@ void embedding_forward(const Tensor& tokens, const Tensor& weight, const Tensor&
   });
 }
 
-void embedding_backward(const Tensor& tokens, const Tensor& dout, const Tensor& dweight, StreamRef stream) {
+void embedding_backward(const Tensor& tokens, const Tensor& dout, const Tensor& dweight, GradMode mode,
+                        StreamRef stream) {
   const char* op = "embedding_backward";
   check_tokens_arg(op, tokens);
   check_contiguous(op, "dweight", dweight);
@@ -99,12 +103,12 @@ void embedding_backward(const Tensor& tokens, const Tensor& dout, const Tensor& 
   check_shape(op, "dout", dout, {tokens.size(0), dweight.size(1)});
   check_same_device(op, {&tokens, &dout, &dweight});
   if (dout.is_cuda()) {
-    SY_ON_CUDA(cuda::embedding_backward(tokens, dout, dweight, stream));
+    SY_ON_CUDA(cuda::embedding_backward(tokens, dout, dweight, mode, stream));
     return;
   }
   check_tokens_in_vocabulary(op, tokens, dweight.size(0));
   cpu::dispatch_float(dout, [&](auto* type) {
-    embedding_backward_cpu<std::remove_pointer_t<decltype(type)>>(tokens, dout, dweight);
+    embedding_backward_cpu<std::remove_pointer_t<decltype(type)>>(tokens, dout, dweight, mode);
   });
 }
 

@@ -25,6 +25,19 @@ void gemm_cublas(const char* op, const Tensor& a, const Tensor& b, const Tensor&
   check_fits_int(op, "leading dimension of a", lda);
   check_fits_int(op, "leading dimension of b", ldb);
   check_fits_int(op, "leading dimension of c", ldc);
+  if (k == 0 && (beta == 0.0f || beta == 1.0f)) {
+    // An empty reduction (a weight gradient over no rows) leaves c = beta * c. At beta = 0, the
+    // overwrite of a gradient, c may hold anything, NaN included, so it is cleared rather than
+    // handed to cuBLAS; at beta = 1 there is nothing to do.
+    if (beta == 1.0f) return;
+    const std::size_t element = dtype_size(c.dtype());
+    for (std::int64_t item = 0; item < batch; ++item) {
+      char* matrix = static_cast<char*>(c.data()) + std::size_t(item * (batched ? c.stride(0) : 0)) * element;
+      SY_CUDA(cudaMemset2DAsync(matrix, std::size_t(ldc) * element, 0, std::size_t(n) * element, std::size_t(m),
+                                to_cuda(stream)));
+    }
+    return;
+  }
 
   cublasHandle_t handle = cublas_context().bind(to_cuda(stream));
   // Column-major C^T [N, M] = op(B)^T [N, K] x op(A)^T [K, M]: b first, then a.

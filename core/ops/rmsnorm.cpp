@@ -28,13 +28,13 @@ void rmsnorm_forward_cpu(const Tensor& x, const Tensor& weight, const Tensor& y,
   }
 }
 
-// With xhat = x * rstd: dx = rstd * (dy*w - xhat * mean(dy*w*xhat)); dweight += sum_n dy*xhat.
+// With xhat = x * rstd: dx = rstd * (dy*w - xhat * mean(dy*w*xhat)); dweight (+)= sum_n dy*xhat.
 // Uses the saved f32 rstd, as the CUDA kernel does (relative error ~1e-7, far below the
 // tolerances of the fp64 gradient check).
 // With `accumulate`, dx += the input gradient (the residual stream's gradient).
 template <class T>
 void rmsnorm_backward_cpu(const Tensor& x, const Tensor& weight, const Tensor& rstd, const Tensor& dy,
-                          const Tensor& dx, const Tensor& dweight, bool accumulate) {
+                          const Tensor& dx, const Tensor& dweight, bool accumulate, GradMode mode) {
   const std::int64_t rows = x.size(0), channels = x.size(1);
   const T* xp = x.ptr<T>();
   const T* wp = weight.ptr<T>();
@@ -57,7 +57,8 @@ void rmsnorm_backward_cpu(const Tensor& x, const Tensor& weight, const Tensor& r
       dw[std::size_t(c)] += to_double(dyr[c]) * xhat;
     }
   }
-  for (std::int64_t c = 0; c < channels; ++c) dwp[c] = float(dwp[c] + dw[std::size_t(c)]);
+  for (std::int64_t c = 0; c < channels; ++c)
+    dwp[c] = mode == GradMode::accumulate ? float(dwp[c] + dw[std::size_t(c)]) : float(dw[std::size_t(c)]);
 }
 
 void check_rmsnorm_args(const char* op, const Tensor& x, const Tensor& weight, const Tensor& rstd) {
@@ -84,9 +85,9 @@ void check_rmsnorm_backward_args(const char* op, const Tensor& x, const Tensor& 
 }
 
 void rmsnorm_backward_any(const Tensor& x, const Tensor& weight, const Tensor& rstd, const Tensor& dy,
-                          const Tensor& dx, const Tensor& dweight, bool accumulate) {
+                          const Tensor& dx, const Tensor& dweight, bool accumulate, GradMode mode) {
   cpu::dispatch_float(x, [&](auto* type) {
-    rmsnorm_backward_cpu<std::remove_pointer_t<decltype(type)>>(x, weight, rstd, dy, dx, dweight, accumulate);
+    rmsnorm_backward_cpu<std::remove_pointer_t<decltype(type)>>(x, weight, rstd, dy, dx, dweight, accumulate, mode);
   });
 }
 
@@ -126,25 +127,25 @@ void add_rmsnorm_forward(const Tensor& a, const Tensor& b, const Tensor& sum, co
 }
 
 void rmsnorm_backward(const Tensor& x, const Tensor& weight, const Tensor& rstd, const Tensor& dy, const Tensor& dx,
-                      const Tensor& dweight, StreamRef stream) {
+                      const Tensor& dweight, GradMode mode, StreamRef stream) {
   const char* op = "rmsnorm_backward";
   check_rmsnorm_backward_args(op, x, weight, rstd, dy, "dx", dx, dweight);
   if (x.is_cuda()) {
-    SY_ON_CUDA(cuda::rmsnorm_backward(x, weight, rstd, dy, dx, dweight, stream));
+    SY_ON_CUDA(cuda::rmsnorm_backward(x, weight, rstd, dy, dx, dweight, mode, stream));
     return;
   }
-  rmsnorm_backward_any(x, weight, rstd, dy, dx, dweight, false);
+  rmsnorm_backward_any(x, weight, rstd, dy, dx, dweight, false, mode);
 }
 
 void rmsnorm_backward_residual(const Tensor& x, const Tensor& weight, const Tensor& rstd, const Tensor& dy,
-                               const Tensor& dresidual, const Tensor& dweight, StreamRef stream) {
+                               const Tensor& dresidual, const Tensor& dweight, GradMode mode, StreamRef stream) {
   const char* op = "rmsnorm_backward_residual";
   check_rmsnorm_backward_args(op, x, weight, rstd, dy, "dresidual", dresidual, dweight);
   if (x.is_cuda()) {
-    SY_ON_CUDA(cuda::rmsnorm_backward_residual(x, weight, rstd, dy, dresidual, dweight, stream));
+    SY_ON_CUDA(cuda::rmsnorm_backward_residual(x, weight, rstd, dy, dresidual, dweight, mode, stream));
     return;
   }
-  rmsnorm_backward_any(x, weight, rstd, dy, dresidual, dweight, true);
+  rmsnorm_backward_any(x, weight, rstd, dy, dresidual, dweight, true, mode);
 }
 
 }  // namespace sy

@@ -99,7 +99,7 @@ __global__ void rmsnorm_backward_dx_kernel(const T* x, const T* weight, const fl
 
 bool aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
 
-// dweight[c] += sum_n dy[n,c] * x[n,c] * rstd[n], deterministic and without atomics in two
+// dweight[c] (+)= sum_n dy[n,c] * x[n,c] * rstd[n], deterministic and without atomics in two
 // launches: the rows are cut into kChunks fixed chunks, each (32-column tile, chunk) block writes
 // its partial sums to a static device array, and a second launch adds each column's partials in
 // chunk order. The grid then fills the device (columns / 32 x kChunks blocks) where one block per
@@ -112,7 +112,7 @@ __device__ float rmsnorm_dweight_partials[kChunks * kMaxChunkedChannels];
 
 template <class T>
 __global__ void rmsnorm_dweight_partial_kernel(const T* x, const float* rstd, const T* dy, float* dweight, int rows,
-                                               int channels, int chunks) {
+                                               int channels, int chunks, bool accumulate) {
   __shared__ float partial[kRowLanes][33];
   const int c = blockIdx.x * 32 + threadIdx.x, chunk = blockIdx.y;
   const int rows_per_chunk = (rows + chunks - 1) / chunks;
@@ -129,8 +129,8 @@ __global__ void rmsnorm_dweight_partial_kernel(const T* x, const float* rstd, co
   if (threadIdx.y == 0 && c < channels) {
     float total = 0.0f;
     for (int lane = 0; lane < kRowLanes; ++lane) total += partial[lane][threadIdx.x];
-    // One chunk: add straight to dweight (channels too wide for the partials array).
-    if (chunks == 1) dweight[c] += total;
+    // One chunk: straight to dweight (channels too wide for the partials array).
+    if (chunks == 1) dweight[c] = accumulate ? dweight[c] + total : total;
     else rmsnorm_dweight_partials[chunk * channels + c] = total;
   }
 }
@@ -175,12 +175,12 @@ __global__ void __launch_bounds__(32 * kRowLanes)
   }
 }
 
-// dweight[c] += the chunks' partial sums of column c: block (x) takes 32 columns, and its kRowLanes
+// dweight[c] (+)= the chunks' partial sums of column c: block (x) takes 32 columns, and its kRowLanes
 // lanes of each column add interleaved chunks (lane l: chunks l, l + kRowLanes, ...), 8 loads
 // in flight at a time; the lanes' sums then meet in lane order. A fixed tree: deterministic. One
 // thread per column walking all chunks took 8.4 us a call at 128 chunks on an H200.
 __global__ void __launch_bounds__(32 * kRowLanes) rmsnorm_dweight_sum_kernel(float* dweight, int channels,
-                                                                            int chunks) {
+                                                                            int chunks, bool accumulate) {
   constexpr int kBatch = 8;
   __shared__ float lanes[kRowLanes][33];
   const int c = blockIdx.x * 32 + threadIdx.x, lane = threadIdx.y;
@@ -203,7 +203,7 @@ __global__ void __launch_bounds__(32 * kRowLanes) rmsnorm_dweight_sum_kernel(flo
   if (lane == 0 && c < channels) {
     float sum = 0.0f;
     for (int l = 0; l < kRowLanes; ++l) sum += lanes[l][threadIdx.x];
-    dweight[c] += sum;
+    dweight[c] = accumulate ? dweight[c] + sum : sum;
   }
 }
 
@@ -230,13 +230,20 @@ void launch_rmsnorm_forward(const Tensor& a, const Tensor& b, const Tensor& sum,
   SY_CUDA_LAUNCH();
 }
 
-// dx (written, or accumulated into), then the deterministic dweight reduction. (A single pass that
-// also kept each lane's dweight sums measured slower on an H200 at 768 channels, 1.54 against
-// 1.34 ms per step: its 48 KiB of shared memory per block left too few warps to hide latency.)
+// dx (written, or accumulated into), then the deterministic dweight reduction, which writes or
+// adds to dweight by `mode`. (A single pass that also kept each lane's dweight sums measured
+// slower on an H200 at 768 channels, 1.54 against 1.34 ms per step: its 48 KiB of shared memory
+// per block left too few warps to hide latency.)
 void launch_rmsnorm_backward(const Tensor& x, const Tensor& weight, const Tensor& rstd, const Tensor& dy,
-                             const Tensor& dx, const Tensor& dweight, bool accumulate, StreamRef stream) {
+                             const Tensor& dx, const Tensor& dweight, bool accumulate, GradMode mode,
+                             StreamRef stream) {
   const int rows = int(x.size(0)), channels = int(x.size(1));
-  if (rows == 0) return;
+  const bool add_dweight = mode == GradMode::accumulate;
+  if (rows == 0) {  // no rows, no terms: an overwritten dweight is zero
+    if (!add_dweight && channels > 0)
+      SY_CUDA(cudaMemsetAsync(dweight.data(), 0, std::size_t(channels) * sizeof(float), to_cuda(stream)));
+    return;
+  }
   const bool vec = channels % 8 == 0 && aligned16(x.data()) && aligned16(weight.data()) && aligned16(dy.data()) &&
                    aligned16(dx.data());
   const cudaStream_t s = to_cuda(stream);
@@ -271,7 +278,8 @@ void launch_rmsnorm_backward(const Tensor& x, const Tensor& weight, const Tensor
                                               0, s>>>(xp, rp, dyp, rows, channels, rows_per_chunk);
     } else {
       rmsnorm_dweight_partial_kernel<T><<<dim3(grid_for(channels, 32), unsigned(chunks)), dim3(32, kRowLanes), 0,
-                                          s>>>(xp, rp, dyp, dweight.ptr<float>(), rows, channels, chunks);
+                                          s>>>(xp, rp, dyp, dweight.ptr<float>(), rows, channels, chunks,
+                                               add_dweight);
     }
   });
   SY_CUDA_LAUNCH();
@@ -279,7 +287,7 @@ void launch_rmsnorm_backward(const Tensor& x, const Tensor& weight, const Tensor
   // went straight to dweight).
   if (vec_dweight || chunks > 1) {
     rmsnorm_dweight_sum_kernel<<<grid_for(channels, 32), dim3(32, kRowLanes), 0, s>>>(dweight.ptr<float>(), channels,
-                                                                                    chunks);
+                                                                                    chunks, add_dweight);
     SY_CUDA_LAUNCH();
   }
 }
@@ -297,13 +305,13 @@ void add_rmsnorm_forward(const Tensor& a, const Tensor& b, const Tensor& sum, co
 }
 
 void rmsnorm_backward(const Tensor& x, const Tensor& weight, const Tensor& rstd, const Tensor& dy, const Tensor& dx,
-                      const Tensor& dweight, StreamRef stream) {
-  launch_rmsnorm_backward(x, weight, rstd, dy, dx, dweight, false, stream);
+                      const Tensor& dweight, GradMode mode, StreamRef stream) {
+  launch_rmsnorm_backward(x, weight, rstd, dy, dx, dweight, false, mode, stream);
 }
 
 void rmsnorm_backward_residual(const Tensor& x, const Tensor& weight, const Tensor& rstd, const Tensor& dy,
-                               const Tensor& dresidual, const Tensor& dweight, StreamRef stream) {
-  launch_rmsnorm_backward(x, weight, rstd, dy, dresidual, dweight, true, stream);
+                               const Tensor& dresidual, const Tensor& dweight, GradMode mode, StreamRef stream) {
+  launch_rmsnorm_backward(x, weight, rstd, dy, dresidual, dweight, true, mode, stream);
 }
 
 }  // namespace sy::cuda

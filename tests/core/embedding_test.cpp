@@ -36,8 +36,9 @@ TEST(Embedding, BackwardMatchesFiniteDifferences) {
     embedding_forward(tokens, w, out);
     return weighted_sum(out, dout);
   };
-  OwnedTensor dw = zeros({9, 5}, DType::f32, Device::cpu);
-  embedding_backward(tokens, dout, dw);
+  OwnedTensor dw({9, 5}, DType::f32, Device::cpu);
+  poison(dw);  // overwritten: rows without a token must come out zero
+  embedding_backward(tokens, dout, dw, GradMode::overwrite);
   // dweight is stored in f32: ~1e-7 relative.
   EXPECT_LT(relative_error(to_vector(dw), numeric_gradient(w, loss)), 1e-6);
 }
@@ -48,11 +49,27 @@ TEST(Embedding, BackwardAccumulatesRepeatedTokens) {
   from_vector(dout, {1, 2, 10, 20, 100, 200, 1000, 2000, 0.5, 0.25});
   OwnedTensor dw({4, 2}, DType::f32, Device::cpu);
   from_vector(dw, {1, 1, 1, 1, 1, 1, 1, 1});
-  embedding_backward(tokens, dout, dw);
+  embedding_backward(tokens, dout, dw, GradMode::accumulate);
   // Row 3 gets n = 0, 2, 3; row 2 (no token) keeps its value.
   EXPECT_EQ(to_vector(dw), (std::vector<double>{1.5, 1.25, 11, 21, 1, 1, 1102, 2203}));
-  embedding_backward(tokens, dout, dw);
+  embedding_backward(tokens, dout, dw, GradMode::accumulate);
   EXPECT_EQ(to_vector(dw), (std::vector<double>{2, 1.5, 21, 41, 1, 1, 2203, 4405}));
+}
+
+// Overwrite replaces whatever dweight held (NaN here), rows without a token included.
+TEST(Embedding, BackwardOverwriteWritesEveryRow) {
+  OwnedTensor tokens = tokens_of({3, 1, 3, 3, 0});
+  OwnedTensor dout({5, 2}, DType::f32, Device::cpu);
+  from_vector(dout, {1, 2, 10, 20, 100, 200, 1000, 2000, 0.5, 0.25});
+  OwnedTensor dw({4, 2}, DType::f32, Device::cpu);
+  poison(dw);
+  embedding_backward(tokens, dout, dw, GradMode::overwrite);
+  EXPECT_EQ(to_vector(dw), (std::vector<double>{0.5, 0.25, 10, 20, 0, 0, 1101, 2202}));
+  embedding_backward(tokens_of({2, 2, 2, 2, 2}), dout, dw, GradMode::overwrite);
+  EXPECT_EQ(to_vector(dw), (std::vector<double>{0, 0, 0, 0, 1111.5, 2222.25, 0, 0}));
+  OwnedTensor none({0}, DType::i32, Device::cpu), dout_none({0, 2}, DType::f32, Device::cpu);
+  embedding_backward(none, dout_none, dw, GradMode::overwrite);  // no tokens: all zeros
+  EXPECT_EQ(to_vector(dw), std::vector<double>(8, 0.0));
 }
 
 TEST(Embedding, RejectsTokenOutsideVocabulary) {
@@ -60,14 +77,14 @@ TEST(Embedding, RejectsTokenOutsideVocabulary) {
   OwnedTensor dout({4, 3}, DType::f32, Device::cpu), dw({5, 3}, DType::f32, Device::cpu);
   expect_error([&] { embedding_forward(tokens_of({0, 4, 5, 1}), w, out); },
                "embedding_forward: tokens[2] = 5 is outside the vocabulary [0, 5)");
-  expect_error([&] { embedding_backward(tokens_of({-1, 0, 0, 0}), dout, dw); },
+  expect_error([&] { embedding_backward(tokens_of({-1, 0, 0, 0}), dout, dw, GradMode::accumulate); },
                "embedding_backward: tokens[0] = -1 is outside the vocabulary [0, 5)");
 }
 
 TEST(Embedding, RejectsNonF32WeightGradient) {
   OwnedTensor tokens = tokens_of({0, 1});
   OwnedTensor dout({2, 3}, DType::bf16, Device::cpu), dw({5, 3}, DType::bf16, Device::cpu);
-  expect_error([&] { embedding_backward(tokens, dout, dw); },
+  expect_error([&] { embedding_backward(tokens, dout, dw, GradMode::overwrite); },
                "embedding_backward: dweight must be f32, got bf16[5, 3] cpu");
 }
 

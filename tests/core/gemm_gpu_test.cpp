@@ -100,6 +100,30 @@ TEST_P(GemmGpu, BatchedWithSharedOperandMatchesCpu) {
   }
 }
 
+// A weight gradient over no rows (K = 0): at beta = 0 (GradMode::overwrite) cuBLAS must write
+// zeros over NaN, as the CPU reference does; at beta = 1 c stays as it was. Plain and batched.
+TEST_P(GemmGpu, EmptyReductionWritesZerosAtBetaZero) {
+  SY_REQUIRE_GPU();
+  const auto [dt, out_dt] = GetParam();
+  // Empty operands as the arena hands them out: a real address, no rows.
+  OwnedTensor storage({1, 64}, dt, Device::cuda), c({40, 24}, out_dt, Device::cuda);
+  const Tensor a = storage.view().as_strided({0, 40}, {40, 1}), b = storage.view().as_strided({0, 24}, {24, 1});
+  poison(c);
+  gemm(a, b, c, true, false, 1.0f, 0.0f);
+  OwnedTensor kept = random_tensor({40, 24}, out_dt, Device::cuda, 40);
+  const std::vector<double> before = to_vector(kept);
+  gemm(a, b, kept, true, false, 1.0f, 1.0f);
+  const Tensor ab = storage.view().as_strided({3, 0, 40}, {0, 40, 1});
+  const Tensor bb = storage.view().as_strided({3, 0, 24}, {0, 24, 1});
+  OwnedTensor cb({3, 40, 24}, out_dt, Device::cuda);
+  poison(cb);
+  gemm_batched(ab, bb, cb, true, false, 1.0f, 0.0f);
+  device_synchronize();
+  EXPECT_EQ(to_vector(c), std::vector<double>(40 * 24, 0.0));
+  EXPECT_EQ(to_vector(kept), before);
+  EXPECT_EQ(to_vector(cb), std::vector<double>(3 * 40 * 24, 0.0));
+}
+
 INSTANTIATE_TEST_SUITE_P(Dtypes, GemmGpu,
                          ::testing::Values(GemmCase{DType::f32, DType::f32}, GemmCase{DType::bf16, DType::bf16},
                                            GemmCase{DType::bf16, DType::f32}),

@@ -173,6 +173,26 @@ TEST(Gemm, BetaZeroIgnoresNanInC) {
   EXPECT_LT(relative_error(to_vector(c), expected), 1e-7);
 }
 
+// A weight gradient over no rows (K = 0): beta = 0 (GradMode::overwrite) writes zeros over NaN,
+// beta = 1 leaves c as it was; plain and batched.
+TEST(Gemm, EmptyReductionWritesZerosAtBetaZero) {
+  // Empty operands as the arena hands them out: a real address, no rows.
+  OwnedTensor storage({1, 8}, DType::f32, Device::cpu), c({4, 5}, DType::f32, Device::cpu);
+  const Tensor a = storage.view().as_strided({0, 4}, {4, 1}), b = storage.view().as_strided({0, 5}, {5, 1});
+  poison(c);
+  gemm(a, b, c, true, false, 1.0f, 0.0f);
+  EXPECT_EQ(to_vector(c), std::vector<double>(20, 0.0));
+  OwnedTensor kept = random_tensor({4, 5}, DType::f32, Device::cpu, 28);
+  const std::vector<double> before = to_vector(kept);
+  gemm(a, b, kept, true, false, 1.0f, 1.0f);
+  EXPECT_EQ(to_vector(kept), before);
+  const Tensor ab = storage.view().as_strided({3, 0, 4}, {0, 4, 1}), bb = storage.view().as_strided({3, 0, 5}, {0, 5, 1});
+  OwnedTensor cb({3, 4, 5}, DType::f32, Device::cpu);
+  poison(cb);
+  gemm_batched(ab, bb, cb, true, false, 1.0f, 0.0f);
+  EXPECT_EQ(to_vector(cb), std::vector<double>(60, 0.0));
+}
+
 TEST(Gemm, Bf16InputsWriteF32OutputAccumulatedExactly) {
   const std::int64_t m = 12, n = 10, k = 257;
   OwnedTensor a = random_tensor({m, k}, DType::bf16, Device::cpu, 26);

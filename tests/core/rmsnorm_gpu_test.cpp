@@ -23,25 +23,46 @@ TEST_P(RmsNormGpu, MatchesCpuReference) {
     OwnedTensor y({rows, channels}, dt, Device::cuda), rstd({rows}, DType::f32, Device::cuda);
     OwnedTensor dx({rows, channels}, dt, Device::cuda);
     OwnedTensor dw = random_tensor({channels}, DType::f32, Device::cuda, seed + 3);  // accumulates onto this
-    poison(y); poison(rstd); poison(dx);
+    OwnedTensor dw_new({channels}, DType::f32, Device::cuda);                        // overwritten
+    poison(y); poison(rstd); poison(dx); poison(dw_new);
 
     // The reference runs in f64 on the same (already rounded) inputs.
     OwnedTensor xc = convert(x, DType::f64, Device::cpu), wc = convert(w, DType::f64, Device::cpu);
     OwnedTensor dyc = convert(dy, DType::f64, Device::cpu), dwc = convert(dw, DType::f32, Device::cpu);
     OwnedTensor yc({rows, channels}, DType::f64, Device::cpu), rc({rows}, DType::f32, Device::cpu);
-    OwnedTensor dxc({rows, channels}, DType::f64, Device::cpu);
+    OwnedTensor dxc({rows, channels}, DType::f64, Device::cpu), dw_newc({channels}, DType::f32, Device::cpu);
+    poison(dw_newc);
 
     rmsnorm_forward(x, w, y, rstd, 1e-5f);
-    rmsnorm_backward(x, w, rstd, dy, dx, dw);
+    rmsnorm_backward(x, w, rstd, dy, dx, dw, GradMode::accumulate);
+    rmsnorm_backward(x, w, rstd, dy, dx, dw_new, GradMode::overwrite);
     device_synchronize();
     rmsnorm_forward(xc, wc, yc, rc, 1e-5f);
-    rmsnorm_backward(xc, wc, rc, dyc, dxc, dwc);
+    rmsnorm_backward(xc, wc, rc, dyc, dxc, dwc, GradMode::accumulate);
+    rmsnorm_backward(xc, wc, rc, dyc, dxc, dw_newc, GradMode::overwrite);
 
     EXPECT_LT(relative_error(y, yc), tol);
     EXPECT_LT(relative_error(rstd, rc), 1e-5);
     EXPECT_LT(relative_error(dx, dxc), tol);
     EXPECT_LT(relative_error(dw, dwc), tol);
+    EXPECT_LT(relative_error(dw_new, dw_newc), tol);  // NaN left anywhere fails
   }
+}
+
+// No rows: overwrite writes a zero weight gradient (over NaN), accumulate leaves it.
+TEST_P(RmsNormGpu, WithoutRowsOverwriteWritesZeros) {
+  SY_REQUIRE_GPU();
+  const DType dt = GetParam();
+  OwnedTensor x({0, 40}, dt, Device::cuda), dy({0, 40}, dt, Device::cuda), dx({0, 40}, dt, Device::cuda);
+  OwnedTensor w = random_tensor({40}, dt, Device::cuda, 7), rstd({0}, DType::f32, Device::cuda);
+  OwnedTensor dw({40}, DType::f32, Device::cuda), kept = random_tensor({40}, DType::f32, Device::cuda, 8);
+  poison(dw);
+  const std::vector<double> before = to_vector(kept);
+  rmsnorm_backward_residual(x, w, rstd, dy, dx, dw, GradMode::overwrite);
+  rmsnorm_backward(x, w, rstd, dy, dx, kept, GradMode::accumulate);
+  device_synchronize();
+  EXPECT_EQ(to_vector(dw), std::vector<double>(40, 0.0));
+  EXPECT_EQ(to_vector(kept), before);
 }
 
 // The fused residual forms (add + norm forward, backward adding into the residual gradient)
@@ -61,8 +82,9 @@ TEST_P(RmsNormGpu, ResidualFormsMatchCpuReference) {
     OwnedTensor dres = random_tensor({rows, channels}, dt, Device::cuda, seed + 4);  // accumulates onto this
     OwnedTensor sum({rows, channels}, dt, Device::cuda), y({rows, channels}, dt, Device::cuda);
     OwnedTensor rstd({rows}, DType::f32, Device::cuda);
-    OwnedTensor dw = random_tensor({channels}, DType::f32, Device::cuda, seed + 5);
-    poison(sum); poison(y); poison(rstd);
+    OwnedTensor dw = random_tensor({channels}, DType::f32, Device::cuda, seed + 5);  // accumulates onto this
+    OwnedTensor dw_new({channels}, DType::f32, Device::cuda), dres_new = convert(dres, dt, Device::cuda);
+    poison(sum); poison(y); poison(rstd); poison(dw_new);
 
     // The reference adds in T (as the kernel rounds the sum to T), then runs in f64.
     OwnedTensor sum_t({rows, channels}, dt, Device::cpu);
@@ -72,17 +94,25 @@ TEST_P(RmsNormGpu, ResidualFormsMatchCpuReference) {
     OwnedTensor dwc = convert(dw, DType::f32, Device::cpu);
     OwnedTensor yc({rows, channels}, DType::f64, Device::cpu), rc({rows}, DType::f32, Device::cpu);
 
+    OwnedTensor dw_newc({channels}, DType::f32, Device::cpu), dres_newc = convert(dres, DType::f64, Device::cpu);
+    poison(dw_newc);
+
     add_rmsnorm_forward(a, b, sum, w, y, rstd, 1e-5f);
-    rmsnorm_backward_residual(sum, w, rstd, dy, dres, dw);
+    rmsnorm_backward_residual(sum, w, rstd, dy, dres, dw, GradMode::accumulate);
+    rmsnorm_backward_residual(sum, w, rstd, dy, dres_new, dw_new, GradMode::overwrite);
     device_synchronize();
     rmsnorm_forward(sumc, wc, yc, rc, 1e-5f);
-    rmsnorm_backward_residual(sumc, wc, rc, dyc, dresc, dwc);
+    rmsnorm_backward_residual(sumc, wc, rc, dyc, dresc, dwc, GradMode::accumulate);
+    rmsnorm_backward_residual(sumc, wc, rc, dyc, dres_newc, dw_newc, GradMode::overwrite);
 
     EXPECT_EQ(to_vector(sum), to_vector(sum_t));
     EXPECT_LT(relative_error(y, yc), tol);
     EXPECT_LT(relative_error(rstd, rc), 1e-5);
     EXPECT_LT(relative_error(dres, dresc), tol);
     EXPECT_LT(relative_error(dw, dwc), tol);
+    // Overwriting dweight still adds the input gradient into the residual stream's.
+    EXPECT_LT(relative_error(dres_new, dres_newc), tol);
+    EXPECT_LT(relative_error(dw_new, dw_newc), tol);
   }
 }
 

@@ -34,26 +34,62 @@ TEST(RmsNorm, BackwardMatchesFiniteDifferences) {
     return weighted_sum(y, dy);
   };
   loss();
-  OwnedTensor dx(shape, DType::f64, Device::cpu);
-  OwnedTensor dw = zeros({19}, DType::f32, Device::cpu);
-  rmsnorm_backward(x, w, rstd, dy, dx, dw);
+  OwnedTensor dx(shape, DType::f64, Device::cpu), dw({19}, DType::f32, Device::cpu);
+  poison(dw);  // overwritten, never read
+  rmsnorm_backward(x, w, rstd, dy, dx, dw, GradMode::overwrite);
   // rstd is saved in f32, so the analytic gradient carries ~1e-7 relative error.
   EXPECT_LT(relative_error(to_vector(dx), numeric_gradient(x, loss)), 1e-6);
   EXPECT_LT(relative_error(to_vector(dw), numeric_gradient(w, loss)), 1e-6);
 }
 
-TEST(RmsNorm, WeightGradientAccumulates) {
+// Overwrite stores the gradient whatever dweight held (NaN here); accumulate adds to it; both
+// forms, with the residual form's input gradient added in either mode.
+TEST(RmsNorm, WeightGradientOverwritesThenAccumulates) {
   OwnedTensor x = random_tensor({3, 8}, DType::f32, Device::cpu, 6);
   OwnedTensor w = random_tensor({8}, DType::f32, Device::cpu, 7);
   OwnedTensor dy = random_tensor({3, 8}, DType::f32, Device::cpu, 8);
   OwnedTensor y({3, 8}, DType::f32, Device::cpu), rstd({3}, DType::f32, Device::cpu), dx({3, 8}, DType::f32, Device::cpu);
-  OwnedTensor dw = zeros({8}, DType::f32, Device::cpu);
   rmsnorm_forward(x, w, y, rstd, kEps);
-  rmsnorm_backward(x, w, rstd, dy, dx, dw);
-  std::vector<double> once = to_vector(dw);
-  rmsnorm_backward(x, w, rstd, dy, dx, dw);
-  std::vector<double> twice = to_vector(dw);
-  for (std::size_t i = 0; i < once.size(); ++i) EXPECT_NEAR(twice[i], 2 * once[i], 1e-5 * std::abs(once[i]) + 1e-7);
+  OwnedTensor reference = zeros({8}, DType::f32, Device::cpu);
+  rmsnorm_backward(x, w, rstd, dy, dx, reference, GradMode::accumulate);  // onto zeros
+  const std::vector<double> once = to_vector(reference);
+  for (bool residual : {false, true}) {
+    SCOPED_TRACE(residual ? "rmsnorm_backward_residual" : "rmsnorm_backward");
+    OwnedTensor dres = zeros({3, 8}, DType::f32, Device::cpu), dw({8}, DType::f32, Device::cpu);
+    auto backward = [&](GradMode mode) {
+      if (residual) {
+        rmsnorm_backward_residual(x, w, rstd, dy, dres, dw, mode);
+      } else {
+        rmsnorm_backward(x, w, rstd, dy, dx, dw, mode);
+      }
+    };
+    poison(dw);
+    backward(GradMode::overwrite);
+    EXPECT_EQ(to_vector(dw), once);
+    backward(GradMode::accumulate);
+    const std::vector<double> twice = to_vector(dw);
+    for (std::size_t i = 0; i < once.size(); ++i) EXPECT_NEAR(twice[i], 2 * once[i], 1e-5 * std::abs(once[i]) + 1e-7);
+    backward(GradMode::overwrite);  // a new step: the sum of the last one is gone
+    EXPECT_EQ(to_vector(dw), once);
+    if (residual) {  // the residual stream's gradient took dx three times, whatever the mode
+      const std::vector<double> dres3 = to_vector(dres), dx1 = to_vector(dx);
+      for (std::size_t i = 0; i < dx1.size(); ++i) EXPECT_NEAR(dres3[i], 3 * dx1[i], 1e-5 * std::abs(dx1[i]) + 1e-6);
+    }
+  }
+}
+
+// No rows, no terms: an overwritten weight gradient is zero, an accumulated one unchanged.
+TEST(RmsNorm, WithoutRowsOverwriteWritesZeros) {
+  OwnedTensor x({0, 6}, DType::f32, Device::cpu), dy({0, 6}, DType::f32, Device::cpu), dx({0, 6}, DType::f32, Device::cpu);
+  OwnedTensor w = random_tensor({6}, DType::f32, Device::cpu, 9), rstd({0}, DType::f32, Device::cpu);
+  OwnedTensor dw({6}, DType::f32, Device::cpu);
+  poison(dw);
+  rmsnorm_backward(x, w, rstd, dy, dx, dw, GradMode::overwrite);
+  EXPECT_EQ(to_vector(dw), std::vector<double>(6, 0.0));
+  OwnedTensor kept = random_tensor({6}, DType::f32, Device::cpu, 10);
+  const std::vector<double> before = to_vector(kept);
+  rmsnorm_backward_residual(x, w, rstd, dy, dx, kept, GradMode::accumulate);
+  EXPECT_EQ(to_vector(kept), before);
 }
 
 // The fused residual forms are exactly the compositions they replace.
@@ -84,8 +120,8 @@ TEST(RmsNorm, BackwardResidualAddsTheInputGradient) {
   const std::vector<double> before = to_vector(dres);
   OwnedTensor dw = zeros({9}, DType::f32, Device::cpu), dw_ref = zeros({9}, DType::f32, Device::cpu);
   OwnedTensor dx({5, 9}, DType::f64, Device::cpu);
-  rmsnorm_backward_residual(x, w, rstd, dy, dres, dw);
-  rmsnorm_backward(x, w, rstd, dy, dx, dw_ref);
+  rmsnorm_backward_residual(x, w, rstd, dy, dres, dw, GradMode::accumulate);
+  rmsnorm_backward(x, w, rstd, dy, dx, dw_ref, GradMode::accumulate);
   const std::vector<double> after = to_vector(dres), dxv = to_vector(dx);
   for (std::size_t i = 0; i < after.size(); ++i) EXPECT_NEAR(after[i], before[i] + dxv[i], 1e-14) << i;
   EXPECT_EQ(to_vector(dw), to_vector(dw_ref));

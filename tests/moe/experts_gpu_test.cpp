@@ -54,6 +54,10 @@ TEST_P(ExpertFFNGpu, MatchesCpuReference) {
   OwnedTensor dy = random_tensor(x_shape, dt, Device::cuda, seed + 3);
   OwnedTensor dw_in = random_tensor(w_in_shape, DType::f32, Device::cuda, seed + 4);  // accumulates onto this
   OwnedTensor dw_out = random_tensor(w_out_shape, DType::f32, Device::cuda, seed + 5);
+  // Overwritten (a step's first micro-batch): the dropless layout's empty expert must get zeros.
+  OwnedTensor dw_in_new(w_in_shape, DType::f32, Device::cuda), dw_out_new(w_out_shape, DType::f32, Device::cuda);
+  poison(dw_in_new);
+  poison(dw_out_new);
   Arena arena(Device::cuda, 8 << 20);
   const ExpertActivations saved = module.alloc_activations(arena, x_shape, dt);
   const ExpertScratch scratch = module.alloc_scratch(arena, x_shape, dt);
@@ -66,22 +70,35 @@ TEST_P(ExpertFFNGpu, MatchesCpuReference) {
   OwnedTensor xc = convert(x, DType::f64, Device::cpu), w_inc = convert(w_in, DType::f64, Device::cpu);
   OwnedTensor w_outc = convert(w_out, DType::f64, Device::cpu), dyc = convert(dy, DType::f64, Device::cpu);
   OwnedTensor dw_inc = convert(dw_in, DType::f32, Device::cpu), dw_outc = convert(dw_out, DType::f32, Device::cpu);
+  OwnedTensor dw_in_newc(w_in_shape, DType::f32, Device::cpu), dw_out_newc(w_out_shape, DType::f32, Device::cpu);
+  poison(dw_in_newc);
+  poison(dw_out_newc);
   Arena arena_c(Device::cpu, 8 << 20);
   const ExpertActivations saved_c = module.alloc_activations(arena_c, x_shape, DType::f64);
   const ExpertScratch scratch_c = module.alloc_scratch(arena_c, x_shape, DType::f64);
   OwnedTensor yc(x_shape, DType::f64, Device::cpu), dxc(x_shape, DType::f64, Device::cpu);
 
   module.forward(x, rows, {w_in, w_out}, saved, y);
-  module.backward(x, rows, {w_in, w_out}, saved, dy, dx, {dw_in, dw_out}, scratch);
+  module.backward(x, rows, {w_in, w_out}, saved, dy, dx, {dw_in, dw_out}, scratch, GradMode::accumulate);
+  module.backward(x, rows, {w_in, w_out}, saved, dy, dx, {dw_in_new, dw_out_new}, scratch, GradMode::overwrite);
   device_synchronize();
   module.forward(xc, rows, {w_inc, w_outc}, saved_c, yc);
-  module.backward(xc, rows, {w_inc, w_outc}, saved_c, dyc, dxc, {dw_inc, dw_outc}, scratch_c);
+  module.backward(xc, rows, {w_inc, w_outc}, saved_c, dyc, dxc, {dw_inc, dw_outc}, scratch_c, GradMode::accumulate);
+  module.backward(xc, rows, {w_inc, w_outc}, saved_c, dyc, dxc, {dw_in_newc, dw_out_newc}, scratch_c,
+                  GradMode::overwrite);
 
   EXPECT_LT(relative_error(saved.h, saved_c.h), tol);
   EXPECT_LT(relative_error(y, yc), tol);
   EXPECT_LT(relative_error(dx, dxc), tol);
   EXPECT_LT(relative_error(dw_in, dw_inc), tol);
   EXPECT_LT(relative_error(dw_out, dw_outc), tol);
+  EXPECT_LT(relative_error(dw_in_new, dw_in_newc), tol);  // a NaN left anywhere fails
+  EXPECT_LT(relative_error(dw_out_new, dw_out_newc), tol);
+  if (dropless) {  // expert 1 owns no rows: exactly zero
+    const std::vector<double> got = to_vector(dw_out_new);
+    const std::size_t per_expert = std::size_t(config.d_ff * config.d_model);
+    for (std::size_t i = per_expert; i < 2 * per_expert; ++i) ASSERT_EQ(got[i], 0.0) << i;
+  }
 }
 
 std::vector<Case> all_cases() {

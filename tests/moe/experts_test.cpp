@@ -99,7 +99,9 @@ struct Problem {
         rows(rows_for(c.dropless)) {}
 
   void forward() { module.forward(x, rows, {w_in, w_out}, saved, y); }
-  void backward() { module.backward(x, rows, {w_in, w_out}, saved, dy, dx, {dw_in, dw_out}, scratch); }
+  void backward(GradMode mode = GradMode::overwrite) {
+    module.backward(x, rows, {w_in, w_out}, saved, dy, dx, {dw_in, dw_out}, scratch, mode);
+  }
 
   ExpertFFN module;
   Arena arena;
@@ -141,24 +143,65 @@ TEST_P(ExpertFFNCpu, BackwardMatchesFiniteDifferences) {
   poison(p.dx);
   if (p.scratch.dact.defined()) poison(p.scratch.dact);  // not allocated for gelu in the capacity layout
   poison(p.scratch.dh);
-  p.backward();
+  poison(p.dw_in);  // overwritten: the empty dropless expert's gradients must come out zero
+  poison(p.dw_out);
+  p.backward(GradMode::overwrite);
   EXPECT_LT(relative_error(to_vector(p.dx), numeric_gradient(p.x, loss)), 1e-7);
   // Weight gradients are f32: 2^-24 relative rounding.
   EXPECT_LT(relative_error(to_vector(p.dw_in), numeric_gradient(p.w_in, loss)), 1e-6);
   EXPECT_LT(relative_error(to_vector(p.dw_out), numeric_gradient(p.w_out, loss)), 1e-6);
 }
 
-TEST_P(ExpertFFNCpu, WeightGradientsAccumulate) {
-  Problem p(GetParam(), kHidden, 30);
+// Overwrite replaces whatever the gradients held (NaN here), zeros for the dropless layout's
+// empty expert included; accumulate adds; overwrite again starts over.
+TEST_P(ExpertFFNCpu, WeightGradientsOverwriteThenAccumulate) {
+  const Case c = GetParam();
+  Problem p(c, kHidden, 30);
   p.forward();
-  p.backward();
+  p.backward(GradMode::accumulate);  // onto the zeros the problem starts with: the reference
   const std::vector<double> once_in = to_vector(p.dw_in), once_out = to_vector(p.dw_out);
-  p.backward();
+  poison(p.dw_in);
+  poison(p.dw_out);
+  p.backward(GradMode::overwrite);
+  EXPECT_EQ(to_vector(p.dw_in), once_in);
+  EXPECT_EQ(to_vector(p.dw_out), once_out);
+  p.backward(GradMode::accumulate);
   std::vector<double> twice_in = to_vector(p.dw_in), twice_out = to_vector(p.dw_out);
   for (double& v : twice_in) v /= 2;
   for (double& v : twice_out) v /= 2;
   EXPECT_LT(relative_error(twice_in, once_in), 1e-7);
   EXPECT_LT(relative_error(twice_out, once_out), 1e-7);
+  p.backward(GradMode::overwrite);
+  EXPECT_EQ(to_vector(p.dw_in), once_in);
+  EXPECT_EQ(to_vector(p.dw_out), once_out);
+  if (c.dropless) {  // expert 1 owns no rows: exactly zero
+    const std::vector<double> dw_in = to_vector(p.dw_in);
+    const std::int64_t per_expert = kModel * p.module.config().d_in();
+    for (std::int64_t i = per_expert; i < 2 * per_expert; ++i) ASSERT_EQ(dw_in[std::size_t(i)], 0.0) << i;
+  }
+}
+
+// Dropless with no rows at all (a rank that received no tokens): overwrite writes zeros.
+TEST(ExpertFFN, WithoutRowsOverwriteWritesZeros) {
+  const ExpertFFN module(config_for(ExpertActivation::gelu));
+  Arena arena(Device::cpu, 1 << 16);
+  const std::vector<std::int64_t> no_rows{0, 0, 0};
+  const Shape x_shape{0, kModel};
+  // Empty rows as the arena hands them out: a real address, no rows.
+  const Tensor x = arena.alloc(x_shape, DType::f32), dy = arena.alloc(x_shape, DType::f32);
+  const Tensor dx = arena.alloc(x_shape, DType::f32), y = arena.alloc(x_shape, DType::f32);
+  OwnedTensor w_in = random_tensor({kExperts, kModel, kHidden}, DType::f32, Device::cpu, 70);
+  OwnedTensor w_out = random_tensor({kExperts, kHidden, kModel}, DType::f32, Device::cpu, 71);
+  OwnedTensor dw_in({kExperts, kModel, kHidden}, DType::f32, Device::cpu);
+  OwnedTensor dw_out({kExperts, kHidden, kModel}, DType::f32, Device::cpu);
+  poison(dw_in);
+  poison(dw_out);
+  const ExpertActivations saved = module.alloc_activations(arena, x_shape, DType::f32);
+  const ExpertScratch scratch = module.alloc_scratch(arena, x_shape, DType::f32);
+  module.forward(x, no_rows, {w_in, w_out}, saved, y);
+  module.backward(x, no_rows, {w_in, w_out}, saved, dy, dx, {dw_in, dw_out}, scratch, GradMode::overwrite);
+  EXPECT_EQ(to_vector(dw_in), std::vector<double>(std::size_t(kExperts * kModel * kHidden), 0.0));
+  EXPECT_EQ(to_vector(dw_out), std::vector<double>(std::size_t(kExperts * kHidden * kModel), 0.0));
 }
 
 // Global w_in columns held by shard `s` of `shards`, in the shard's order: a slice of F, and

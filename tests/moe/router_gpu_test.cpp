@@ -1,6 +1,6 @@
 // Router CUDA path against the CPU reference on fresh inputs of awkward sizes, f32 and bf16 x,
-// every noise kind and drop policy, forward outputs poisoned first and gradients added to random
-// starting values. The whole router: integer outputs (experts, slots, counts) must match
+// every noise kind and drop policy, forward outputs poisoned first, and gradients both added to
+// random starting values (GradMode::accumulate) and written over NaN (overwrite). The whole router: integer outputs (experts, slots, counts) must match
 // exactly, so the logits are built well separated (see router_inputs). The fused x·W kernels on
 // their own: random x and weights of sizes that take each of their paths.
 #include <cmath>
@@ -59,14 +59,30 @@ RouterGrads grads_on(const RouterGrads& g, Device device) {
           convert(g.dwn, DType::f32, device)};
 }
 
-// The CPU reference's plain gradients for a CPU state (backward from zero).
+// The CPU reference's plain gradients for a CPU state (dx from zero, the weights' overwritten).
 RouterGrads cpu_gradients(const RouterState& st, const Tensor& w, const Tensor& wn, const Tensor& dgate,
                           Arena& arena) {
   const std::int64_t N = st.x.size(0), d = st.x.size(1);
   const int E = st.settings.experts;
-  RouterGrads g{zeros({N, d}, st.x.dtype(), Device::cpu), zeros({d, E}, DType::f32, Device::cpu),
-                zeros({d, E}, DType::f32, Device::cpu)};
-  router_backward(st, w, wn, dgate, g.dx, g.dw, g.dwn, arena);
+  RouterGrads g{zeros({N, d}, st.x.dtype(), Device::cpu), OwnedTensor({d, E}, DType::f32, Device::cpu),
+                OwnedTensor({d, E}, DType::f32, Device::cpu)};
+  poison(g.dw);
+  poison(g.dwn);
+  router_backward(st, w, wn, dgate, g.dx, g.dw, g.dwn, GradMode::overwrite, arena);
+  return g;
+}
+
+// The weight gradients overwritten on the GPU (over NaN) for a GPU state; dx starts from zero.
+RouterGrads gpu_overwritten_gradients(const RouterState& st, const Tensor& w, const Tensor& wn, const Tensor& dgate,
+                                      Arena& arena) {
+  const std::int64_t N = st.x.size(0), d = st.x.size(1);
+  const int E = st.settings.experts;
+  RouterGrads g{zeros({N, d}, st.x.dtype(), Device::cuda), OwnedTensor({d, E}, DType::f32, Device::cuda),
+                OwnedTensor({d, E}, DType::f32, Device::cuda)};
+  poison(g.dw);
+  poison(g.dwn);
+  router_backward(st, w, wn, dgate, g.dx, g.dw, g.dwn, GradMode::overwrite, arena);
+  device_synchronize();
   return g;
 }
 
@@ -131,11 +147,14 @@ TEST_P(RouterGpu, MatchesCpuReference) {
     router_forward(s, x, w, wn, true, key, 12345, arena, st);
     router_forward(s, in.x, in.w, in.wn, true, key, 12345, arena_cpu, ref);
     // Backward adds to dx, dW and dWn: both devices start from the same random values.
-    const RouterGrads start = start_like(cpu_gradients(ref, in.w, in.wn, dgate_cpu, arena_cpu), seed + 4);
+    const RouterGrads plain = cpu_gradients(ref, in.w, in.wn, dgate_cpu, arena_cpu);
+    const RouterGrads start = start_like(plain, seed + 4);
     RouterGrads got = grads_on(start, Device::cuda), expected = grads_on(start, Device::cpu);
-    router_backward(st, w, wn, dgate, got.dx, got.dw, got.dwn, arena);
+    router_backward(st, w, wn, dgate, got.dx, got.dw, got.dwn, GradMode::accumulate, arena);
     device_synchronize();
-    router_backward(ref, in.w, in.wn, dgate_cpu, expected.dx, expected.dw, expected.dwn, arena_cpu);
+    router_backward(ref, in.w, in.wn, dgate_cpu, expected.dx, expected.dw, expected.dwn, GradMode::accumulate,
+                    arena_cpu);
+    const RouterGrads overwritten = gpu_overwritten_gradients(st, w, wn, dgate, arena);
 
     EXPECT_EQ(to_vector(st.routing.expert), to_vector(ref.routing.expert));
     EXPECT_EQ(to_vector(st.routing.slot), to_vector(ref.routing.slot));
@@ -155,6 +174,12 @@ TEST_P(RouterGpu, MatchesCpuReference) {
     EXPECT_LT(relative_error(got.dx, expected.dx), grad_tol);
     EXPECT_LT(relative_error(got.dw, expected.dw), 1e-4);
     EXPECT_LT(relative_error(got.dwn, expected.dwn), 1e-4);
+    // Overwritten: the plain gradients, a NaN left anywhere fails (dWn is zero without Gaussian noise).
+    EXPECT_LT(relative_error(overwritten.dw, plain.dw), 1e-4);
+    EXPECT_LT(relative_error(overwritten.dwn, plain.dwn), 1e-4);
+    if (gc.noise != RouterNoise::gaussian) {
+      EXPECT_EQ(to_vector(overwritten.dwn), std::vector<double>(std::size_t(plain.dwn.view().numel()), 0.0));
+    }
   }
 }
 
@@ -190,9 +215,11 @@ TEST(RouterGpuTest, ForwardAndBackwardAreBitReproducible) {
   router_forward(s, x, w, Tensor{}, true, RngKey{3, 0, 0}, 0, arena, a);
   router_forward(s, x, w, Tensor{}, true, RngKey{3, 0, 0}, 0, arena, b);
   OwnedTensor dx_a = zeros({4099, 96}, DType::bf16, Device::cuda), dx_b = zeros({4099, 96}, DType::bf16, Device::cuda);
-  OwnedTensor dw_a = zeros({96, 64}, DType::f32, Device::cuda), dw_b = zeros({96, 64}, DType::f32, Device::cuda);
-  router_backward(a, w, Tensor{}, dgate, dx_a, dw_a, Tensor{}, arena);
-  router_backward(b, w, Tensor{}, dgate, dx_b, dw_b, Tensor{}, arena);
+  OwnedTensor dw_a({96, 64}, DType::f32, Device::cuda), dw_b({96, 64}, DType::f32, Device::cuda);
+  poison(dw_a);
+  poison(dw_b);
+  router_backward(a, w, Tensor{}, dgate, dx_a, dw_a, Tensor{}, GradMode::overwrite, arena);
+  router_backward(b, w, Tensor{}, dgate, dx_b, dw_b, Tensor{}, GradMode::overwrite, arena);
   device_synchronize();
   EXPECT_EQ(to_vector(a.routing.slot), to_vector(b.routing.slot));
   EXPECT_EQ(to_vector(a.logits), to_vector(b.logits));
@@ -273,9 +300,11 @@ TEST_P(RouterGpuKernels, LogitsAndGradientsMatchCpuReference) {
   const RouterGrads plain = cpu_gradients(on_cpu, w_cpu, wn_cpu, dgate_cpu, arena_cpu);
   const RouterGrads start = start_like(plain, seed + 4);
   RouterGrads got = grads_on(start, Device::cuda), expected = grads_on(start, Device::cpu);
-  router_backward(st, w, wn, dgate, got.dx, got.dw, got.dwn, arena);
+  router_backward(st, w, wn, dgate, got.dx, got.dw, got.dwn, GradMode::accumulate, arena);
   device_synchronize();
-  router_backward(on_cpu, w_cpu, wn_cpu, dgate_cpu, expected.dx, expected.dw, expected.dwn, arena_cpu);
+  router_backward(on_cpu, w_cpu, wn_cpu, dgate_cpu, expected.dx, expected.dw, expected.dwn, GradMode::accumulate,
+                  arena_cpu);
+  const RouterGrads overwritten = gpu_overwritten_gradients(st, w, wn, dgate, arena);
   // The starts have the gradients' size, so the sums check what was added as well.
   ASSERT_GT(relative_error(expected.dx, start.dx), 0.5) << "dx: the gradient is negligible next to the start";
   ASSERT_GT(relative_error(expected.dw, start.dw), 0.5) << "dW: the gradient is negligible next to the start";
@@ -288,6 +317,10 @@ TEST_P(RouterGpuKernels, LogitsAndGradientsMatchCpuReference) {
   } else {
     EXPECT_EQ(to_vector(got.dwn), to_vector(start.dwn)) << "dWn is touched only for Gaussian noise";
   }
+  // Overwritten over NaN: the plain gradients (both weight-gradient paths: E <= 8 without noise
+  // takes the row-lane kernel); dWn is zero without Gaussian noise.
+  EXPECT_LT(relative_error(overwritten.dw, plain.dw), 1e-4);
+  EXPECT_LT(relative_error(overwritten.dwn, plain.dwn), 1e-4);
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -330,7 +363,8 @@ INSTANTIATE_TEST_SUITE_P(
       return name.str();
     });
 
-TEST(RouterGpuTest, NoTokensLeaveTheWeightGradientsUnchanged) {
+// No tokens: accumulating leaves the weight gradients unchanged, overwriting writes zeros.
+TEST(RouterGpuTest, NoTokensAddNothingAndOverwriteZeros) {
   SY_REQUIRE_GPU();
   RouterSettings s;
   s.experts = 8;
@@ -345,12 +379,18 @@ TEST(RouterGpuTest, NoTokensLeaveTheWeightGradientsUnchanged) {
   OwnedTensor dw = convert(dw_start, DType::f32, Device::cuda), dwn = convert(dwn_start, DType::f32, Device::cuda);
   RouterState st;
   router_forward(s, x, w, wn, true, RngKey{5, 0, 0}, 0, arena, st);
-  router_backward(st, w, wn, dgate, dx, dw, dwn, arena);
+  router_backward(st, w, wn, dgate, dx, dw, dwn, GradMode::accumulate, arena);
   device_synchronize();
   EXPECT_EQ(to_vector(st.routing.expert_counts), std::vector<double>(8, 0.0));
   EXPECT_EQ(to_vector(st.aux_loss)[0], 0.0);
   EXPECT_EQ(to_vector(dw), to_vector(dw_start));
   EXPECT_EQ(to_vector(dwn), to_vector(dwn_start));
+  poison(dw);
+  poison(dwn);
+  router_backward(st, w, wn, dgate, dx, dw, dwn, GradMode::overwrite, arena);
+  device_synchronize();
+  EXPECT_EQ(to_vector(dw), std::vector<double>(64 * 8, 0.0));
+  EXPECT_EQ(to_vector(dwn), std::vector<double>(64 * 8, 0.0));
 }
 
 }  // namespace

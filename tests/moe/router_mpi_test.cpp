@@ -57,8 +57,8 @@ TEST(RouterMpi, GlobalScopeEqualsSerialRunOverAllRanksTokens) {
   OwnedTensor dx = zeros({sl.count, d}, DType::f64, Device::cpu);
   OwnedTensor dx_all = zeros({sl.total, d}, DType::f64, Device::cpu);
   OwnedTensor dw = zeros({d, 4}, DType::f64, Device::cpu), dw_all = zeros({d, 4}, DType::f64, Device::cpu);
-  router_backward(mine, w, Tensor{}, dgate, dx, dw, Tensor{}, arena);
-  router_backward(serial, w, Tensor{}, dgate_all, dx_all, dw_all, Tensor{}, arena);
+  router_backward(mine, w, Tensor{}, dgate, dx, dw, Tensor{}, GradMode::overwrite, arena);
+  router_backward(serial, w, Tensor{}, dgate_all, dx_all, dw_all, Tensor{}, GradMode::overwrite, arena);
   dp.all_reduce(dw, ReduceOp::sum);
   EXPECT_LT(relative_error(dw, dw_all), 1e-12);
   EXPECT_LT(relative_error(dx, dx_all.view().slice_rows(sl.first, sl.count)), 1e-12);

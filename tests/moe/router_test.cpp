@@ -287,12 +287,16 @@ TEST_P(RouterGradient, MatchesFiniteDifferences) {
     EXPECT_NE(std::count(slots.begin(), slots.end(), -1), 0) << "no drops";
   }
   OwnedTensor dx = zeros({N, d}, DType::f64, Device::cpu);
-  OwnedTensor dw = zeros({d, 5}, DType::f64, Device::cpu), dwn = zeros({d, 5}, DType::f64, Device::cpu);
-  router_backward(st, w, wn, dgate, dx, dw, dwn, arena);
+  OwnedTensor dw({d, 5}, DType::f64, Device::cpu), dwn({d, 5}, DType::f64, Device::cpu);
+  poison(dw);  // overwritten, never read
+  poison(dwn);
+  router_backward(st, w, wn, dgate, dx, dw, dwn, GradMode::overwrite, arena);
   EXPECT_LT(relative_error(to_vector(dx), numeric_gradient(x, loss)), 1e-6);
   EXPECT_LT(relative_error(to_vector(dw), numeric_gradient(w, loss)), 1e-6);
   if (gc.noise == RouterNoise::gaussian) {
     EXPECT_LT(relative_error(to_vector(dwn), numeric_gradient(wn, loss)), 1e-6);
+  } else {  // no noise projection in this forward: its overwritten gradient is zero
+    EXPECT_EQ(to_vector(dwn), std::vector<double>(std::size_t(d * 5), 0.0));
   }
 }
 
@@ -311,8 +315,9 @@ INSTANTIATE_TEST_SUITE_P(
              (c.renormalize ? "_renorm_" : "_") + drop_policy_name(c.policy);
     });
 
-// Backward adds to dx (the MoE layer sums it with the dispatch path's gradient) as it does to
-// the weight gradients: from nonzero starting values the result is start + the plain gradient.
+// Backward adds to dx (the MoE layer sums it with the dispatch path's gradient) in both modes,
+// and to the weight gradients when accumulating: from nonzero starting values the result is
+// start + the plain gradient. Overwriting stores the plain gradient over anything.
 TEST(RouterTest, BackwardAddsToDxAndWeightGradients) {
   for (RouterNoise noise : {RouterNoise::jitter, RouterNoise::gaussian}) {
     SCOPED_TRACE(router_noise_name(noise));
@@ -328,16 +333,21 @@ TEST(RouterTest, BackwardAddsToDxAndWeightGradients) {
     RouterState st;
     router_forward(s, x, w, wn, true, RngKey{}, 0, arena, st);
     OwnedTensor dx = zeros({5, 3}, DType::f32, Device::cpu);
-    OwnedTensor dw = zeros({3, 4}, DType::f32, Device::cpu), dwn = zeros({3, 4}, DType::f32, Device::cpu);
-    router_backward(st, w, wn, dgate, dx, dw, dwn, arena);
+    OwnedTensor dw({3, 4}, DType::f32, Device::cpu), dwn({3, 4}, DType::f32, Device::cpu);
+    poison(dw);
+    poison(dwn);
+    router_backward(st, w, wn, dgate, dx, dw, dwn, GradMode::overwrite, arena);
     const std::vector<double> grad_x = to_vector(dx), grad_w = to_vector(dw), grad_wn = to_vector(dwn);
     EXPECT_NE(grad_x, std::vector<double>(grad_x.size(), 0.0)) << "no gradient to add";
+    if (noise != RouterNoise::gaussian) {
+      EXPECT_EQ(grad_wn, std::vector<double>(grad_wn.size(), 0.0));
+    }
 
     OwnedTensor dx0 = random_tensor({5, 3}, DType::f32, Device::cpu, 35);
     OwnedTensor dw0 = random_tensor({3, 4}, DType::f32, Device::cpu, 36);
     OwnedTensor dwn0 = random_tensor({3, 4}, DType::f32, Device::cpu, 37);
     const std::vector<double> start_x = to_vector(dx0), start_w = to_vector(dw0), start_wn = to_vector(dwn0);
-    router_backward(st, w, wn, dgate, dx0, dw0, dwn0, arena);
+    router_backward(st, w, wn, dgate, dx0, dw0, dwn0, GradMode::accumulate, arena);
     const std::vector<double> sum_x = to_vector(dx0), sum_w = to_vector(dw0), sum_wn = to_vector(dwn0);
     // f32 storage: one rounding of the sum.
     auto tol = [](double a, double b) { return 1e-6 * (std::abs(a) + std::abs(b)) + 1e-9; };
@@ -351,7 +361,31 @@ TEST(RouterTest, BackwardAddsToDxAndWeightGradients) {
       const double expected = noise == RouterNoise::gaussian ? start_wn[i] + grad_wn[i] : start_wn[i];
       EXPECT_NEAR(sum_wn[i], expected, tol(start_wn[i], grad_wn[i])) << "dw_noise is touched only for gaussian noise";
     }
+    // A new step overwrites: the weight gradients are the plain ones again, bit for bit.
+    router_backward(st, w, wn, dgate, dx0, dw0, dwn0, GradMode::overwrite, arena);
+    EXPECT_EQ(to_vector(dw0), grad_w);
+    EXPECT_EQ(to_vector(dwn0), grad_wn);
   }
+}
+
+// A rank without tokens: nothing to add, and overwriting writes zeros.
+TEST(RouterTest, WithoutTokensOverwriteWritesZeros) {
+  RouterSettings s;
+  s.experts = 4;
+  s.noise = RouterNoise::gaussian;
+  OwnedTensor x({0, 3}, DType::f32, Device::cpu), dx({0, 3}, DType::f32, Device::cpu);
+  OwnedTensor w = random_tensor({3, 4}, DType::f32, Device::cpu, 38);
+  OwnedTensor wn = random_tensor({3, 4}, DType::f32, Device::cpu, 39);
+  OwnedTensor dgate({0, 1}, DType::f32, Device::cpu), dw({3, 4}, DType::f32, Device::cpu);
+  OwnedTensor dwn({3, 4}, DType::f32, Device::cpu);
+  Arena arena(Device::cpu, 1 << 20);
+  RouterState st;
+  router_forward(s, x, w, wn, true, RngKey{}, 0, arena, st);
+  poison(dw);
+  poison(dwn);
+  router_backward(st, w, wn, dgate, dx, dw, dwn, GradMode::overwrite, arena);
+  EXPECT_EQ(to_vector(dw), std::vector<double>(12, 0.0));
+  EXPECT_EQ(to_vector(dwn), std::vector<double>(12, 0.0));
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 // Tensor-parallel MLP (column-parallel then row-parallel, with and without GELU) at tp = world
 // size against the unsharded computation that every rank also does with core ops: the same y
-// and dx on every rank, and each rank's weight gradients equal its slice of the full ones.
+// and dx on every rank, and each rank's weight gradients equal its slice of the full ones, both
+// added to an earlier micro-batch's (GradMode::accumulate) and written over NaN (overwrite).
 #include <algorithm>
 
 #include "parallel/tp_linear.h"
@@ -22,12 +23,12 @@ class TpLinear : public ::testing::TestWithParam<Device> {
   // Weight gradients are stored in f32 whatever the activations are.
   double grad_tolerance() const { return std::max(tolerance(), 1e-6); }
 
-  void check_mlp_matches_unsharded(bool with_gelu);
+  void check_mlp_matches_unsharded(bool with_gelu, GradMode mode);
 };
 
 // y = act(x W1^T) W2^T with W1: [d_ff, d_model] column-parallel and W2: [d_model, d_ff]
 // row-parallel; act is GELU or the identity.
-void TpLinear::check_mlp_matches_unsharded(bool with_gelu) {
+void TpLinear::check_mlp_matches_unsharded(bool with_gelu, GradMode mode) {
   Communicator& group = tp();
   const int parts = group.size(), rank = group.rank();
   const std::int64_t n = 7, d_model = 12, d_ff_local = 8, d_ff = d_ff_local * parts;
@@ -48,8 +49,14 @@ void TpLinear::check_mlp_matches_unsharded(bool with_gelu) {
   OwnedTensor dw1_local({d_ff_local, d_model}, DType::f32, dev), dw2_local({d_model, d_ff_local}, DType::f32, dev);
   copy_weight_shard(w1, w1_local, ShardAxis::rows, rank, parts);
   copy_weight_shard(w2, w2_local, ShardAxis::columns, rank, parts);
-  copy_weight_shard(dw1_ref, dw1_local, ShardAxis::rows, rank, parts);
-  copy_weight_shard(dw2_ref, dw2_local, ShardAxis::columns, rank, parts);
+  if (mode == GradMode::accumulate) {
+    copy_weight_shard(dw1_ref, dw1_local, ShardAxis::rows, rank, parts);
+    copy_weight_shard(dw2_ref, dw2_local, ShardAxis::columns, rank, parts);
+  } else {  // the first micro-batch: what the gradients held must not matter
+    poison(dw1_local);
+    poison(dw2_local);
+  }
+  const float beta = grad_beta(mode);
 
   // Unsharded reference.
   OwnedTensor h({n, d_ff}, dt, dev), a({n, d_ff}, dt, dev), y_ref({n, d_model}, dt, dev);
@@ -60,10 +67,10 @@ void TpLinear::check_mlp_matches_unsharded(bool with_gelu) {
   if (with_gelu) gelu_forward(h, a);
   gemm(act, w2, y_ref, false, true);
   gemm(dy, w2, da, false, false);
-  gemm(dy, act, dw2_ref, true, false, 1.0f, 1.0f);
+  gemm(dy, act, dw2_ref, true, false, 1.0f, beta);
   if (with_gelu) gelu_backward(h, da, dh);
   gemm(dpre, w1, dx_ref, false, false);
-  gemm(dpre, x, dw1_ref, true, false, 1.0f, 1.0f);
+  gemm(dpre, x, dw1_ref, true, false, 1.0f, beta);
 
   // Tensor parallel: this rank's d_ff slice of the hidden activations.
   OwnedTensor h_local({n, d_ff_local}, dt, dev), a_local({n, d_ff_local}, dt, dev), y({n, d_model}, dt, dev);
@@ -74,9 +81,9 @@ void TpLinear::check_mlp_matches_unsharded(bool with_gelu) {
   column_parallel_forward(group, x, w1_local, h_local);
   if (with_gelu) gelu_forward(h_local, a_local);
   row_parallel_forward(group, act_local, w2_local, y);
-  row_parallel_backward(group, act_local, w2_local, dy, da_local, dw2_local);
+  row_parallel_backward(group, act_local, w2_local, dy, da_local, dw2_local, mode);
   if (with_gelu) gelu_backward(h_local, da_local, dh_local);
-  column_parallel_backward(group, x, w1_local, dpre_local, dx, dw1_local);
+  column_parallel_backward(group, x, w1_local, dpre_local, dx, dw1_local, mode);
   device_synchronize();
 
   EXPECT_LT(relative_error(y, y_ref), tolerance());
@@ -89,9 +96,14 @@ void TpLinear::check_mlp_matches_unsharded(bool with_gelu) {
   EXPECT_LT(relative_error(dw2_local, dw2_slice), grad_tolerance());
 }
 
-TEST_P(TpLinear, MlpWithoutActivationMatchesUnsharded) { check_mlp_matches_unsharded(false); }
+TEST_P(TpLinear, MlpWithoutActivationMatchesUnsharded) { check_mlp_matches_unsharded(false, GradMode::accumulate); }
 
-TEST_P(TpLinear, MlpWithGeluMatchesUnsharded) { check_mlp_matches_unsharded(true); }
+TEST_P(TpLinear, MlpWithGeluMatchesUnsharded) { check_mlp_matches_unsharded(true, GradMode::accumulate); }
+
+TEST_P(TpLinear, MlpOverwritesWeightGradients) {
+  check_mlp_matches_unsharded(false, GradMode::overwrite);
+  check_mlp_matches_unsharded(true, GradMode::overwrite);
+}
 
 TEST_P(TpLinear, RejectsWeightOfAnotherWidth) {
   OwnedTensor x({7, 12}, DType::f32, device()), w({8, 10}, DType::f32, device()), y({7, 8}, DType::f32, device());
