@@ -1,8 +1,8 @@
 // DistributedOptimizer: one training step's tail. Finishes gradient synchronisation, computes
-// the global gradient norm (each bucket's share is summed on the synchronisation stream as soon
-// as the bucket is reduced, so under backward), clips, and applies AdamW, either to the whole local buffers or,
-// under ZeRO-1, to this rank's shard (Adam state exists for the shard only) followed by an
-// all_gather of the updated masters and compute copies.
+// the global gradient norm (the buckets' shares summed on the compute stream, in the order the
+// buckets were reduced), clips, and applies AdamW, either to the whole local buffers or, under
+// ZeRO-1, to this rank's shard (Adam state exists for the shard only) followed by an all_gather
+// of the updated masters and compute copies.
 //
 // Communicators: world (the one all_reduce of the squared norm), dp (dense gradients; its size
 // is the averaging divisor) and edp (expert gradients; null when there are none). The tp and ep
@@ -78,6 +78,11 @@ class DistributedOptimizer {
 
   // Adds the squares of a reduced bucket's counted elements to bucket_squares_ (on `stream`).
   void add_bucket_squares(ReduceGroup group, int bucket, StreamRef stream);
+  // Every bucket reduced this step, in order: their squares are added in that order.
+  struct ReducedBucket {
+    ReduceGroup group;
+    int bucket;
+  };
   // sum_squares_ = the squared global gradient norm, on the device (summed over the world).
   void reduce_grad_squares();
   const ParameterGroup& check_adam_state_args(const char* op, ReduceGroup group, const Tensor& m,
@@ -91,7 +96,8 @@ class DistributedOptimizer {
   PhaseTimer* timer_ = nullptr;
   StreamRef compute_;
   GroupPlan plans_[2];  // dp, edp
-  OwnedTensor bucket_squares_;    // [1] f32: this step's buckets so far, on the sync stream
+  std::vector<ReducedBucket> reduced_;  // this step's buckets, in the order they were reduced
+  OwnedTensor bucket_squares_;    // [1] f32: the buckets' sum of squares, on the compute stream
   OwnedTensor sum_squares_;       // [1] f32 on the parameters' device
   OwnedTensor sum_squares_host_;  // [1] f32 on the CPU
 };
