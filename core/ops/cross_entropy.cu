@@ -9,6 +9,8 @@
 // would be out of bounds.
 #include <climits>
 #include <cstdint>
+#include <initializer_list>
+#include <type_traits>
 
 #include "core/ops/cuda_common.cuh"
 
@@ -201,73 +203,58 @@ void check_sizes(const Tensor& logits) {
       << "cross_entropy on CUDA: at most 2^31 - 1 rows and classes, got " << logits.describe();
 }
 
-}  // namespace
-
-void cross_entropy_forward(const Tensor& logits, const Tensor& targets, const Tensor& losses, const Tensor& lse,
-                           int ignore_index, StreamRef stream) {
+// Calls launch(T*, vec, rows, vocab, threads) for one block per row: vec is 16-byte packs
+// (std::integral_constant<int, 16 / sizeof(T)>) when V is a multiple of a pack and every base
+// in `bases` is 16-byte aligned (then every row base is), single elements (1) otherwise.
+template <class Launch>
+void launch_rows(const Tensor& logits, std::initializer_list<const void*> bases, Launch&& launch) {
   check_sizes(logits);
   const int rows = int(logits.size(0)), vocab = int(logits.size(1));
   if (rows == 0) return;
   dispatch_float(logits, [&](auto* type) {
-    using T = std::remove_pointer_t<decltype(type)>;
-    constexpr int kVec = 16 / sizeof(T);
-    const T* x = static_cast<const T*>(logits.data());
-    const std::int32_t* t = targets.ptr<std::int32_t>();
-    // Every row base is 16-byte aligned when the tensor base is and V is a multiple of kVec.
-    if (vocab % kVec == 0 && aligned_16(x)) {
-      cross_entropy_forward_kernel<T, kVec><<<rows, threads_for(vocab / kVec), 0, to_cuda(stream)>>>(
-          x, t, losses.ptr<float>(), lse.ptr<float>(), vocab, ignore_index);
+    constexpr int kVec = 16 / sizeof(*type);
+    bool packed = vocab % kVec == 0;
+    for (const void* base : bases) packed = packed && aligned_16(base);
+    if (packed) {
+      launch(type, std::integral_constant<int, kVec>{}, rows, vocab, threads_for(vocab / kVec));
     } else {
-      cross_entropy_forward_kernel<T, 1><<<rows, threads_for(vocab), 0, to_cuda(stream)>>>(
-          x, t, losses.ptr<float>(), lse.ptr<float>(), vocab, ignore_index);
+      launch(type, std::integral_constant<int, 1>{}, rows, vocab, threads_for(vocab));
     }
   });
   SY_CUDA_LAUNCH();
 }
 
+}  // namespace
+
+void cross_entropy_forward(const Tensor& logits, const Tensor& targets, const Tensor& losses, const Tensor& lse,
+                           int ignore_index, StreamRef stream) {
+  launch_rows(logits, {logits.data()}, [&](auto* type, auto vec, int rows, int vocab, int threads) {
+    using T = std::remove_pointer_t<decltype(type)>;
+    cross_entropy_forward_kernel<T, decltype(vec)::value><<<rows, threads, 0, to_cuda(stream)>>>(
+        static_cast<const T*>(logits.data()), targets.ptr<std::int32_t>(), losses.ptr<float>(), lse.ptr<float>(),
+        vocab, ignore_index);
+  });
+}
+
 void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse, const Tensor& dlogits,
                             float grad_scale, int ignore_index, StreamRef stream) {
-  check_sizes(logits);
-  const int rows = int(logits.size(0)), vocab = int(logits.size(1));
-  if (rows == 0) return;
-  dispatch_float(logits, [&](auto* type) {
+  launch_rows(logits, {logits.data(), dlogits.data()}, [&](auto* type, auto vec, int rows, int vocab, int threads) {
     using T = std::remove_pointer_t<decltype(type)>;
-    constexpr int kVec = 16 / sizeof(T);
-    const T* x = static_cast<const T*>(logits.data());
-    T* dx = static_cast<T*>(dlogits.data());
-    const std::int32_t* t = targets.ptr<std::int32_t>();
-    if (vocab % kVec == 0 && aligned_16(x) && aligned_16(dx)) {
-      cross_entropy_backward_kernel<T, kVec><<<rows, threads_for(vocab / kVec), 0, to_cuda(stream)>>>(
-          x, t, lse.ptr<float>(), dx, vocab, grad_scale, ignore_index);
-    } else {
-      cross_entropy_backward_kernel<T, 1><<<rows, threads_for(vocab), 0, to_cuda(stream)>>>(
-          x, t, lse.ptr<float>(), dx, vocab, grad_scale, ignore_index);
-    }
+    cross_entropy_backward_kernel<T, decltype(vec)::value><<<rows, threads, 0, to_cuda(stream)>>>(
+        static_cast<const T*>(logits.data()), targets.ptr<std::int32_t>(), lse.ptr<float>(),
+        static_cast<T*>(dlogits.data()), vocab, grad_scale, ignore_index);
   });
-  SY_CUDA_LAUNCH();
 }
 
 void cross_entropy_forward_backward(const Tensor& logits, const Tensor& targets, const Tensor& losses,
                                     const Tensor& lse, const Tensor& dlogits, float grad_scale, int ignore_index,
                                     StreamRef stream) {
-  check_sizes(logits);
-  const int rows = int(logits.size(0)), vocab = int(logits.size(1));
-  if (rows == 0) return;
-  dispatch_float(logits, [&](auto* type) {
+  launch_rows(logits, {logits.data(), dlogits.data()}, [&](auto* type, auto vec, int rows, int vocab, int threads) {
     using T = std::remove_pointer_t<decltype(type)>;
-    constexpr int kVec = 16 / sizeof(T);
-    const T* x = static_cast<const T*>(logits.data());
-    T* dx = static_cast<T*>(dlogits.data());
-    const std::int32_t* t = targets.ptr<std::int32_t>();
-    if (vocab % kVec == 0 && aligned_16(x) && aligned_16(dx)) {
-      cross_entropy_fused_kernel<T, kVec><<<rows, threads_for(vocab / kVec), 0, to_cuda(stream)>>>(
-          x, t, losses.ptr<float>(), lse.ptr<float>(), dx, vocab, grad_scale, ignore_index);
-    } else {
-      cross_entropy_fused_kernel<T, 1><<<rows, threads_for(vocab), 0, to_cuda(stream)>>>(
-          x, t, losses.ptr<float>(), lse.ptr<float>(), dx, vocab, grad_scale, ignore_index);
-    }
+    cross_entropy_fused_kernel<T, decltype(vec)::value><<<rows, threads, 0, to_cuda(stream)>>>(
+        static_cast<const T*>(logits.data()), targets.ptr<std::int32_t>(), losses.ptr<float>(), lse.ptr<float>(),
+        static_cast<T*>(dlogits.data()), vocab, grad_scale, ignore_index);
   });
-  SY_CUDA_LAUNCH();
 }
 
 }  // namespace sy::cuda

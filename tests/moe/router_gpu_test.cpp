@@ -59,30 +59,18 @@ RouterGrads grads_on(const RouterGrads& g, Device device) {
           convert(g.dwn, DType::f32, device)};
 }
 
-// The CPU reference's plain gradients for a CPU state (dx from zero, the weights' overwritten).
-RouterGrads cpu_gradients(const RouterState& st, const Tensor& w, const Tensor& wn, const Tensor& dgate,
-                          Arena& arena) {
+// The gradients of a state on `device` (its tensors' device), the weights' overwritten over NaN
+// and dx from zero: on the CPU state, the reference's plain gradients.
+RouterGrads overwritten_gradients(const RouterState& st, const Tensor& w, const Tensor& wn, const Tensor& dgate,
+                                  Arena& arena, Device device) {
   const std::int64_t N = st.x.size(0), d = st.x.size(1);
   const int E = st.settings.experts;
-  RouterGrads g{zeros({N, d}, st.x.dtype(), Device::cpu), OwnedTensor({d, E}, DType::f32, Device::cpu),
-                OwnedTensor({d, E}, DType::f32, Device::cpu)};
+  RouterGrads g{zeros({N, d}, st.x.dtype(), device), OwnedTensor({d, E}, DType::f32, device),
+                OwnedTensor({d, E}, DType::f32, device)};
   poison(g.dw);
   poison(g.dwn);
   router_backward(st, w, wn, dgate, g.dx, g.dw, g.dwn, GradMode::overwrite, arena);
-  return g;
-}
-
-// The weight gradients overwritten on the GPU (over NaN) for a GPU state; dx starts from zero.
-RouterGrads gpu_overwritten_gradients(const RouterState& st, const Tensor& w, const Tensor& wn, const Tensor& dgate,
-                                      Arena& arena) {
-  const std::int64_t N = st.x.size(0), d = st.x.size(1);
-  const int E = st.settings.experts;
-  RouterGrads g{zeros({N, d}, st.x.dtype(), Device::cuda), OwnedTensor({d, E}, DType::f32, Device::cuda),
-                OwnedTensor({d, E}, DType::f32, Device::cuda)};
-  poison(g.dw);
-  poison(g.dwn);
-  router_backward(st, w, wn, dgate, g.dx, g.dw, g.dwn, GradMode::overwrite, arena);
-  device_synchronize();
+  if (device == Device::cuda) device_synchronize();
   return g;
 }
 
@@ -147,14 +135,14 @@ TEST_P(RouterGpu, MatchesCpuReference) {
     router_forward(s, x, w, wn, true, key, 12345, arena, st);
     router_forward(s, in.x, in.w, in.wn, true, key, 12345, arena_cpu, ref);
     // Backward adds to dx, dW and dWn: both devices start from the same random values.
-    const RouterGrads plain = cpu_gradients(ref, in.w, in.wn, dgate_cpu, arena_cpu);
+    const RouterGrads plain = overwritten_gradients(ref, in.w, in.wn, dgate_cpu, arena_cpu, Device::cpu);
     const RouterGrads start = start_like(plain, seed + 4);
     RouterGrads got = grads_on(start, Device::cuda), expected = grads_on(start, Device::cpu);
     router_backward(st, w, wn, dgate, got.dx, got.dw, got.dwn, GradMode::accumulate, arena);
     device_synchronize();
     router_backward(ref, in.w, in.wn, dgate_cpu, expected.dx, expected.dw, expected.dwn, GradMode::accumulate,
                     arena_cpu);
-    const RouterGrads overwritten = gpu_overwritten_gradients(st, w, wn, dgate, arena);
+    const RouterGrads overwritten = overwritten_gradients(st, w, wn, dgate, arena, Device::cuda);
 
     EXPECT_EQ(to_vector(st.routing.expert), to_vector(ref.routing.expert));
     EXPECT_EQ(to_vector(st.routing.slot), to_vector(ref.routing.slot));
@@ -297,14 +285,14 @@ TEST_P(RouterGpuKernels, LogitsAndGradientsMatchCpuReference) {
   }
 
   const RouterState on_cpu = state_on_cpu(st, x_cpu, arena_cpu);
-  const RouterGrads plain = cpu_gradients(on_cpu, w_cpu, wn_cpu, dgate_cpu, arena_cpu);
+  const RouterGrads plain = overwritten_gradients(on_cpu, w_cpu, wn_cpu, dgate_cpu, arena_cpu, Device::cpu);
   const RouterGrads start = start_like(plain, seed + 4);
   RouterGrads got = grads_on(start, Device::cuda), expected = grads_on(start, Device::cpu);
   router_backward(st, w, wn, dgate, got.dx, got.dw, got.dwn, GradMode::accumulate, arena);
   device_synchronize();
   router_backward(on_cpu, w_cpu, wn_cpu, dgate_cpu, expected.dx, expected.dw, expected.dwn, GradMode::accumulate,
                   arena_cpu);
-  const RouterGrads overwritten = gpu_overwritten_gradients(st, w, wn, dgate, arena);
+  const RouterGrads overwritten = overwritten_gradients(st, w, wn, dgate, arena, Device::cuda);
   // The starts have the gradients' size, so the sums check what was added as well.
   ASSERT_GT(relative_error(expected.dx, start.dx), 0.5) << "dx: the gradient is negligible next to the start";
   ASSERT_GT(relative_error(expected.dw, start.dw), 0.5) << "dW: the gradient is negligible next to the start";
