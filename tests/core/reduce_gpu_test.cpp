@@ -27,6 +27,26 @@ TEST_P(SumSquaresGpu, MatchesCpuReference) {
   }
 }
 
+// Slices that start off a 16-byte boundary (as a parameter's gradient inside a flat buffer can),
+// so the elements before the first whole pack and after the last one are counted too, from
+// inputs shorter than one pack to ones that take many grid strides.
+TEST_P(SumSquaresGpu, MisalignedSlicesMatchCpuReference) {
+  SY_REQUIRE_GPU();
+  const DType dt = GetParam();
+  OwnedTensor x = random_tensor({(std::int64_t(1) << 21) + 64}, dt, Device::cuda, 811);
+  OwnedTensor xc = convert(x, DType::f64, Device::cpu);
+  for (std::int64_t offset : {1, 3, 5}) {
+    for (std::int64_t n : {std::int64_t(2), std::int64_t(7), std::int64_t(4099), (std::int64_t(1) << 21) + 13}) {
+      SCOPED_TRACE(::testing::Message() << "offset " << offset << " numel " << n);
+      OwnedTensor out = zeros({1}, DType::f32, Device::cuda), outc = zeros({1}, DType::f32, Device::cpu);
+      sum_squares(x.view().slice_rows(offset, n), out);
+      device_synchronize();
+      sum_squares(xc.view().slice_rows(offset, n), outc);
+      EXPECT_LT(relative_error(out, outc), 1e-5);
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Dtypes, SumSquaresGpu, ::testing::Values(DType::f32, DType::bf16), dtype_param_name);
 
 float read_scalar(const Tensor& t) {
