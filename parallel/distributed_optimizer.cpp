@@ -55,7 +55,7 @@ DistributedOptimizer::DistributedOptimizer(ParameterRegistry& registry, Communic
   fill_bytes(bucket_squares_, 0);
   // The squares wait for the step's tail: summed on the synchronisation stream beside backward
   // (as each bucket was reduced) they took the compute stream's bandwidth and made the step
-  // 1.4% slower on an H200 (bench/NOTES.md, change 22). Recording the order keeps the sum's
+  // 1.4% slower on an H200 (bench/NOTES.md, change 23). Recording the order keeps the sum's
   // order, so the norm is bitwise what it was.
   sync_.set_bucket_reduced([this](ReduceGroup id, int bucket, StreamRef) { reduced_.push_back({id, bucket}); });
   SY_CHECK(world.device() == device) << "DistributedOptimizer: group " << world.name() << " moves "

@@ -49,8 +49,7 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(const HeadView 
                                                                  const HeadView out, float* __restrict__ lse, Shape s,
                                                                  float scale_log2) {
   extern __shared__ __align__(128) unsigned char smem[];
-  const int q_tile = gridDim.z - 1 - blockIdx.z;  // the longest rows first (see causal_grid)
-  const int head = blockIdx.x, batch = blockIdx.y, kv_head = head / s.group();
+  const auto [q_tile, head, batch, kv_head] = query_block(s);
   const std::int64_t q_off = (std::int64_t(batch) * s.heads + head) * s.seq;  // into lse
   const bf16* q_head = q.head_at(batch, head);
   const bf16* k_head = k.head_at(batch, kv_head);
@@ -153,8 +152,7 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) flash_backward_dkdv
     const float* __restrict__ delta, const HeadView dk, const HeadView dv, bf16* __restrict__ ds_tiles, Shape s,
     float scale, float scale_log2) {
   extern __shared__ __align__(128) unsigned char smem[];
-  // The first key tiles see the most queries and start first (causal_grid).
-  const DkdvWalk<D> w{smem, s, int(blockIdx.z), int(blockIdx.x), int(blockIdx.y)};
+  const auto w = DkdvWalk<D>::of_block(smem, s);
   const int key0 = w.k_tile * kTile + (threadIdx.x / 32) * 16;  // this warp's first key
   w.load_keys(k, v);
   const int steps = w.steps();
@@ -202,8 +200,7 @@ __global__ void __launch_bounds__(kThreads) flash_backward_dq_kernel(const bf16*
                                                                      const HeadView k, const HeadView dq, Shape s,
                                                                      float scale) {
   extern __shared__ __align__(128) unsigned char smem[];
-  const int q_tile = gridDim.z - 1 - blockIdx.z;  // the longest rows first (see causal_grid)
-  const int head = blockIdx.x, batch = blockIdx.y, kv_head = head / s.group();
+  const auto [q_tile, head, batch, kv_head] = query_block(s);
   const bf16* k_head = k.head_at(batch, kv_head);
   const bf16* ds_row = ds_tiles + ds_tile_offset(s, batch, head, q_tile, 0);  // tile j at + j * 64 * 64
   // Buffer b: the dS^T tile (64 x 64), then the K tile (64 x D).

@@ -328,6 +328,12 @@ struct DkdvWalk {
   Shape s;
   int k_tile, kv_head, batch;
 
+  // The walk of this block of its causal_grid: the first key tiles see the most queries and
+  // start first.
+  static __device__ DkdvWalk of_block(unsigned char* smem, const Shape& s) {
+    return {smem, s, int(blockIdx.z), int(blockIdx.x), int(blockIdx.y)};
+  }
+
   // Which query head and tile a step reads: advanced step by step, so the loop never divides.
   struct Cursor {
     int head, q_tile;
@@ -439,6 +445,15 @@ dim3 causal_grid(std::int64_t heads, std::int64_t batch, std::int64_t tiles) {
   SY_CHECK(batch <= 65535 && tiles <= 65535) << "flash attention: batch " << batch << " and " << tiles
                                              << " tiles of 64 rows must each be at most 65535";
   return dim3(unsigned(heads), unsigned(batch), unsigned(tiles));
+}
+
+// A query block's place in its causal_grid: the last query tiles (the longest rows) start first.
+struct QueryBlock {
+  int q_tile, head, batch, kv_head;
+};
+__device__ __forceinline__ QueryBlock query_block(const Shape& s) {
+  const int head = blockIdx.x;
+  return {int(gridDim.z - 1 - blockIdx.z), head, int(blockIdx.y), head / s.group()};
 }
 
 HeadView view_of(const Tensor& t) {

@@ -54,6 +54,20 @@ __device__ __forceinline__ void fence_operands(float (&d)[8][4]) {
 // Shared memory written by cp.async (the generic proxy) becomes visible to wgmma (the async proxy).
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
+// The top of a three-buffer step: waits for this thread's copies of the step's cp.async group
+// (the next step's group, when `next_in_flight`, may still be running), makes them visible to
+// the tensor cores, and to every thread with the barrier, which also means every thread is done
+// with the step before, whose buffer the caller then refills.
+__device__ __forceinline__ void publish_step(bool next_in_flight) {
+  if (next_in_flight) {
+    cp_async_wait<1>();
+  } else {
+    cp_async_wait<0>();
+  }
+  fence_proxy_async();
+  __syncthreads();
+}
+
 // The 32 accumulator registers of an m64n64 wgmma (the mma.sync layout, [8][4]) as asm operands.
 #define SY_WGMMA_ACC64(d) \
   "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), \
@@ -108,8 +122,7 @@ __global__ void __launch_bounds__(kWgThreads) flash_forward_wgmma_kernel(const H
   extern __shared__ __align__(128) unsigned char smem_raw[];
   // The swizzle pattern repeats every 1024 bytes: the first tile starts on such a boundary.
   unsigned char* smem = smem_raw + ((1024 - smem_addr(smem_raw) % 1024) % 1024);
-  const int q_tile = gridDim.z - 1 - blockIdx.z;  // the longest rows first (see causal_grid)
-  const int head = blockIdx.x, batch = blockIdx.y, kv_head = head / s.group();
+  const auto [q_tile, head, batch, kv_head] = query_block(s);
   const std::int64_t q_off = (std::int64_t(batch) * s.heads + head) * s.seq;  // into lse
   const bf16* q_head = q.head_at(batch, head);
   const bf16* k_head = k.head_at(batch, kv_head);
@@ -139,13 +152,7 @@ __global__ void __launch_bounds__(kWgThreads) flash_forward_wgmma_kernel(const H
   zero(o);
   int buf = 0;  // j % 3
   for (int j = 0; j < kv_tiles; ++j) {
-    if (j + 1 < kv_tiles) {
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    fence_proxy_async();
-    __syncthreads();  // tile j is visible; every warpgroup is done with tile j - 1
+    publish_step(j + 1 < kv_tiles);  // tile j is visible; every warpgroup is done with tile j - 1
     if (j + 2 < kv_tiles) load_kv(j + 2, buf == 0 ? 2 : buf - 1);  // into tile j - 1's buffer
     // A warpgroup whose rows all sit left of this key tile has nothing to add (uniform over it).
     if (j * kTile <= group_row0 + kTile - 1) {
@@ -201,8 +208,7 @@ __global__ void __launch_bounds__(kThreads, 3) flash_backward_dkdv_wgmma_kernel(
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ __align__(128) unsigned char smem_raw[];
   unsigned char* smem = smem_raw + ((1024 - smem_addr(smem_raw) % 1024) % 1024);
-  // The first key tiles see the most queries and start first (causal_grid).
-  const DkdvWalk<64, 3> w{smem, s, int(blockIdx.z), int(blockIdx.x), int(blockIdx.y)};
+  const auto w = DkdvWalk<64, 3>::of_block(smem, s);
   const int key0 = w.k_tile * kTile + (threadIdx.x / 32) * 16;  // this warp's first key
   w.load_keys(k, v);
   const int steps = w.steps();
@@ -221,13 +227,7 @@ __global__ void __launch_bounds__(kThreads, 3) flash_backward_dkdv_wgmma_kernel(
   zero(dv_acc);
   int buf = 0;  // step % 3
   for (int step = 0; step < steps; ++step) {
-    if (step + 1 < steps) {
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    fence_proxy_async();
-    __syncthreads();  // this step's tiles are visible; every warp is done with step - 1
+    publish_step(step + 1 < steps);  // this step's tiles are visible; every warp is done with step - 1
     if (step + 2 < steps) {
       w.advance(next);
       w.issue(next, buf == 0 ? 2 : buf - 1, q, dout, lse, delta);  // into step - 1's buffer
