@@ -237,11 +237,31 @@ struct AdamWParams {
 // undefined): [n] bf16 or f32, receives the updated weights for the compute copy.
 void adamw_update(const Tensor& params, const Tensor& grads, const Tensor& m, const Tensor& v,
                   const Tensor& param_copy, const AdamWParams& hp, StreamRef stream = {});
+// Elements [offset, offset + numel) of adamw_update_ranges' flat buffers, with their own decay.
+struct AdamWRange {
+  std::int64_t offset = 0;
+  std::int64_t numel = 0;
+  float weight_decay = 0.0f;
+};
+// adamw_update of each range's slice of the flat buffers, with hp.weight_decay replaced by the
+// range's: the same bits as one adamw_update per range, in one pass (one launch on CUDA) however
+// many ranges an optimizer group's weight-decay pattern cuts its buffer into. Ranges ascend and
+// do not overlap.
+#if __cplusplus >= 202002L
+void adamw_update_ranges(const Tensor& params, const Tensor& grads, const Tensor& m, const Tensor& v,
+                         const Tensor& param_copy, std::span<const AdamWRange> ranges, const AdamWParams& hp,
+                         StreamRef stream = {});
+#endif
 
 // ---- reductions ---------------------------------------------------------------------------
 // out[0] += sum(x^2) in fp32 (fp64 on CPU); out: [1] f32, on x's device. Deterministic: the
 // same input gives the same bits every run. Chain calls to build a global gradient norm.
 void sum_squares(const Tensor& x, const Tensor& out, StreamRef stream = {});
+// out[0] += the squares of every part, one dtype, in one pass (one launch on CUDA for up to 64
+// parts); on CPU exactly sum_squares of each part in turn. Deterministic for a given list.
+#if __cplusplus >= 202002L
+void sum_squares(std::span<const Tensor> parts, const Tensor& out, StreamRef stream = {});
+#endif
 
 // ---- random fills (Philox, identical on CPU and GPU for the same key) -----------------------
 // Element i of t (flat index + index_offset) gets the number drawn for counter i.

@@ -48,15 +48,13 @@ DistributedOptimizer::DistributedOptimizer(ParameterRegistry& registry, Communic
       settings_(settings),
       sync_(registry, dp, edp, settings.zero1, compute),
       compute_(compute),
-      bucket_squares_({1}, DType::f32, registry.options().device),
       sum_squares_({1}, DType::f32, registry.options().device),
       sum_squares_host_({1}, DType::f32, Device::cpu) {
   const Device device = registry.options().device;
-  fill_bytes(bucket_squares_, 0);
   // The squares wait for the step's tail: summed on the synchronisation stream beside backward
   // (as each bucket was reduced) they took the compute stream's bandwidth and made the step
-  // 1.4% slower on an H200 (bench/NOTES.md, change 23). Recording the order keeps the sum's
-  // order, so the norm is bitwise what it was.
+  // 1.4% slower on an H200 (bench/NOTES.md, change 23). The buckets are summed in the order they
+  // were reduced, which is the same every step.
   sync_.set_bucket_reduced([this](ReduceGroup id, int bucket, StreamRef) { reduced_.push_back({id, bucket}); });
   SY_CHECK(world.device() == device) << "DistributedOptimizer: group " << world.name() << " moves "
                                      << device_name(world.device()) << " tensors but parameters live on "
@@ -81,17 +79,22 @@ DistributedOptimizer::DistributedOptimizer(ParameterRegistry& registry, Communic
     }
 
     const std::vector<Extent> extents = parameter_extents(registry, group);
-    auto ranges = [&](const std::vector<Window>& windows, const std::function<bool(const Parameter&)>& selected) {
-      std::vector<Range> out;
+    // The windows' elements of the selected parameters, as ranges of the target buffer; with
+    // by_decay each range has its parameters' weight decay, else all have 0. Neighbours with the
+    // same decay merge.
+    auto ranges = [&](const std::vector<Window>& windows, const std::function<bool(const Parameter&)>& selected,
+                      bool by_decay) {
+      std::vector<AdamWRange> out;
       for (const Window& w : windows) {
         for (const Extent& e : extents) {
           const std::int64_t lo = std::max(e.begin, w.flat_offset), hi = std::min(e.end, w.flat_offset + w.numel);
           if (lo >= hi || !selected(*e.param)) continue;
           const std::int64_t target = w.target_offset + (lo - w.flat_offset);
-          if (!out.empty() && out.back().offset + out.back().numel == target) {
+          const float decay = by_decay && e.param->spec().weight_decay ? settings.weight_decay : 0.0f;
+          if (!out.empty() && out.back().offset + out.back().numel == target && out.back().weight_decay == decay) {
             out.back().numel += hi - lo;
           } else {
-            out.push_back({target, hi - lo});
+            out.push_back({target, hi - lo, decay});
           }
         }
       }
@@ -109,25 +112,25 @@ DistributedOptimizer::DistributedOptimizer(ParameterRegistry& registry, Communic
     plan.norm_ranges.resize(group.buckets.size());
     for (std::size_t i = 0; i < shard_windows.size(); ++i)
       plan.norm_ranges[std::size_t(sync_.segments(id)[i].bucket)] = ranges(
-          {shard_windows[i]}, [](const Parameter& p) { return p.spec().tp.split() || p.spec().tp.index == 0; });
-    plan.decay_ranges = ranges(update_windows, [](const Parameter& p) { return p.spec().weight_decay; });
-    plan.plain_ranges = ranges(update_windows, [](const Parameter& p) { return !p.spec().weight_decay; });
+          {shard_windows[i]}, [](const Parameter& p) { return p.spec().tp.split() || p.spec().tp.index == 0; },
+          false);
+    plan.update_ranges = ranges(update_windows, [](const Parameter&) { return true; }, true);
   }
 }
 
-// Buckets are reduced in backward's order, which is the same every step: the sum is deterministic.
-void DistributedOptimizer::add_bucket_squares(ReduceGroup id, int bucket, StreamRef stream) {
-  const Tensor& grads = settings_.zero1 ? sync_.shard_grad(id) : registry_.group(id).grad;
-  for (const Range& r : plans_[int(id)].norm_ranges[std::size_t(bucket)])
-    sum_squares(grads.slice_rows(r.offset, r.numel), bucket_squares_, stream);
-}
-
-// Runs after GradSync::finish, so every bucket is reduced and visible to the compute stream.
+// Runs after GradSync::finish, so every bucket is reduced and visible to the compute stream. One
+// sum_squares over the counted slices of every bucket, in the order the buckets were reduced
+// (backward's order, the same every step: the sum is deterministic).
 void DistributedOptimizer::reduce_grad_squares() {
-  for (const ReducedBucket& r : reduced_) add_bucket_squares(r.group, r.bucket, compute_);
+  std::vector<Tensor> parts;
+  for (const ReducedBucket& r : reduced_) {
+    const Tensor& grads = settings_.zero1 ? sync_.shard_grad(r.group) : registry_.group(r.group).grad;
+    for (const AdamWRange& range : plans_[int(r.group)].norm_ranges[std::size_t(r.bucket)])
+      parts.push_back(grads.slice_rows(range.offset, range.numel));
+  }
   reduced_.clear();
-  copy(sum_squares_, bucket_squares_, compute_);
-  fill_bytes(bucket_squares_, 0, compute_);
+  fill_bytes(sum_squares_, 0, compute_);
+  sum_squares(parts, sum_squares_, compute_);
   world_.all_reduce(sum_squares_, ReduceOp::sum, compute_);
 }
 
@@ -148,14 +151,7 @@ void DistributedOptimizer::update_group(ReduceGroup id, const AdamWParams& hp) {
   const Tensor& params = zero1 ? plan.master_stage : group.master;
   const Tensor& grads = zero1 ? sync_.shard_grad(id) : group.grad;
   const Tensor& copies = zero1 ? plan.copy_stage : group.compute;
-  for (const bool decay : {true, false}) {
-    AdamWParams range_hp = hp;
-    range_hp.weight_decay = decay ? settings_.weight_decay : 0.0f;
-    for (const Range& r : decay ? plan.decay_ranges : plan.plain_ranges) {
-      auto part = [&](const Tensor& t) { return t.defined() ? t.slice_rows(r.offset, r.numel) : Tensor(); };
-      adamw_update(part(params), part(grads), part(plan.m), part(plan.v), part(copies), range_hp, compute_);
-    }
-  }
+  adamw_update_ranges(params, grads, plan.m, plan.v, copies, plan.update_ranges, hp, compute_);
   if (!zero1) return;
   // Every rank updated its slice of each bucket; gathering the slices rebuilds the whole bucket.
   Communicator& comm = sync_.communicator(id);

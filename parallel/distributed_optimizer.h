@@ -62,22 +62,15 @@ class DistributedOptimizer {
   void write_adam_state(ReduceGroup group, const Tensor& m, const Tensor& v);
 
  private:
-  // A range of a buffer (flat or shard) with one treatment.
-  struct Range {
-    std::int64_t offset = 0;
-    std::int64_t numel = 0;
-  };
+  // Ranges of a buffer (flat or shard), each with one weight decay (unused by the norm).
   struct GroupPlan {
-    std::vector<std::vector<Range>> norm_ranges;  // per bucket: gradient elements this rank counts in the norm
-    std::vector<Range> decay_ranges;   // AdamW with weight decay
-    std::vector<Range> plain_ranges;   // AdamW without
+    std::vector<std::vector<AdamWRange>> norm_ranges;  // per bucket: gradient elements this rank counts in the norm
+    std::vector<AdamWRange> update_ranges;             // every element, by weight decay
     Storage m_storage, v_storage, master_stage_storage, copy_stage_storage;
     Tensor m, v;                       // [flat numel], or [shard numel] under ZeRO-1
     Tensor master_stage, copy_stage;   // ZeRO-1: the shard being updated, then gathered
   };
 
-  // Adds the squares of a reduced bucket's counted elements to bucket_squares_ (on `stream`).
-  void add_bucket_squares(ReduceGroup group, int bucket, StreamRef stream);
   // Every bucket reduced this step, in order: their squares are added in that order.
   struct ReducedBucket {
     ReduceGroup group;
@@ -97,7 +90,6 @@ class DistributedOptimizer {
   StreamRef compute_;
   GroupPlan plans_[2];  // dp, edp
   std::vector<ReducedBucket> reduced_;  // this step's buckets, in the order they were reduced
-  OwnedTensor bucket_squares_;    // [1] f32: the buckets' sum of squares, on the compute stream
   OwnedTensor sum_squares_;       // [1] f32 on the parameters' device
   OwnedTensor sum_squares_host_;  // [1] f32 on the CPU
 };

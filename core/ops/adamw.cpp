@@ -1,6 +1,7 @@
 // AdamW on fp32 master weights: argument checks, dispatch, and the CPU reference. The update is
 // PyTorch's torch.optim.AdamW (decoupled weight decay applied before the Adam step).
 #include <cmath>
+#include <span>
 #include <type_traits>
 
 #include "core/ops.h"
@@ -40,11 +41,10 @@ void adamw_update_cpu(const Tensor& params, const Tensor& grads, const Tensor& m
   }
 }
 
-}  // namespace
-
-void adamw_update(const Tensor& params, const Tensor& grads, const Tensor& m, const Tensor& v,
-                  const Tensor& param_copy, const AdamWParams& hp, StreamRef stream) {
-  const char* op = "adamw_update";
+// Both entry points: the checks name the op the caller called.
+void adamw_ranges(const char* op, const Tensor& params, const Tensor& grads, const Tensor& m, const Tensor& v,
+                  const Tensor& param_copy, std::span<const AdamWRange> ranges, const AdamWParams& hp,
+                  StreamRef stream) {
   check_contiguous(op, "params", params);
   check_dtype(op, "params", params, DType::f32);
   SY_CHECK(params.dim() == 1) << op << ": params must be [n], got " << params.describe();
@@ -69,17 +69,46 @@ void adamw_update(const Tensor& params, const Tensor& grads, const Tensor& m, co
   SY_CHECK(hp.step >= 1) << op << ": step is 1-based, got " << hp.step;
   SY_CHECK(hp.beta1 >= 0.0f && hp.beta1 < 1.0f && hp.beta2 >= 0.0f && hp.beta2 < 1.0f)
       << op << ": betas must lie in [0, 1), got beta1 " << hp.beta1 << " and beta2 " << hp.beta2;
+  std::int64_t end = 0;  // where the previous range ended
+  for (std::size_t i = 0; i < ranges.size(); ++i) {
+    const AdamWRange& r = ranges[i];
+    SY_CHECK(r.offset >= end && r.numel >= 0 && r.offset + r.numel <= params.numel())
+        << op << ": range " << i << " [" << r.offset << ", " << r.offset + r.numel << ") must lie in [" << end
+        << ", " << params.numel() << "): ranges ascend, do not overlap and stay inside params "
+        << params.describe();
+    end = r.offset + r.numel;
+  }
   if (params.is_cuda()) {
-    SY_ON_CUDA(cuda::adamw_update(params, grads, m, v, param_copy, hp, stream));
+    SY_ON_CUDA(cuda::adamw_update_ranges(params, grads, m, v, param_copy, ranges.data(), ranges.size(), hp, stream));
     return;
   }
-  if (!param_copy.defined()) {
-    adamw_update_cpu<float>(params, grads, m, v, param_copy, hp);
-    return;
+  for (const AdamWRange& r : ranges) {
+    AdamWParams range_hp = hp;
+    range_hp.weight_decay = r.weight_decay;
+    auto part = [&](const Tensor& t) { return t.defined() ? t.slice_rows(r.offset, r.numel) : Tensor(); };
+    if (!param_copy.defined()) {
+      adamw_update_cpu<float>(part(params), part(grads), part(m), part(v), Tensor(), range_hp);
+      continue;
+    }
+    cpu::dispatch_float(param_copy, [&](auto* type) {
+      adamw_update_cpu<std::remove_pointer_t<decltype(type)>>(part(params), part(grads), part(m), part(v),
+                                                             part(param_copy), range_hp);
+    });
   }
-  cpu::dispatch_float(param_copy, [&](auto* type) {
-    adamw_update_cpu<std::remove_pointer_t<decltype(type)>>(params, grads, m, v, param_copy, hp);
-  });
+}
+
+}  // namespace
+
+void adamw_update(const Tensor& params, const Tensor& grads, const Tensor& m, const Tensor& v,
+                  const Tensor& param_copy, const AdamWParams& hp, StreamRef stream) {
+  const AdamWRange whole{0, params.numel(), hp.weight_decay};
+  adamw_ranges("adamw_update", params, grads, m, v, param_copy, std::span(&whole, 1), hp, stream);
+}
+
+void adamw_update_ranges(const Tensor& params, const Tensor& grads, const Tensor& m, const Tensor& v,
+                         const Tensor& param_copy, std::span<const AdamWRange> ranges, const AdamWParams& hp,
+                         StreamRef stream) {
+  adamw_ranges("adamw_update_ranges", params, grads, m, v, param_copy, ranges, hp, stream);
 }
 
 }  // namespace sy

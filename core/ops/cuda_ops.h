@@ -92,7 +92,11 @@ void cross_entropy_forward_backward(const Tensor& logits, const Tensor& targets,
 void adamw_update(const Tensor& params, const Tensor& grads, const Tensor& m, const Tensor& v,
                   const Tensor& param_copy, const AdamWParams& hp, StreamRef stream);
 
-void sum_squares(const Tensor& x, const Tensor& out, StreamRef stream);
+void adamw_update_ranges(const Tensor& params, const Tensor& grads, const Tensor& m, const Tensor& v,
+                         const Tensor& param_copy, const AdamWRange* ranges, std::size_t count,
+                         const AdamWParams& hp, StreamRef stream);
+
+void sum_squares(const Tensor* parts, std::size_t count, const Tensor& out, StreamRef stream);
 
 void fill_uniform(const Tensor& t, RngKey key, float low, float high, std::uint64_t index_offset, StreamRef stream);
 void fill_normal(const Tensor& t, RngKey key, float mean, float std, std::uint64_t index_offset, StreamRef stream);

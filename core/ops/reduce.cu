@@ -1,5 +1,5 @@
 // Reductions on CUDA. sum_squares is deterministic without a scratch argument: one launch over
-// a grid whose size depends only on numel and the device, a partial per block in a static
+// a grid whose size depends only on the parts' sizes and the device, a partial per block in a static
 // device array, and the last block to finish summing the partials in a fixed order (the
 // threadFenceReduction pattern of the CUDA samples).
 //
@@ -34,22 +34,38 @@ __device__ __forceinline__ float square(const T& x) {
   return value * value;
 }
 
-// out[0] += sum(x^2). The elements before the first 16-byte boundary and after the last whole
-// pack go to the first threads; the packs in between are grid-strided 16-byte loads, four in
-// flight per thread (one 4-byte load at a time reached about 2.4 TB/s). Each thread sums its
-// elements, the block sums its threads (fixed shuffle tree) into partials[block]; the block that
-// arrives last reads all partials in index order, adds the total to out[0] and resets the
-// counter. x is read once; every step has a fixed order for a given grid and address, so the
-// same input gives the same bits on every run. The __threadfence makes a block's partial visible
-// device-wide before its arrival is counted, and the last block reads partials with __ldcg (L2),
-// never a stale L1 line.
+// The parts of one launch, in the kernel's parameter space (__grid_constant__: indexed without a
+// per-thread copy). Part p takes blocks [first_block[p], first_block[p + 1]).
+constexpr int kMaxParts = 64;  // a power of two, for the binary search
+static_assert((kMaxParts & (kMaxParts - 1)) == 0);
+struct PartTable {
+  const void* data[kMaxParts];
+  std::int64_t numel[kMaxParts];
+  unsigned first_block[kMaxParts + 1];
+  int count;
+};
+
+// out[0] += the sum of x^2 over every part. Each block sums its part's share: the elements before
+// the part's first 16-byte boundary and after its last whole pack go to the part's first threads;
+// the packs in between are grid-strided (over the part's blocks) 16-byte loads, four in flight per
+// thread (one 4-byte load at a time reached about 2.4 TB/s). The block sums its threads (fixed
+// shuffle tree) into partials[block]; the block that arrives last reads all partials in index
+// order, adds the total to out[0] and resets the counter. Every input element is read once;
+// every step has a fixed order for a given part list and grid, so the same input gives the same
+// bits on every run. The __threadfence makes a block's partial visible device-wide before its
+// arrival is counted, and the last block reads partials with __ldcg (L2), never a stale L1 line.
 template <class T>
-__global__ void __launch_bounds__(kBlock) sum_squares_kernel(const T* __restrict__ x, std::int64_t n, float* out) {
+__global__ void __launch_bounds__(kBlock) sum_squares_kernel(const __grid_constant__ PartTable table, float* out) {
   constexpr int kVec = 16 / sizeof(T);
   __shared__ float scratch[32];
   __shared__ bool is_last;
-  const std::int64_t thread = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x;
-  const std::int64_t threads = std::int64_t(gridDim.x) * blockDim.x;
+  int part = 0;  // the last part whose first block is at or before this one
+  for (int step = kMaxParts / 2; step > 0; step /= 2)
+    if (part + step < table.count && table.first_block[part + step] <= blockIdx.x) part += step;
+  const T* x = static_cast<const T*>(table.data[part]);
+  const std::int64_t n = table.numel[part];
+  const std::int64_t thread = std::int64_t(blockIdx.x - table.first_block[part]) * blockDim.x + threadIdx.x;
+  const std::int64_t threads = std::int64_t(table.first_block[part + 1] - table.first_block[part]) * blockDim.x;
   const auto misaligned = std::int64_t(reinterpret_cast<std::uintptr_t>(x) % 16 / sizeof(T));
   const std::int64_t head = misaligned == 0 ? 0 : std::min<std::int64_t>(n, kVec - misaligned);
   const std::int64_t packs = (n - head) / kVec, tail = head + packs * kVec;
@@ -86,29 +102,48 @@ __global__ void __launch_bounds__(kBlock) sum_squares_kernel(const T* __restrict
   }
 }
 
-// Fixed for a device and numel: min(4 x SMs, blocks needed to give every thread a 16-byte pack
-// or, for the smallest inputs, an element).
-unsigned sum_squares_grid(std::int64_t n) {
-  const int sms = current_device_facts().sms;
-  std::int64_t blocks = (n / 4 + kBlock - 1) / kBlock;
-  if (blocks < 1) blocks = 1;
-  if (blocks > std::int64_t(kBlocksPerSm) * sms) blocks = std::int64_t(kBlocksPerSm) * sms;
-  if (blocks > kMaxBlocks) blocks = kMaxBlocks;
-  return unsigned(blocks);
+// Blocks for a part of n elements: its share of a grid of 4 x SMs blocks (at least one), but no
+// more than give every thread a 16-byte pack (an element, for the smallest parts). Fixed for a
+// device and part list. The share keeps every block's work about equal across parts.
+unsigned part_blocks(std::int64_t n, std::int64_t total) {
+  const std::int64_t grid = std::min<std::int64_t>(std::int64_t(kBlocksPerSm) * current_device_facts().sms,
+                                                   kMaxBlocks - kMaxParts);
+  const std::int64_t share = (grid * n + total - 1) / total;
+  const std::int64_t needed = std::max<std::int64_t>(1, (n / 4 + kBlock - 1) / kBlock);
+  return unsigned(std::max<std::int64_t>(1, std::min(share, needed)));
 }
 
 }  // namespace
 
-void sum_squares(const Tensor& x, const Tensor& out, StreamRef stream) {
-  const std::int64_t n = x.numel();
-  if (n == 0) return;
-  const unsigned grid = sum_squares_grid(n);
-  dispatch_float(x, [&](auto* type) {
-    using T = std::remove_pointer_t<decltype(type)>;
-    sum_squares_kernel<T><<<grid, kBlock, 0, to_cuda(stream)>>>(static_cast<const T*>(x.data()), n,
-                                                                  out.ptr<float>());
-  });
-  SY_CUDA_LAUNCH();
+void sum_squares(const Tensor* parts, std::size_t count, const Tensor& out, StreamRef stream) {
+  std::size_t next = 0;
+  while (next < count) {  // up to kMaxParts non-empty parts per launch
+    PartTable table{};
+    std::int64_t total = 0;
+    std::size_t end = next;
+    for (int taken = 0; end < count && taken < kMaxParts; ++end) {
+      if (parts[end].numel() == 0) continue;
+      total += parts[end].numel();
+      ++taken;
+    }
+    unsigned blocks = 0;
+    for (; next < end; ++next) {
+      const Tensor& part = parts[next];
+      if (part.numel() == 0) continue;
+      table.data[table.count] = part.data();
+      table.numel[table.count] = part.numel();
+      table.first_block[table.count] = blocks;
+      blocks += part_blocks(part.numel(), total);
+      ++table.count;
+    }
+    if (table.count == 0) break;
+    table.first_block[table.count] = blocks;
+    dispatch_float(parts[0], [&](auto* type) {
+      using T = std::remove_pointer_t<decltype(type)>;
+      sum_squares_kernel<T><<<blocks, kBlock, 0, to_cuda(stream)>>>(table, out.ptr<float>());
+    });
+    SY_CUDA_LAUNCH();
+  }
 }
 
 }  // namespace sy::cuda

@@ -1,9 +1,11 @@
-// RMSNorm on CUDA. Forward and dx: one warp per row, fp32 statistics, 16-byte accesses when the
-// rows allow; x is read twice per row (the second read hits L1/L2), y written once. Fused
-// variants take the residual add into the forward (sum = a + b, then the norm of sum) and add
-// dx into the residual stream's gradient in the backward, each saving a pass over [N, C].
-// dweight: deterministic partial sums per row chunk (fixed summation order, no atomics), so runs
-// are bit-reproducible, from a column kernel that reads x and dy again.
+// RMSNorm on CUDA. Forward: one warp per row, fp32 statistics, 16-byte accesses when the rows
+// allow; x is read twice per row (the second read hits L1/L2), y written once. Fused variants
+// take the residual add into the forward (sum = a + b, then the norm of sum) and add dx into the
+// residual stream's gradient in the backward, each saving a pass over [N, C].
+// Backward for 16-byte rows of up to 1024 channels: one pass that reads x and dy once, forms dx
+// and keeps each lane's dweight column sums in registers; a second launch adds the blocks'
+// partial sums in a fixed order (no atomics), so runs are bit-reproducible. Other rows: dx kernel,
+// then a column kernel that reads x and dy again for dweight.
 #include <algorithm>
 #include <type_traits>
 
@@ -63,7 +65,8 @@ __global__ void rmsnorm_forward_kernel(const T* a, const T* b, T* sum, const T* 
 }
 
 // dx = rstd * (dy*w - xhat * mean(dy*w*xhat)), xhat = x*rstd; with ACCUMULATE, dx += that (the
-// residual stream's gradient), saving a scratch buffer and an add pass.
+// residual stream's gradient), saving a scratch buffer and an add pass. One warp per row; the
+// rows rmsnorm_backward_one_pass_kernel does not take (below), whose dx is bit-identical to this.
 template <class T, int VEC, bool ACCUMULATE>
 __global__ void rmsnorm_backward_dx_kernel(const T* x, const T* weight, const float* rstd, const T* dy, T* dx,
                                            int rows, int channels) {
@@ -175,7 +178,8 @@ __global__ void __launch_bounds__(32 * kRowLanes)
   }
 }
 
-// dweight[c] (+)= the chunks' partial sums of column c: block (x) takes 32 columns, and its kRowLanes
+// dweight[c] (+)= the partial sums of column c, one row per chunk (the column kernels) or per block
+// (the one-pass kernel), `chunks` rows in all: block (x) takes 32 columns, and its kRowLanes
 // lanes of each column add interleaved chunks (lane l: chunks l, l + kRowLanes, ...), 8 loads
 // in flight at a time; the lanes' sums then meet in lane order. A fixed tree: deterministic. One
 // thread per column walking all chunks took 8.4 us a call at 128 chunks on an H200.
@@ -207,6 +211,94 @@ __global__ void __launch_bounds__(32 * kRowLanes) rmsnorm_dweight_sum_kernel(flo
   }
 }
 
+// dx as rmsnorm_backward_dx_kernel computes it (the same operations in the same order: the same
+// bits), and dweight's partial sums from the same registers, so x and dy are read from memory
+// once. For 16-byte rows of GROUPS 256-channel groups: lane l owns channels 8 (l + 32 j) .. + 7
+// of group j in every row, so it adds dy*x*rstd of its rows into GROUPS x 8 sums in registers
+// (not shared memory: see launch_rmsnorm_backward); the weight stays in registers too. Each warp
+// takes rows_per_warp consecutive rows; at the end the block's warps meet in shared memory in
+// warp order and the block writes one partial row, rmsnorm_dweight_partials[block, channels],
+// which rmsnorm_dweight_sum_kernel adds in block order. A row per block, not per warp: 8x fewer
+// partials to write and read back (per warp, 6.3 MB at 16384 x 768, over the array's 2 MiB).
+constexpr int kOnePassWarps = 8;
+// x, dy, weight and sums take 32 floats a group in registers: up to 3 groups fit in 128 registers
+// (two blocks an SM); 4 groups take about 160, one block an SM (capped at 128 they spill).
+constexpr int kOnePassMaxGroups = 4;
+static_assert(kPartialFloats >= kOnePassMaxGroups * 256, "the partials array holds a block's row");
+// 8 rows a warp at 16384 rows gives 2048 warps in 256 blocks of 8: at two blocks an SM, one wave
+// that fills all 132 SMs of an H200 with 16 warps each, every warp with a row of x and dy in
+// flight (3 KB at 768 bf16). Fewer rows a warp would add a second, partial wave and more partial
+// rows to sum; more would leave SMs with one block.
+constexpr int kOnePassRowsPerWarp = 8;
+
+template <class T, int GROUPS, bool ACCUMULATE>
+__global__ void __launch_bounds__(32 * kOnePassWarps, GROUPS <= 3 ? 2 : 1)
+    rmsnorm_backward_one_pass_kernel(const T* x, const T* weight, const float* rstd, const T* dy, T* dx, int rows,
+                                     int channels, int rows_per_warp) {
+  static_assert(GROUPS >= 1 && GROUPS <= kOnePassMaxGroups);
+  __shared__ float warp_sums[kOnePassWarps][GROUPS * 256];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int first = (blockIdx.x * kOnePassWarps + warp) * rows_per_warp;
+  const int last = min(rows, first + rows_per_warp);
+  float w[GROUPS][8], sums[GROUPS][8] = {};
+#pragma unroll
+  for (int j = 0; j < GROUPS; ++j) {
+    const int c = (lane + 32 * j) * 8;  // the last group may end past the row
+    if (c < channels) load_vec<8>(weight + c, w[j]);
+  }
+  for (int row = first; row < last; ++row) {
+    const std::int64_t base = std::int64_t(row) * channels;
+    const float r = rstd[row];
+    float vx[GROUPS][8], vdy[GROUPS][8];
+    float dot = 0.0f;
+#pragma unroll
+    for (int j = 0; j < GROUPS; ++j) {
+      const int c = (lane + 32 * j) * 8;
+      if (c < channels) {
+        load_vec<8>(x + base + c, vx[j]);
+        load_vec<8>(dy + base + c, vdy[j]);
+#pragma unroll
+        for (int k = 0; k < 8; ++k) dot += vdy[j][k] * w[j][k] * vx[j][k];
+      }
+    }
+    dot = warp_sum(dot) * r / float(channels);
+#pragma unroll
+    for (int j = 0; j < GROUPS; ++j) {
+      const int c = (lane + 32 * j) * 8;
+      if (c < channels) {
+        float out[8];
+        if constexpr (ACCUMULATE) load_vec<8>(dx + base + c, out);
+#pragma unroll
+        for (int k = 0; k < 8; ++k) {
+          const float g = r * (vdy[j][k] * w[j][k] - vx[j][k] * r * dot);
+          out[k] = ACCUMULATE ? out[k] + g : g;
+          sums[j][k] += vdy[j][k] * vx[j][k] * r;
+        }
+        store_vec<8>(dx + base + c, out);
+      }
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < GROUPS; ++j) store_vec8(&warp_sums[warp][(lane + 32 * j) * 8], sums[j]);
+  __syncthreads();
+  for (int c = threadIdx.x; c < channels; c += 32 * kOnePassWarps) {
+    float total = 0.0f;
+    for (int v = 0; v < kOnePassWarps; ++v) total += warp_sums[v][c];
+    rmsnorm_dweight_partials[std::int64_t(blockIdx.x) * channels + c] = total;
+  }
+}
+
+// The instantiation for rows of `groups` 256-channel groups, 1 to kOnePassMaxGroups.
+template <class T, bool ACCUMULATE>
+auto one_pass_kernel(int groups) {
+  switch (groups) {
+    case 1: return rmsnorm_backward_one_pass_kernel<T, 1, ACCUMULATE>;
+    case 2: return rmsnorm_backward_one_pass_kernel<T, 2, ACCUMULATE>;
+    case 3: return rmsnorm_backward_one_pass_kernel<T, 3, ACCUMULATE>;
+    default: return rmsnorm_backward_one_pass_kernel<T, 4, ACCUMULATE>;
+  }
+}
+
 // Launches the forward; with a and b both given, the residual add is fused in (sum = a + b).
 void launch_rmsnorm_forward(const Tensor& a, const Tensor& b, const Tensor& sum, const Tensor& weight, const Tensor& y,
                             const Tensor& rstd, float eps, StreamRef stream) {
@@ -231,9 +323,12 @@ void launch_rmsnorm_forward(const Tensor& a, const Tensor& b, const Tensor& sum,
 }
 
 // dx (written, or accumulated into), then the deterministic dweight reduction, which writes or
-// adds to dweight by `mode`. (A single pass that also kept each lane's dweight sums measured
-// slower on an H200 at 768 channels, 1.54 against 1.34 ms per step: its 48 KiB of shared memory
-// per block left too few warps to hide latency.)
+// adds to dweight by `mode`. 16-byte rows of up to 1024 channels: the one-pass kernel, then the
+// sum of its blocks' partial rows; x and dy are read once, 50 MB a call less than dx kernel plus
+// column kernel at 16384 x 768 bf16. Its dweight sums live in registers: an earlier single pass
+// that kept them in 48 KiB of shared memory a block measured slower on an H200 at 768 channels,
+// 1.54 against 1.34 ms per step, with too few warps resident. Other rows: the dx kernel, then the
+// column kernels reading x and dy again, then (with chunks) the sum.
 void launch_rmsnorm_backward(const Tensor& x, const Tensor& weight, const Tensor& rstd, const Tensor& dy,
                              const Tensor& dx, const Tensor& dweight, bool accumulate, GradMode mode,
                              StreamRef stream) {
@@ -247,6 +342,28 @@ void launch_rmsnorm_backward(const Tensor& x, const Tensor& weight, const Tensor
   const bool vec = channels % 8 == 0 && aligned16(x.data()) && aligned16(weight.data()) && aligned16(dy.data()) &&
                    aligned16(dx.data());
   const cudaStream_t s = to_cuda(stream);
+  if (vec && channels <= kOnePassMaxGroups * 256) {
+    // 8 rows a warp, or more when the blocks' partial rows would not fit the partials array.
+    const int max_blocks = kPartialFloats / channels;
+    const int rows_per_warp = std::max(kOnePassRowsPerWarp, (rows + kOnePassWarps * max_blocks - 1) /
+                                                                (kOnePassWarps * max_blocks));
+    const int blocks = int(grid_for(rows, kOnePassWarps * rows_per_warp));
+    const int groups = (channels + 255) / 256;
+    dispatch_float(x, [&](auto* type) {
+      using T = std::remove_pointer_t<decltype(type)>;
+      const T* xp = static_cast<const T*>(x.data());
+      const T* wp = static_cast<const T*>(weight.data());
+      const T* dyp = static_cast<const T*>(dy.data());
+      const auto kernel = accumulate ? one_pass_kernel<T, true>(groups) : one_pass_kernel<T, false>(groups);
+      kernel<<<blocks, 32 * kOnePassWarps, 0, s>>>(xp, wp, rstd.ptr<float>(), dyp, static_cast<T*>(dx.data()), rows,
+                                                   channels, rows_per_warp);
+    });
+    SY_CUDA_LAUNCH();
+    rmsnorm_dweight_sum_kernel<<<grid_for(channels, 32), dim3(32, kRowLanes), 0, s>>>(dweight.ptr<float>(), channels,
+                                                                                    blocks, add_dweight);
+    SY_CUDA_LAUNCH();
+    return;
+  }
   // dweight chunks: kVecChunkRows rows each for 16-byte rows (as many as the partials array
   // holds), kChunks otherwise, one for rows too wide for the array.
   const bool vec_dweight = vec && channels <= kMaxChunkedChannels;

@@ -1,5 +1,5 @@
 // AdamW CUDA kernel against the CPU reference on fresh random state, with a bf16 compute copy,
-// an f32 copy and none.
+// an f32 copy and none; the one-launch ranges form against one launch per range.
 #include <optional>
 
 #include "tests/testing.h"
@@ -80,6 +80,61 @@ TEST(AdamWGpu, ClipFromTheSumOfSquaresMatchesCpuReference) {
     EXPECT_LT(relative_error(params, pc), 1e-6);
     EXPECT_LT(relative_error(m, mc), 1e-6);
     EXPECT_LT(relative_error(v, vc), 1e-6);
+  }
+}
+
+// adamw_update_ranges in one launch gives the bits of one adamw_update per range, and matches the
+// CPU reference: ranges on whole 16-byte vectors (the vector path, with tails of 1 to 3 elements),
+// ranges that start off a vector (the element path), and more ranges than one launch's table
+// holds, so the update takes several launches.
+TEST(AdamWGpu, RangesMatchOneLaunchPerRangeAndCpuReference) {
+  SY_REQUIRE_GPU();
+  const std::int64_t n = 300007;
+  std::vector<AdamWRange> on_vectors = {{0, 8, 0.1f}, {8, 1001, 0.0f}, {1012, 0, 0.1f}, {1012, 3, 0.1f},
+                                        {1020, 250002, 0.02f}, {251024, 48983, 0.0f}};
+  std::vector<AdamWRange> off_vectors = {{1, 6, 0.1f}, {9, 4099, 0.0f}, {5000, 1, 0.1f}};
+  std::vector<AdamWRange> many;  // 300 ranges of 997 elements, gaps of 3, alternating decay
+  for (int i = 0; i < 300; ++i) many.push_back({std::int64_t(i) * 1000, 997, i % 2 == 0 ? 0.1f : 0.0f});
+  AdamWParams hp;
+  hp.lr = 3e-3f;
+  hp.step = 7;
+  hp.grad_scale = 0.9f;
+  std::uint64_t seed = 70;
+  for (const auto* ranges : {&on_vectors, &off_vectors, &many}) {
+    SCOPED_TRACE(::testing::Message() << ranges->size() << " ranges, first at " << ranges->front().offset);
+    seed += 10;
+    std::vector<std::vector<double>> results;
+    OwnedTensor pc, mc, vc;
+    for (const bool one_call : {true, false}) {
+      OwnedTensor params = random_tensor({n}, DType::f32, Device::cuda, seed);
+      OwnedTensor grads = random_tensor({n}, DType::f32, Device::cuda, seed + 1);
+      OwnedTensor m = random_tensor({n}, DType::f32, Device::cuda, seed + 2, 0.1f);
+      OwnedTensor v = zeros({n}, DType::f32, Device::cuda);
+      OwnedTensor copy = zeros({n}, DType::bf16, Device::cuda);
+      if (one_call) {
+        pc = convert(params, DType::f32, Device::cpu);
+        mc = convert(m, DType::f32, Device::cpu);
+        vc = convert(v, DType::f32, Device::cpu);
+        OwnedTensor gc = convert(grads, DType::f32, Device::cpu);
+        adamw_update_ranges(pc, gc, mc, vc, Tensor(), *ranges, hp);
+        adamw_update_ranges(params, grads, m, v, copy, *ranges, hp);
+      } else {
+        for (const AdamWRange& r : *ranges) {
+          AdamWParams range_hp = hp;
+          range_hp.weight_decay = r.weight_decay;
+          auto part = [&](const Tensor& t) { return t.slice_rows(r.offset, r.numel); };
+          adamw_update(part(params), part(grads), part(m), part(v), part(copy), range_hp);
+        }
+      }
+      device_synchronize();
+      if (one_call) {
+        EXPECT_LT(relative_error(params, pc), 1e-6);
+        EXPECT_LT(relative_error(m, mc), 1e-6);
+        EXPECT_LT(relative_error(v, vc), 1e-6);
+      }
+      for (const Tensor& t : {params.view(), m.view(), v.view(), copy.view()}) results.push_back(to_vector(t));
+    }
+    for (int i = 0; i < 4; ++i) EXPECT_EQ(results[std::size_t(i)], results[std::size_t(i + 4)]) << "tensor " << i;
   }
 }
 

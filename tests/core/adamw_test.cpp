@@ -1,5 +1,5 @@
 // AdamW CPU reference: a two-step case worked by hand, a naive double loop on random data,
-// decoupled weight decay, the compute copy, and argument checks.
+// decoupled weight decay, the compute copy, ranges with their own decay, and argument checks.
 #include <algorithm>
 #include <cmath>
 #include <string>
@@ -154,6 +154,58 @@ TEST(AdamW, ClipFromTheSumOfSquaresEqualsTheHostScale) {
     }
     for (int i = 0; i < 3; ++i) EXPECT_EQ(results[std::size_t(i)], results[std::size_t(i + 3)]);
   }
+}
+
+// adamw_update_ranges is adamw_update of each range with the range's decay, bit for bit, and
+// leaves the elements between ranges alone.
+TEST(AdamW, RangesEqualOneUpdatePerRange) {
+  const std::int64_t n = 1000;
+  const std::vector<AdamWRange> ranges = {{0, 10, 0.1f}, {10, 300, 0.0f}, {320, 7, 0.1f}, {327, 0, 0.0f},
+                                          {400, 600, 0.05f}};
+  AdamWParams hp;
+  hp.lr = 2e-3f;
+  hp.step = 4;
+  hp.weight_decay = 0.5f;  // ignored: every range has its own
+  std::vector<std::vector<double>> results;
+  for (const bool one_call : {true, false}) {
+    OwnedTensor params = random_tensor({n}, DType::f32, Device::cpu, 40);
+    OwnedTensor grads = random_tensor({n}, DType::f32, Device::cpu, 41);
+    OwnedTensor m = random_tensor({n}, DType::f32, Device::cpu, 42, 0.1f);
+    OwnedTensor v = random_second_moment(n, 43);
+    OwnedTensor copy = zeros({n}, DType::bf16, Device::cpu);
+    if (one_call) {
+      adamw_update_ranges(params, grads, m, v, copy, ranges, hp);
+    } else {
+      for (const AdamWRange& r : ranges) {
+        AdamWParams range_hp = hp;
+        range_hp.weight_decay = r.weight_decay;
+        auto part = [&](const Tensor& t) { return t.slice_rows(r.offset, r.numel); };
+        adamw_update(part(params), part(grads), part(m), part(v), part(copy), range_hp);
+      }
+    }
+    for (const Tensor& t : {params.view(), m.view(), v.view(), copy.view()}) results.push_back(to_vector(t));
+  }
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(results[std::size_t(i)], results[std::size_t(i + 4)]) << "tensor " << i;
+  // Elements 310..319 and 327..399 belong to no range: params as drawn, copy still zero.
+  const OwnedTensor drawn = random_tensor({n}, DType::f32, Device::cpu, 40);
+  const std::vector<double> initial = to_vector(drawn);
+  for (std::int64_t i : {310, 319, 327, 399}) {
+    EXPECT_EQ(results[0][std::size_t(i)], initial[std::size_t(i)]) << "element " << i;
+    EXPECT_EQ(results[3][std::size_t(i)], 0.0) << "element " << i;
+  }
+  EXPECT_NE(results[0][0], initial[0]);
+}
+
+TEST(AdamW, RangesRejectOverlapAndOverrun) {
+  OwnedTensor params({20}, DType::f32, Device::cpu), grads({20}, DType::f32, Device::cpu);
+  OwnedTensor m({20}, DType::f32, Device::cpu), v({20}, DType::f32, Device::cpu);
+  const std::vector<AdamWRange> overlapping = {{0, 10, 0.0f}, {5, 7, 0.0f}};
+  expect_error([&] { adamw_update_ranges(params, grads, m, v, Tensor(), overlapping, AdamWParams{}); },
+               "adamw_update_ranges: range 1 [5, 12) must lie in [10, 20): ranges ascend, do not overlap and stay "
+               "inside params f32[20] cpu");
+  const std::vector<AdamWRange> overrun = {{15, 6, 0.0f}};
+  expect_error([&] { adamw_update_ranges(params, grads, m, v, Tensor(), overrun, AdamWParams{}); },
+               "adamw_update_ranges: range 0 [15, 21) must lie in [0, 20)");
 }
 
 TEST(AdamW, RejectsBadArguments) {

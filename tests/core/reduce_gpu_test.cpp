@@ -47,6 +47,35 @@ TEST_P(SumSquaresGpu, MisalignedSlicesMatchCpuReference) {
   }
 }
 
+// A list of parts in one pass: slices of two buffers, some off a 16-byte boundary, one empty, and
+// more parts (150) than one launch takes, against the CPU reference of one call per part.
+TEST_P(SumSquaresGpu, PartsMatchCpuReference) {
+  SY_REQUIRE_GPU();
+  const DType dt = GetParam();
+  OwnedTensor a = random_tensor({(std::int64_t(1) << 22) + 64}, dt, Device::cuda, 901);
+  OwnedTensor b = random_tensor({100003}, dt, Device::cuda, 902);
+  OwnedTensor ac = convert(a, DType::f64, Device::cpu), bc = convert(b, DType::f64, Device::cpu);
+  for (const int count : {3, 150}) {
+    SCOPED_TRACE(::testing::Message() << count << " parts");
+    std::vector<Tensor> parts, parts_c;
+    for (int i = 0; i < count; ++i) {
+      const bool from_a = i % 3 != 1;
+      const std::int64_t offset = std::int64_t(i) * 13 + (i % 5), numel = i == 2 ? 0 : (i % 4 == 0 ? 20000 + i : 37 + i);
+      parts.push_back((from_a ? a : b).view().slice_rows(offset, numel));
+      parts_c.push_back((from_a ? ac : bc).view().slice_rows(offset, numel));
+    }
+    if (count == 3) {  // one large part: the grid's share logic with parts of very different sizes
+      parts[0] = a.view().slice_rows(1, std::int64_t(1) << 22);
+      parts_c[0] = ac.view().slice_rows(1, std::int64_t(1) << 22);
+    }
+    OwnedTensor out = zeros({1}, DType::f32, Device::cuda), outc = zeros({1}, DType::f32, Device::cpu);
+    sum_squares(parts, out);
+    device_synchronize();
+    sum_squares(parts_c, outc);
+    EXPECT_LT(relative_error(out, outc), 1e-5);
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Dtypes, SumSquaresGpu, ::testing::Values(DType::f32, DType::bf16), dtype_param_name);
 
 float read_scalar(const Tensor& t) {
@@ -63,6 +92,23 @@ TEST(SumSquaresGpuDeterminism, SameInputGivesSameBits) {
   OwnedTensor first = zeros({1}, DType::f32, Device::cuda), second = zeros({1}, DType::f32, Device::cuda);
   sum_squares(x, first);
   sum_squares(x, second);
+  device_synchronize();
+  const float a = read_scalar(first), b = read_scalar(second);
+  std::uint32_t a_bits, b_bits;
+  std::memcpy(&a_bits, &a, sizeof a);
+  std::memcpy(&b_bits, &b, sizeof b);
+  EXPECT_EQ(a_bits, b_bits) << a << " vs " << b;
+  EXPECT_GT(a, 0.0f);
+}
+
+TEST(SumSquaresGpuDeterminism, SamePartsGiveSameBits) {
+  SY_REQUIRE_GPU();
+  OwnedTensor x = random_tensor({(std::int64_t(1) << 22) + 5}, DType::f32, Device::cuda, 78);
+  const std::vector<Tensor> parts = {x.view().slice_rows(3, 1 << 21), x.view().slice_rows(5, 999),
+                                     x.view().slice_rows(1 << 21, (1 << 21) + 5)};
+  OwnedTensor first = zeros({1}, DType::f32, Device::cuda), second = zeros({1}, DType::f32, Device::cuda);
+  sum_squares(parts, first);
+  sum_squares(parts, second);
   device_synchronize();
   const float a = read_scalar(first), b = read_scalar(second);
   std::uint32_t a_bits, b_bits;
