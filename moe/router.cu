@@ -10,6 +10,7 @@
 
 #include <cub/device/device_radix_sort.cuh>
 
+#include "core/ops/chunk_sums.cuh"
 #include "core/ops/cuda_common.cuh"
 #include "core/ops/elementwise_map.cuh"
 #include "moe/router_kernels.h"
@@ -466,7 +467,7 @@ __device__ void store_row_lane_sums(const float (&sums)[kCh][kTile], float* lane
 // experts from blockIdx.z * kTile. A block is 32 channel lanes x 8 row lanes: a warp reads kCh
 // adjacent channels per lane of one row (coalesced) and that row's dlogits at one address (a
 // broadcast), and each thread keeps kCh x kTile sums in registers over its rows. The 8 row
-// lanes are then added in order through shared memory, and add_chunk_sums_kernel adds the
+// lanes are then added in order through shared memory, and add_chunk_sums adds the
 // chunks in order, so the result is bit-reproducible without atomics (as rmsnorm's dweight).
 // Traffic per expert tile: x read once, dlogits read once per 32 * kCh channels (from L2),
 // partials written once; with jitter, one Philox draw per element of x.
@@ -774,7 +775,7 @@ __device__ __forceinline__ void accumulate_outer8(float (&acc)[8][8], const floa
 // keeps 64 sums), a thread loads kRowBatch tokens' x and dlogits before it adds any of them, so
 // that several loads are in flight; the sums still take the tokens in order. The token lanes are
 // added in lane order through shared memory, and each chunk writes its [d, E] partial sums, which
-// add_chunk_sums_kernel adds in chunk order: deterministic. Traffic: x read once.
+// add_chunk_sums adds in chunk order: deterministic. Traffic: x read once.
 template <class T, bool kJitter>
 __global__ void __launch_bounds__(kThreads)
     router_weight_grad_rows_kernel(const T* x, const float* dlogits, float* partial, RouterInput in, int experts,
@@ -828,30 +829,6 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int e = 0; e < 8; ++e)
       if (e < experts) out[std::int64_t(8 * v + k) * experts + e] = acc[k][e];
-}
-
-// dw[i] (+)= sum over chunks, in chunk order, of partial[chunk, i]: added with `accumulate`,
-// stored without (dw not read). One thread per element; with only d * E threads and hundreds of
-// chunks, each thread's loads go out kBatch chunks at a time, so the chain waits on L2 once per
-// batch rather than once per chunk.
-constexpr int kChunkSumThreads = 64;  // small blocks: d * E threads spread over more SMs
-__global__ void __launch_bounds__(kChunkSumThreads)
-    add_chunk_sums_kernel(const float* partial, int chunks, std::int64_t count, float* dw, bool accumulate) {
-  constexpr int kBatch = 32;
-  for (std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
-       i += std::int64_t(gridDim.x) * blockDim.x) {
-    float total = 0.0f;
-    for (int first = 0; first < chunks; first += kBatch) {
-      float v[kBatch];
-#pragma unroll
-      for (int b = 0; b < kBatch; ++b) v[b] = first + b < chunks ? partial[(first + b) * count + i] : 0.0f;
-#pragma unroll
-      for (int b = 0; b < kBatch; ++b) {
-        if (first + b < chunks) total += v[b];
-      }
-    }
-    dw[i] = accumulate ? dw[i] + total : total;
-  }
 }
 
 // dx[n, c] += jitter(n, c) * sum_e (dlogits[n, e] * Wr[c, e] + dnoise[n, e] * Wn[c, e]), in x's
@@ -1124,14 +1101,6 @@ void launch_weight_grad(const T* x, const float* dlogits, const float* dnoise, f
   SY_CUDA_LAUNCH();
 }
 
-// dw (+)= the chunks' [count] partial sums, in chunk order.
-void add_chunk_sums(const float* partial, int chunks, std::int64_t count, float* dw, GradMode mode,
-                    cudaStream_t stream) {
-  const unsigned grid = unsigned(std::min<std::int64_t>(grid_for(count, kChunkSumThreads), kMaxGrid));
-  add_chunk_sums_kernel<<<grid, kChunkSumThreads, 0, stream>>>(partial, chunks, count, dw,
-                                                               mode == GradMode::accumulate);
-  SY_CUDA_LAUNCH();
-}
 
 // dw_router (+)= (x * jitter)^T · dlogits and dw_noise (+)= (x * jitter)^T · dnoise (when dnoise
 // is set): per-chunk partials from the arena, then their ordered sum, stored or added by `mode`.
@@ -1162,7 +1131,7 @@ bool router_weight_grad_rows(const Tensor& x, const float* dlogits, const float*
                                                                 partial.ptr<float>(), in, experts, rows_per_chunk);
   });
   SY_CUDA_LAUNCH();
-  add_chunk_sums(partial.ptr<float>(), chunks, count, dw_router, mode, stream);
+  add_chunk_sums(partial.ptr<float>(), chunks, count, dw_router, mode == GradMode::accumulate, stream);
   return true;
 }
 
@@ -1191,8 +1160,8 @@ void router_weight_grad(const Tensor& x, const float* dlogits, const float* dnoi
                                                chunks, stream);
     }
   });
-  add_chunk_sums(partial.ptr<float>(), chunks, count, dw_router, mode, stream);
-  if (dnoise != nullptr) add_chunk_sums(noise_out, chunks, count, dw_noise, mode, stream);
+  add_chunk_sums(partial.ptr<float>(), chunks, count, dw_router, mode == GradMode::accumulate, stream);
+  if (dnoise != nullptr) add_chunk_sums(noise_out, chunks, count, dw_noise, mode == GradMode::accumulate, stream);
 }
 
 constexpr std::size_t input_grad_smem_limit() {

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <type_traits>
 
+#include "core/ops/chunk_sums.cuh"
 #include "core/ops/elementwise_map.cuh"
 
 namespace sy::cuda {
@@ -178,37 +179,12 @@ __global__ void __launch_bounds__(32 * kRowLanes)
   }
 }
 
-// dweight[c] (+)= the partial sums of column c, one row per chunk (the column kernels) or per block
-// (the one-pass kernel), `chunks` rows in all: block (x) takes 32 columns, and its kRowLanes
-// lanes of each column add interleaved chunks (lane l: chunks l, l + kRowLanes, ...), 8 loads
-// in flight at a time; the lanes' sums then meet in lane order. A fixed tree: deterministic. One
-// thread per column walking all chunks took 8.4 us a call at 128 chunks on an H200.
-__global__ void __launch_bounds__(32 * kRowLanes) rmsnorm_dweight_sum_kernel(float* dweight, int channels,
-                                                                            int chunks, bool accumulate) {
-  constexpr int kBatch = 8;
-  __shared__ float lanes[kRowLanes][33];
-  const int c = blockIdx.x * 32 + threadIdx.x, lane = threadIdx.y;
-  float total = 0.0f;
-  if (c < channels) {
-    for (int first = lane; first < chunks; first += kBatch * kRowLanes) {
-      float v[kBatch];
-#pragma unroll
-      for (int b = 0; b < kBatch; ++b) {
-        const int chunk = first + b * kRowLanes;
-        v[b] = chunk < chunks ? rmsnorm_dweight_partials[std::int64_t(chunk) * channels + c] : 0.0f;
-      }
-#pragma unroll
-      for (int b = 0; b < kBatch; ++b)
-        if (first + b * kRowLanes < chunks) total += v[b];
-    }
-  }
-  lanes[lane][threadIdx.x] = total;
-  __syncthreads();
-  if (lane == 0 && c < channels) {
-    float sum = 0.0f;
-    for (int l = 0; l < kRowLanes; ++l) sum += lanes[l][threadIdx.x];
-    dweight[c] = accumulate ? dweight[c] + sum : sum;
-  }
+// The partials array's device address, for add_chunk_sums (chunk_sums.cuh), which adds its rows:
+// one per chunk (the column kernels) or per block (the one-pass kernel), in a fixed order.
+float* dweight_partials() {
+  void* address = nullptr;
+  SY_CUDA(cudaGetSymbolAddress(&address, rmsnorm_dweight_partials));
+  return static_cast<float*>(address);
 }
 
 // dx as rmsnorm_backward_dx_kernel computes it (the same operations in the same order: the same
@@ -218,7 +194,7 @@ __global__ void __launch_bounds__(32 * kRowLanes) rmsnorm_dweight_sum_kernel(flo
 // (not shared memory: see launch_rmsnorm_backward); the weight stays in registers too. Each warp
 // takes rows_per_warp consecutive rows; at the end the block's warps meet in shared memory in
 // warp order and the block writes one partial row, rmsnorm_dweight_partials[block, channels],
-// which rmsnorm_dweight_sum_kernel adds in block order. A row per block, not per warp: 8x fewer
+// which add_chunk_sums adds in block order. A row per block, not per warp: 8x fewer
 // partials to write and read back (per warp, 6.3 MB at 16384 x 768, over the array's 2 MiB).
 constexpr int kOnePassWarps = 8;
 // x, dy, weight and sums take 32 floats a group in registers: up to 3 groups fit in 128 registers
@@ -359,9 +335,7 @@ void launch_rmsnorm_backward(const Tensor& x, const Tensor& weight, const Tensor
                                                    channels, rows_per_warp);
     });
     SY_CUDA_LAUNCH();
-    rmsnorm_dweight_sum_kernel<<<grid_for(channels, 32), dim3(32, kRowLanes), 0, s>>>(dweight.ptr<float>(), channels,
-                                                                                    blocks, add_dweight);
-    SY_CUDA_LAUNCH();
+    add_chunk_sums(dweight_partials(), blocks, channels, dweight.ptr<float>(), add_dweight, s);
     return;
   }
   // dweight chunks: kVecChunkRows rows each for 16-byte rows (as many as the partials array
@@ -403,9 +377,7 @@ void launch_rmsnorm_backward(const Tensor& x, const Tensor& weight, const Tensor
   // The chunks' partial sums, added in chunk order (the element kernel's single chunk already
   // went straight to dweight).
   if (vec_dweight || chunks > 1) {
-    rmsnorm_dweight_sum_kernel<<<grid_for(channels, 32), dim3(32, kRowLanes), 0, s>>>(dweight.ptr<float>(), channels,
-                                                                                    chunks, add_dweight);
-    SY_CUDA_LAUNCH();
+    add_chunk_sums(dweight_partials(), chunks, channels, dweight.ptr<float>(), add_dweight, s);
   }
 }
 

@@ -18,9 +18,10 @@ TEST_P(EmbeddingGpu, MatchesCpuReference) {
     std::int64_t rows, vocab, channels;
   };
   // Many repeats per row (1000 over 13), a wide vocabulary (mostly rows without a token, which
-  // overwrite must zero), GPT-2's vocabulary (7 words of row bits per warp), and a ragged channel
-  // count.
-  for (Case k : {Case{1000, 13, 70}, Case{64, 5000, 768}, Case{2048, 50304, 40}, Case{5, 3, 33}, Case{300, 40, 1}}) {
+  // overwrite must zero), GPT-2's vocabulary (7 words of row bits per warp), ragged channel
+  // counts (one channel a lane), and the benchmark's shape (eight channels a lane).
+  for (Case k : {Case{1000, 13, 70}, Case{64, 5000, 768}, Case{2048, 50304, 40}, Case{5, 3, 33}, Case{300, 40, 1},
+                 Case{16384, 32768, 768}}) {
     SCOPED_TRACE(::testing::Message() << k.rows << " tokens, V=" << k.vocab << ", C=" << k.channels);
     const std::uint64_t seed = 200 + std::uint64_t(k.rows + k.channels);
     OwnedTensor tokens = random_ints({k.rows}, std::int32_t(k.vocab), Device::cuda, seed);
@@ -76,6 +77,33 @@ TEST_P(EmbeddingGpu, BackwardIsBitReproducible) {
     }
     EXPECT_EQ(runs[0], runs[1]);
     EXPECT_EQ(runs[0], runs[2]);
+  }
+}
+
+// Rows of 16-byte vectors take eight channels a lane and 1024 token classes; the same dout one
+// element off a 16-byte boundary takes one channel a lane and 256 classes. Both add each row's
+// terms in token order, so their bits agree: long chains (4099 tokens over 37 rows) and a wide
+// vocabulary, written and accumulated.
+TEST_P(EmbeddingGpu, EightChannelsALaneGiveTheBitsOfOne) {
+  SY_REQUIRE_GPU();
+  const DType dt = GetParam();
+  for (auto [rows, vocab] : {std::pair{4099, 37}, std::pair{3000, 20000}}) {
+    SCOPED_TRACE(::testing::Message() << rows << " tokens, V=" << vocab);
+    constexpr std::int64_t kChannels = 264;  // 33 vectors: the last warp's lanes are partly idle
+    OwnedTensor tokens = random_ints({rows}, std::int32_t(vocab), Device::cuda, 310 + std::uint64_t(vocab));
+    OwnedTensor flat = random_tensor({rows * kChannels + 1}, dt, Device::cuda, 311);
+    const Tensor shifted = flat.view().slice_rows(1, rows * kChannels).reshape({rows, kChannels});
+    OwnedTensor dout = convert(shifted, dt, Device::cuda);  // the shifted values, 16-byte aligned
+    OwnedTensor start = random_tensor({vocab, kChannels}, DType::f32, Device::cuda, 312);
+    for (GradMode mode : {GradMode::accumulate, GradMode::overwrite}) {
+      OwnedTensor vector_dw = convert(start, DType::f32, Device::cuda);
+      OwnedTensor scalar_dw = convert(start, DType::f32, Device::cuda);
+      embedding_backward(tokens, dout, vector_dw, mode);
+      embedding_backward(tokens, shifted, scalar_dw, mode);
+      device_synchronize();
+      EXPECT_EQ(to_vector(vector_dw), to_vector(scalar_dw))
+          << (mode == GradMode::overwrite ? "overwrite" : "accumulate");
+    }
   }
 }
 
