@@ -307,6 +307,85 @@ __global__ void assign_slots_kernel(const std::uint64_t* sorted_keys, const int*
   }
 }
 
+// The position policy without a sort (queue_counts_kernel, then queue_ranks_kernel): the queue is
+// the choices j-major (position p = j * rows + n for choice q = n * k + j), and a choice's slot is
+// its rank among the earlier positions of its expert, which is exactly what the stable sort by
+// expert gives. Blocks take kQueueBlock consecutive positions. The first kernel counts each
+// block's choices per expert; the second starts each expert's ranks at the counts of the blocks
+// before, ranks its warp's lanes with __match_any_sync, adds the counts of the warps before, and
+// block 0 writes the experts' offsets. Integer counts: the same slots as the sort, every run.
+// Six launches (keys, three radix-sort passes, offsets, slots) become two.
+constexpr int kQueueBlock = 1024;
+constexpr int kQueueWarps = kQueueBlock / 32;
+constexpr int kQueueMaxExperts = 256;  // shared memory: (kQueueWarps + 2) x experts ints
+
+__device__ __forceinline__ std::int64_t queue_choice(std::int64_t p, int rows, int top_k) {
+  return (p % rows) * top_k + p / rows;
+}
+
+__global__ void __launch_bounds__(kQueueBlock)
+    queue_counts_kernel(const int* expert, int rows, int top_k, int experts, int* block_counts) {
+  extern __shared__ int counts[];  // [experts]
+  for (int e = threadIdx.x; e < experts; e += blockDim.x) counts[e] = 0;
+  __syncthreads();
+  const std::int64_t p = std::int64_t(blockIdx.x) * kQueueBlock + threadIdx.x;
+  if (p < std::int64_t(rows) * top_k) atomicAdd(&counts[expert[queue_choice(p, rows, top_k)]], 1);
+  __syncthreads();
+  for (int e = threadIdx.x; e < experts; e += blockDim.x) block_counts[std::int64_t(blockIdx.x) * experts + e] = counts[e];
+}
+
+__global__ void __launch_bounds__(kQueueBlock)
+    queue_ranks_kernel(const int* expert, int rows, int top_k, int experts, const int* block_counts, int blocks,
+                       std::int64_t capacity, int* slot, float* gate, int* offsets) {
+  extern __shared__ int shared[];
+  int* before = shared;                         // [experts]: this block's first rank per expert
+  int* totals = shared + experts;               // [experts]: all blocks' counts (block 0)
+  int* warp_counts = shared + 2 * experts;      // [kQueueWarps][experts], then the warps' first ranks
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  for (int e = threadIdx.x; e < experts; e += blockDim.x) {
+    int sum = 0, total = 0;
+    for (int b = 0; b < blocks; ++b) {
+      const int c = block_counts[std::int64_t(b) * experts + e];
+      if (b < int(blockIdx.x)) sum += c;
+      total += c;
+    }
+    before[e] = sum;
+    totals[e] = total;
+  }
+  for (int i = threadIdx.x; i < kQueueWarps * experts; i += blockDim.x) warp_counts[i] = 0;
+  __syncthreads();
+  if (blockIdx.x == 0 && threadIdx.x == 0) {
+    int offset = 0;
+    for (int e = 0; e < experts; ++e) {
+      offsets[e] = offset;
+      offset += totals[e];
+    }
+    offsets[experts] = offset;
+  }
+  const std::int64_t p = std::int64_t(blockIdx.x) * kQueueBlock + threadIdx.x;
+  const bool valid = p < std::int64_t(rows) * top_k;
+  const std::int64_t q = valid ? queue_choice(p, rows, top_k) : 0;
+  const int e = valid ? expert[q] : -1;
+  const unsigned same = __match_any_sync(0xffffffffu, e);
+  const int lane_rank = __popc(same & ((1u << lane) - 1u));
+  if (valid && lane_rank == 0) warp_counts[warp * experts + e] = __popc(same);
+  __syncthreads();
+  for (int x = threadIdx.x; x < experts; x += blockDim.x) {  // each expert's count of the warps before
+    int sum = before[x];
+    for (int w = 0; w < kQueueWarps; ++w) {
+      const int c = warp_counts[w * experts + x];
+      warp_counts[w * experts + x] = sum;
+      sum += c;
+    }
+  }
+  __syncthreads();
+  if (!valid) return;
+  const int rank = warp_counts[warp * experts + e] + lane_rank;
+  const bool kept = capacity == 0 || rank < capacity;
+  slot[q] = kept ? rank : -1;
+  if (!kept) gate[q] = 0.0f;
+}
+
 // partial[b, c] = sum over rows [b * rows_per_block, ...) of v[n, c] (or v^2), in double.
 // Block = 32 columns x kSumRowLanes row lanes so a warp reads 32 adjacent columns; the lanes
 // are combined in a fixed order and blocks write separate partials, so the sums are
@@ -926,11 +1005,24 @@ int bits_for(int values) {
   return bits;
 }
 
-// Slots by one stable radix sort of the choices on (expert[, ~gate]); fills offsets [E + 1].
+// Slots and offsets [E + 1]. Position order (and dropless) with up to kQueueMaxExperts experts:
+// counts and ranks, no sort. Otherwise one stable radix sort of the choices on (expert[, ~gate]).
 void assign_slots(const RouterSettings& settings, const Routing& r, std::int64_t capacity, const Tensor& offsets,
                   Arena& arena, cudaStream_t stream) {
   const int choices = int(r.tokens * r.top_k);
   const bool by_probability = settings.drop_policy == DropPolicy::probability;
+  if (!by_probability && settings.experts <= kQueueMaxExperts) {
+    const int experts = settings.experts, blocks = std::max(1, int(grid_for(choices, kQueueBlock)));
+    Tensor block_counts = arena.alloc({std::int64_t(blocks) * experts}, DType::i32);
+    queue_counts_kernel<<<unsigned(blocks), kQueueBlock, experts * sizeof(int), stream>>>(
+        r.expert.ptr<int>(), int(r.tokens), r.top_k, experts, block_counts.ptr<int>());
+    SY_CUDA_LAUNCH();
+    queue_ranks_kernel<<<unsigned(blocks), kQueueBlock, (kQueueWarps + 2) * experts * sizeof(int), stream>>>(
+        r.expert.ptr<int>(), int(r.tokens), r.top_k, experts, block_counts.ptr<int>(), blocks, capacity,
+        r.slot.ptr<int>(), r.gate.ptr<float>(), offsets.ptr<int>());
+    SY_CUDA_LAUNCH();
+    return;
+  }
   const int shift = by_probability ? 32 : 0;
   const int end_bit = shift + bits_for(settings.experts);
   std::uint64_t* sorted_keys = nullptr;
