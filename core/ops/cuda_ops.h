@@ -89,9 +89,6 @@ void cross_entropy_forward_backward(const Tensor& logits, const Tensor& targets,
                                     const Tensor& lse, const Tensor& dlogits, float grad_scale, int ignore_index,
                                     StreamRef stream);
 
-void adamw_update(const Tensor& params, const Tensor& grads, const Tensor& m, const Tensor& v,
-                  const Tensor& param_copy, const AdamWParams& hp, StreamRef stream);
-
 void adamw_update_ranges(const Tensor& params, const Tensor& grads, const Tensor& m, const Tensor& v,
                          const Tensor& param_copy, const AdamWRange* ranges, std::size_t count,
                          const AdamWParams& hp, StreamRef stream);
